@@ -1,0 +1,142 @@
+"""The exception hierarchy of datamanager.
+
+Every error the library raises on purpose derives from :class:`DataManagerError`
+and also from the builtin exception a caller would already catch for the same
+kind of problem (``ValueError``, ``OSError``, ...), so existing ``except``
+clauses keep working.  Each exception keeps its details as attributes that are
+also its constructor arguments, so it pickles across processes unchanged.  A
+missing key stays a plain :class:`KeyError`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Optional
+
+__all__ = [
+    "CorruptSessionError",
+    "DataManagerError",
+    "ExportError",
+    "InvalidNameError",
+    "RecordingFormatError",
+    "UnsafeValueError",
+    "UnstorableValueError",
+    "UnsupportedValueError",
+]
+
+
+class DataManagerError(Exception):
+    """Base class of every error raised by datamanager on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild from the constructor arguments, not from the message, so that
+        # the attributes survive a trip through pickle (e.g. out of a worker).
+        return (type(self), self._args)
+
+    def __init__(self, *args: Any) -> None:
+        self._args = args
+        super().__init__(*args)
+
+
+class InvalidNameError(DataManagerError, ValueError):
+    """A session name that cannot name a file in the data directory."""
+
+    def __init__(self, name: Any, reason: str) -> None:
+        super().__init__(name, reason)
+        self.name = name
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"invalid session name {self.name!r}: {self.reason}"
+
+
+class UnstorableValueError(DataManagerError, TypeError):
+    """A value that cannot be pickled, so it was not stored."""
+
+    def __init__(self, key: str, type_name: str, reason: str) -> None:
+        super().__init__(key, type_name, reason)
+        self.key = key
+        self.type_name = type_name
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"cannot store key {self.key!r}: a value of type {self.type_name} "
+            f"cannot be pickled ({self.reason}); the session is unchanged"
+        )
+
+
+class CorruptSessionError(DataManagerError, OSError):
+    """A session (or one of its files) that cannot be read as stored."""
+
+    def __init__(self, path: str, reason: str, key: Optional[str] = None) -> None:
+        super().__init__(path, reason, key)
+        self.path = path
+        self.reason = reason
+        self.key = key
+
+    def __str__(self) -> str:
+        where = f" (key {self.key!r})" if self.key is not None else ""
+        return f"corrupt session {self.path}{where}: {self.reason}"
+
+
+class UnsafeValueError(DataManagerError, pickle.UnpicklingError):
+    """A stored value that safe mode refuses to unpickle."""
+
+    def __init__(self, session: str, key: str, class_name: str) -> None:
+        super().__init__(session, key, class_name)
+        self.session = session
+        self.key = key
+        self.class_name = class_name
+
+    def __str__(self) -> str:
+        return (
+            f"session {self.session!r}, key {self.key!r}: safe mode refuses to load "
+            f"an object of class {self.class_name}; expected numpy arrays, numpy "
+            "scalars or builtin values (open with safe=False to trust this data)"
+        )
+
+
+class RecordingFormatError(DataManagerError, ValueError):
+    """A recording file that does not follow its format."""
+
+    def __init__(
+        self, path: str, lineno: Optional[int], expected: str, found: str
+    ) -> None:
+        super().__init__(path, lineno, expected, found)
+        self.path = path
+        self.lineno = lineno
+        self.expected = expected
+        self.found = found
+
+    def __str__(self) -> str:
+        where = f"{self.path}, line {self.lineno}" if self.lineno else str(self.path)
+        return f"{where}: expected {self.expected}, found {self.found}"
+
+
+class UnsupportedValueError(DataManagerError, TypeError):
+    """A value that the HDF5 schema cannot represent."""
+
+    def __init__(self, session: str, key: str, type_name: str) -> None:
+        super().__init__(session, key, type_name)
+        self.session = session
+        self.key = key
+        self.type_name = type_name
+
+    def __str__(self) -> str:
+        return (
+            f"session {self.session!r}, key {self.key!r}: the HDF5 schema cannot hold "
+            f"a value of type {self.type_name} (use on_unsupported='skip' or 'pickle')"
+        )
+
+
+class ExportError(DataManagerError, OSError):
+    """An export that could not be completed; nothing was written at the target."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot export to {self.path}: {self.reason}"
