@@ -11,11 +11,12 @@ missing key stays a plain :class:`KeyError`.
 from __future__ import annotations
 
 import pickle
-from typing import Any, Optional
+from typing import Any
 
 __all__ = [
     "CorruptSessionError",
     "DataManagerError",
+    "DataManagerWarning",
     "ExportError",
     "InvalidNameError",
     "RecordingFormatError",
@@ -69,7 +70,7 @@ class UnstorableValueError(DataManagerError, TypeError):
 class CorruptSessionError(DataManagerError, OSError):
     """A session (or one of its files) that cannot be read as stored."""
 
-    def __init__(self, path: str, reason: str, key: Optional[str] = None) -> None:
+    def __init__(self, path: str, reason: str, key: str | None = None) -> None:
         super().__init__(path, reason, key)
         self.path = path
         self.reason = reason
@@ -101,7 +102,7 @@ class RecordingFormatError(DataManagerError, ValueError):
     """A recording file that does not follow its format."""
 
     def __init__(
-        self, path: str, lineno: Optional[int], expected: str, found: str
+        self, path: str, lineno: int | None, expected: str, found: str
     ) -> None:
         super().__init__(path, lineno, expected, found)
         self.path = path
@@ -140,3 +141,7 @@ class ExportError(DataManagerError, OSError):
 
     def __str__(self) -> str:
         return f"cannot export to {self.path}: {self.reason}"
+
+
+class DataManagerWarning(UserWarning):
+    """A file in a data directory that collation skipped (stray or corrupt)."""

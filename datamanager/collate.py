@@ -1,0 +1,340 @@
+"""The read side: find the sessions of a data directory and read them.
+
+Reading never writes.  Native sessions are opened with SQLite's read-only
+mode, legacy shelves through ``dbm`` with flag ``'r'``; nothing in the data
+directory is created, truncated, locked against writers or modified, so
+collation can run while simulations are still writing (issue #2).
+"""
+
+from __future__ import annotations
+
+import dbm
+import os
+import sqlite3
+import urllib.parse
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+import numpy as np
+
+from .errors import CorruptSessionError, DataManagerWarning
+from .session import (
+    _KEYS,
+    BLOB_SUFFIX,
+    BUSY_TIMEOUT,
+    SESSION_SUFFIX,
+    blob_dir,
+    decode,
+    read_metadata,
+    read_value,
+)
+
+__all__ = ["SessionEntry", "SessionReader", "find_sessions", "merge_values"]
+
+Match = Union[str, Callable[[str], bool]]
+
+_COMPANIONS = (SESSION_SUFFIX + "-wal", SESSION_SUFFIX + "-shm", SESSION_SUFFIX + "-journal",
+               SESSION_SUFFIX + ".lock", BLOB_SUFFIX)  # fmt: skip
+# Suffixes of the files stdlib dbm modules make for one shelf.
+_DBM_SUFFIXES = (".dat", ".dir", ".bak", ".pag", ".db")
+_PREFIXED = "SELECT key FROM items WHERE substr(key, 1, ?) = ? ORDER BY rowid"
+
+
+@dataclass(frozen=True)
+class SessionEntry:
+    """One session found in a data directory (not yet opened)."""
+
+    name: str
+    path: str
+    legacy: bool = False
+
+    def open(self, safe: bool = False) -> SessionReader:
+        """Open the session read-only."""
+        return (ShelfReader if self.legacy else SessionReader)(self, safe)
+
+
+def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
+    """List the sessions stored in *basepath*, in directory order.
+
+    Files that belong to no session are skipped with one
+    :class:`~datamanager.errors.DataManagerWarning` each.  A legacy shelf whose
+    name also has a native session (it was migrated) is left out.
+    """
+    try:
+        with os.scandir(basepath) as it:
+            names = {e.name: e.is_dir() for e in it}
+    except FileNotFoundError:
+        return []
+    native = {n[: -len(SESSION_SUFFIX)] for n, d in names.items()
+              if n.endswith(SESSION_SUFFIX) and not d and not n.startswith(".")}  # fmt: skip
+    entries = [SessionEntry(n, os.path.join(basepath, n + SESSION_SUFFIX)) for n in sorted(native)]
+    stray: list[str] = []
+    legacy: dict[str, list[str]] = {}
+    for name, is_dir in names.items():
+        if name.startswith(".") or (is_dir and not name.endswith(BLOB_SUFFIX)):
+            stray.append(name)
+        elif name.endswith(SESSION_SUFFIX) and not is_dir:
+            continue
+        elif name.endswith(_COMPANIONS):
+            stem = name[: name.rindex(SESSION_SUFFIX if not is_dir else BLOB_SUFFIX)]
+            if stem not in native:
+                stray.append(name)
+        else:
+            stem, ext = os.path.splitext(name)
+            legacy.setdefault(stem if ext in _DBM_SUFFIXES else name, []).append(name)
+    for stem, files in sorted(legacy.items()):
+        if stem in native:
+            continue  # migrated: the native session replaces it
+        path = os.path.join(basepath, stem)
+        try:
+            kind = dbm.whichdb(path)
+        except OSError:
+            kind = None
+        if kind:
+            entries.append(SessionEntry(stem, path, legacy=True))
+        else:
+            stray.extend(files)
+    if warn:
+        for name in sorted(stray):
+            warnings.warn(
+                f"ignoring {os.path.join(basepath, name)}: not a datamanager session",
+                DataManagerWarning,
+                stacklevel=3,
+            )
+    return entries
+
+
+class SessionReader:
+    """Read-only view of one native session.
+
+    Opened with SQLite's ``mode=ro``: it never creates, changes or locks the
+    session against its writer, and sees each value whole or not at all.
+    """
+
+    def __init__(self, entry: SessionEntry, safe: bool = False) -> None:
+        self.name, self.path, self.safe = entry.name, entry.path, safe
+        uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+        try:
+            self._conn = sqlite3.connect(
+                uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            row = self._conn.execute("SELECT value FROM meta WHERE name = 'created'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self._fail_open(exc)
+            row = None
+        # A session killed before its first commit is an empty file: no keys.
+        self.created = float(row[0]) if row else os.path.getmtime(self.path)
+
+    def _fail_open(self, exc: sqlite3.DatabaseError) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None and "no such table" in str(exc):
+            try:
+                if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                    self._conn = None
+                    conn.close()
+                    return
+            except sqlite3.DatabaseError:
+                pass
+        if conn is not None:
+            conn.close()
+        raise CorruptSessionError(self.path, f"not a readable session ({exc})") from exc
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        if self._conn is None:
+            return []
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptSessionError(self.path, str(exc)) from exc
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The session's metadata (creation time, user, host, ...)."""
+        if self._conn is None:
+            return {"created": self.created}
+        try:
+            return read_metadata(self._conn)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptSessionError(self.path, str(exc)) from exc
+
+    def keys(self) -> list[str]:
+        """The session's keys, in the order they were first written."""
+        return [r[0] for r in self._query(_KEYS)]
+
+    def __len__(self) -> int:
+        rows = self._query("SELECT count(*) FROM items")
+        return rows[0][0] if rows else 0
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and bool(self._query("SELECT 1 FROM items WHERE key = ?",
+                                                         (key,)))  # fmt: skip
+
+    def __getitem__(self, key: str) -> Any:
+        if self._conn is None:
+            raise KeyError(key)
+        try:
+            return read_value(self._conn, self.path, self.name, key, self.safe)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptSessionError(self.path, str(exc), key) from exc
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def items(self, keys: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+        """Yield ``(key, value)`` pairs one at a time (all keys, or *keys*)."""
+        for key in self.keys() if keys is None else keys:
+            try:
+                yield key, self[key]
+            except KeyError:  # deleted by a writer meanwhile
+                continue
+
+    def matching(self, match: Match) -> list[str]:
+        """The keys that match *match* (a prefix, or a callable taking the key)."""
+        if callable(match):
+            return [k for k in self.keys() if match(k)]
+        if not isinstance(match, str):
+            kind = type(match).__name__
+            raise TypeError(f"match must be a str prefix or a callable, not {kind}")
+        rows = self._query(_PREFIXED, (len(match), match))
+        return [r[0] for r in rows]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on disk: the database, its journal and its side files."""
+        total = 0
+        for path in (self.path, self.path + "-wal", self.path + "-journal"):
+            try:
+                total += os.path.getsize(path)
+            except OSError:
+                pass
+        try:
+            with os.scandir(blob_dir(self.path)) as it:
+                total += sum(e.stat().st_size for e in it)
+        except OSError:
+            pass
+        return total
+
+    def side_files(self) -> list[tuple[str, str, int]]:
+        """``(key, side file path, expected size)`` for values kept beside the database."""
+        rows = self._query("SELECT key, side, side_size FROM items WHERE side IS NOT NULL")
+        return [(k, os.path.join(blob_dir(self.path), s), n) for k, s, n in rows]
+
+    def raw_values(self) -> Iterator[tuple[str, bytes]]:
+        """Yield ``(key, pickled bytes)`` for the values stored inline."""
+        yield from self._query("SELECT key, value FROM items WHERE side IS NULL")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> SessionReader:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class ShelfReader(SessionReader):
+    """Read-only view of a legacy shelf written through stdlib ``shelve``.
+
+    Brian's DataManager stored sessions with ``shelve``; on a Python without
+    gdbm that is a ``dbm.dumb`` triplet ``<name>.dat/.dir/.bak``.  Values are
+    read as raw bytes through ``dbm`` (flag ``'r'``) and unpickled here, so
+    safe mode applies to them too.  Its creation time is its files' mtime.
+    """
+
+    def __init__(self, entry: SessionEntry, safe: bool = False) -> None:
+        self.name, self.path, self.safe = entry.name, entry.path, safe
+        self._conn = None
+        try:
+            self._db: Any = dbm.open(self.path, "r")  # noqa: SIM115 - closed by close()
+        except Exception as exc:  # dbm.dumb raises SyntaxError/ValueError on a bad index
+            raise CorruptSessionError(self.path, f"unreadable legacy shelf ({exc})") from exc
+        candidates = [self.path + s for s in ("", *_DBM_SUFFIXES)]
+        self._files = [f for f in candidates if os.path.isfile(f)]
+        self.created = min(os.path.getmtime(f) for f in self._files)
+        self._index = {k.decode("utf-8", "surrogateescape"): k for k in self._db.keys()}  # noqa: SIM118
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {"created": self.created, "legacy": "shelve", "files": self._files}
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __getitem__(self, key: str) -> Any:
+        data = self._raw(key)
+        return decode(data, self.path, self.name, key, self.safe)
+
+    def _raw(self, key: str) -> bytes:
+        try:
+            return self._db[self._index[key]]
+        except KeyError:
+            raise
+        except Exception as exc:
+            raise CorruptSessionError(self.path, f"cannot read the value ({exc})", key) from exc
+
+    def raw_values(self) -> Iterator[tuple[str, bytes]]:
+        for key in self._index:
+            yield key, self._raw(key)
+
+    def matching(self, match: Match) -> list[str]:
+        if callable(match):
+            return [k for k in self._index if match(k)]
+        return [k for k in self._index if k.startswith(match)]
+
+    def side_files(self) -> list[tuple[str, str, int]]:
+        return []
+
+    @property
+    def nbytes(self) -> int:
+        return sum(os.path.getsize(f) for f in self._files)
+
+    def close(self) -> None:
+        db, self._db = getattr(self, "_db", None), None
+        if db is not None:
+            db.close()
+
+
+def merge_values(key: str, values: list[tuple[str, Any]]) -> Any:
+    """Merge one key's values across sessions, as :meth:`DataManager.get_merged`.
+
+    Lists and tuples are concatenated into one list; where every value is a
+    numpy array the result is one array, concatenated along axis 0.
+    """
+    if values and all(isinstance(v, np.ndarray) for _, v in values):
+        for session, v in values:
+            if v.ndim == 0:
+                raise TypeError(
+                    f"cannot merge key {key!r}: session {session!r} holds a 0-d array"
+                )
+        try:
+            return np.concatenate([v for _, v in values], axis=0)
+        except ValueError as exc:
+            shapes = ", ".join(f"{s}: {v.shape}" for s, v in values)
+            raise ValueError(f"cannot merge key {key!r}: shapes differ ({shapes})") from exc
+    merged: list[Any] = []
+    for session, v in values:
+        if not isinstance(v, (list, tuple)):
+            raise TypeError(
+                f"cannot merge key {key!r}: session {session!r} holds a "
+                f"{type(v).__name__}, but merging needs list or tuple values in every "
+                "session (or numpy arrays in every session); use get() and merge by hand"
+            )
+        merged.extend(v)
+    return merged

@@ -1,0 +1,157 @@
+"""Checking a data directory, and migrating legacy shelves into sessions."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import pickletools
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .collate import SessionReader, find_sessions
+from .errors import CorruptSessionError, DataManagerError
+from .session import blob_dir
+
+if TYPE_CHECKING:
+    from .manager import DataManager, Problem
+
+__all__ = ["migrate", "verify"]
+
+
+def verify(dm: DataManager) -> list[Problem]:
+    """Check every session of *dm* and return the problems found.
+
+    Checks the SQLite store (``PRAGMA quick_check``), that every side file is
+    present, whole and a valid ``.npy`` file, that every stored pickle is well
+    formed (parsed with :mod:`pickletools`, never executed), and that legacy
+    shelves can be read.  Nothing is modified.
+    """
+    from .manager import Problem
+
+    problems: list[Problem] = []
+    for entry in find_sessions(dm.basepath, warn=False):
+        try:
+            with entry.open(safe=True) as reader:
+                problems.extend(Problem(path, msg) for path, msg in _check(reader))
+        except CorruptSessionError as exc:
+            problems.append(Problem(entry.path, exc.reason))
+    return problems
+
+
+def _check(reader: SessionReader) -> list[tuple[str, str]]:
+    found = []
+    if reader._conn is not None:
+        status = [r[0] for r in reader._query("PRAGMA quick_check")]
+        if status != ["ok"]:
+            found.append((reader.path, "integrity check failed: " + "; ".join(status[:5])))
+    for key, path, size in reader.side_files():
+        message = _check_npy(path, size)
+        if message:
+            found.append((path, f"side file of key {key!r}: {message}"))
+    for key, data in reader.raw_values():
+        try:
+            for _ in pickletools.genops(data):
+                pass
+        except Exception as exc:  # genops raises ValueError or others on damage
+            found.append((reader.path, f"key {key!r}: malformed pickle ({exc})"))
+    return found
+
+
+def _check_npy(path: str, expected_size: int) -> str | None:
+    try:
+        size = os.path.getsize(path)
+        if size != expected_size:
+            return f"{size} bytes, expected {expected_size}"
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)  # fmt: skip
+            shape, _, dtype = read_header(f)
+            needed = f.tell() + int(np.prod(shape)) * dtype.itemsize
+        if needed != size:
+            return f"{size} bytes, but its header describes {needed}"
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as exc:
+        return f"not a valid .npy file ({exc})"
+    return None
+
+
+def migrate(dm: DataManager) -> list[str]:
+    """Convert every legacy shelf of *dm* into a native session of the same name.
+
+    Each value is copied, then the new session is read back and compared
+    with the shelf value by value; only then does the session count as
+    migrated.  The shelf files are never deleted or changed: once its native
+    twin exists, collation reads the native session and ignores the shelf.
+
+    Returns
+    -------
+    list of str
+        The names of the sessions migrated.
+
+    Raises
+    ------
+    DataManagerError
+        If a value read back differs from the original; the partial native
+        session is removed and the shelf stays in use.
+    """
+    migrated = []
+    for entry in find_sessions(dm.basepath, warn=False):
+        if not entry.legacy:
+            continue
+        with entry.open(dm.safe) as shelf:
+            target = dm.session(entry.name)
+            try:
+                with target.transaction():
+                    for key, value in shelf.items():
+                        target[key] = value
+                    target.update_metadata({"created": shelf.created, "migrated_from": entry.path})
+                target.close()
+                _compare(shelf, target.path, dm.safe)
+            except BaseException:
+                target.close()
+                _remove_session(target.path)
+                raise
+        migrated.append(entry.name)
+    return migrated
+
+
+def _compare(shelf: SessionReader, path: str, safe: bool) -> None:
+    from .collate import SessionEntry
+
+    with SessionEntry(shelf.name, path).open(safe) as copy:
+        if sorted(copy.keys()) != sorted(shelf.keys()):
+            raise DataManagerError(f"migration of {shelf.path}: keys differ after copying")
+        for key in shelf.keys():  # noqa: SIM118 - a reader is not a Mapping
+            if not _same(shelf[key], copy[key]):
+                raise DataManagerError(
+                    f"migration of {shelf.path}: key {key!r} differs after copying"
+                )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        nan = a.dtype.kind in "fc"
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=nan)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return pickle.dumps(a, 5) == pickle.dumps(b, 5)
+    except Exception:
+        return bool(a == b)
+
+
+def _remove_session(path: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(blob_dir(path), ignore_errors=True)

@@ -1,0 +1,294 @@
+"""DataManager: a data directory, its sessions, and collation across them.
+
+The names and meanings of the methods follow Brian's
+``brian.tools.datamanager.DataManager``, so scripts written for it run
+unchanged (issue #2).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from . import collate
+from .collate import Match, SessionEntry, SessionReader, merge_values
+from .errors import CorruptSessionError, DataManagerWarning
+from .locking import LockingSession
+from .provenance import computer_name
+from .session import SESSION_SUFFIX, Session, validate_session_name
+
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["DataManager", "Problem"]
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found by :meth:`DataManager.verify`."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class DataManager:
+    """Results of many simulation runs, written by many processes at once.
+
+    Parameters
+    ----------
+    name : str
+        Name of the data set; the data directory is ``<datapath>/<name>.data``
+        (``name`` may contain ``/`` to nest it).  It is created on first write.
+    datapath : str, optional
+        Folder holding the data directory (default: the working directory).
+    safe : bool, optional
+        If true, collation refuses to unpickle anything but builtin values and
+        numpy arrays/scalars, so no code stored in the directory can run.
+    journal_mode : {'wal', 'delete'}, optional
+        Force SQLite's journal mode; by default WAL on local disks and a
+        rollback journal on network filesystems.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> dm = DataManager("sweep", tempfile.mkdtemp())
+    >>> with dm.session() as s:
+    ...     s["rates"] = [1.0, 2.0]
+    >>> with dm.session() as s:
+    ...     s["rates"] = [3.0]
+    >>> dm.get_merged("rates")
+    [1.0, 2.0, 3.0]
+    """
+
+    def __init__(
+        self, name: str, datapath: str = "", *, safe: bool = False, journal_mode: str | None = None
+    ) -> None:
+        self.name = name
+        self.datapath = os.fspath(datapath)
+        self.basepath = os.path.join(self.datapath, name + ".data")
+        self.safe = safe
+        self.journal_mode = journal_mode
+        self.computer_name = computer_name()
+        self.computer_session_filename = self.session_filename(self.computer_name)
+
+    @classmethod
+    def from_path(cls, basepath: str, **kwargs: Any) -> DataManager:
+        """Return the DataManager of an existing ``<name>.data`` directory."""
+        basepath = os.path.normpath(os.fspath(basepath))
+        head, tail = os.path.split(basepath)
+        if not tail.endswith(".data"):
+            raise ValueError(f"a data directory's name ends with '.data': {basepath!r}")
+        return cls(tail[: -len(".data")], head, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"DataManager({self.name!r}, {self.datapath!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)  # only configuration: paths and flags
+
+    # -- sessions (the write side) --
+
+    def session_name(self) -> str:
+        """Return a new unique session name, ``<user>.<host>.<uuid4>``."""
+        return f"{self.computer_name}.{self.make_unique_key()}"
+
+    def session_filename(self, session_name: str | None = None) -> str:
+        """Return the file of session *session_name* (a new unique one if omitted)."""
+        name = self.session_name() if session_name is None else session_name
+        validate_session_name(name)
+        return os.path.join(self.basepath, name + SESSION_SUFFIX)
+
+    def make_unique_key(self) -> str:
+        """Return a new uuid4 string, e.g. for keys that must not collide."""
+        return str(uuid.uuid4())
+
+    def session(self, session_name: str | None = None) -> Session:
+        """Return a new, uniquely named session (or the session *session_name*)."""
+        return Session(self.session_filename(session_name), self.journal_mode)
+
+    def computer_session(self) -> Session:
+        """Return the session named after this user and computer."""
+        return Session(self.computer_session_filename, self.journal_mode)
+
+    def locking_session(self, session_name: str | None = None) -> LockingSession:
+        """Return a :class:`LockingSession` (a new unique one if no name is given)."""
+        return LockingSession(self.session_filename(session_name), self.journal_mode)
+
+    def locking_computer_session(self) -> LockingSession:
+        """Return the :class:`LockingSession` named after this user and computer."""
+        return LockingSession(self.computer_session_filename, self.journal_mode)
+
+    # -- finding and opening sessions (the read side) --
+
+    def _skip(self, entry: SessionEntry, exc: Exception, strict: bool) -> None:
+        if strict:
+            raise exc
+        warnings.warn(f"skipping session {entry.path}: {exc}", DataManagerWarning, stacklevel=4)
+
+    def _ordered(
+        self, read: Callable[[SessionReader], T], strict: bool
+    ) -> list[tuple[SessionEntry, T]]:
+        """Apply *read* to every session, each opened once; results in creation order.
+
+        Sessions sort by creation time, ties by name, so that a collation run
+        twice on the same data gives the same order.
+        """
+        found = []
+        for entry in collate.find_sessions(self.basepath):
+            try:
+                with entry.open(self.safe) as reader:
+                    found.append((reader.created, entry.name, entry, read(reader)))
+            except CorruptSessionError as exc:
+                self._skip(entry, exc, strict)
+        found.sort(key=lambda t: (t[0], t[1]))
+        return [(entry, result) for _, _, entry, result in found]
+
+    def _collect(self, read: Callable[[SessionReader], T], strict: bool) -> list[tuple[str, T]]:
+        return [(entry.name, result) for entry, result in self._ordered(read, strict)]
+
+    def iter_sessions(self, strict: bool = False) -> Iterator[SessionReader]:
+        """Yield a read-only reader for each session, in creation order.
+
+        Open one reader at a time and close it (or use it as a context
+        manager) before taking the next.  Sessions that cannot be read are
+        skipped with a warning, or raise with ``strict=True``.
+        """
+        for entry, _ in self._ordered(lambda r: None, strict):
+            try:
+                reader = entry.open(self.safe)
+            except CorruptSessionError as exc:
+                self._skip(entry, exc, strict)
+                continue
+            yield reader
+
+    def session_filenames(self, strict: bool = False) -> list[str]:
+        """Return one file name per session, in creation order.
+
+        A native session is its ``.sqlite`` file; a legacy shelf is named as
+        ``shelve.open`` was given it (without ``.dat``/``.dir``/``.bak``).
+        """
+        return [path for _, path in self._collect(lambda r: r.path, strict)]
+
+    # -- collation (Brian's API) --
+
+    def get(self, key: str, strict: bool = False) -> dict[str, Any]:
+        """Return ``{session name: value}`` for every session holding *key*."""
+        found = self._collect(lambda r: r.get(key, _MISSING), strict)
+        return {name: value for name, value in found if value is not _MISSING}
+
+    def get_merged(self, key: str, strict: bool = False) -> Any:
+        """Concatenate the values of *key* across sessions.
+
+        List and tuple values give one list; where every value is a numpy
+        array the result is one array concatenated along axis 0.  Any other
+        value raises TypeError naming its session and type.
+        """
+        return merge_values(key, list(self.get(key, strict).items()))
+
+    def _matching(self, match: Match, strict: bool) -> dict[str, dict[str, Any]]:
+        # One pass: each session is opened once for all the matching keys,
+        # not once per key as Brian's implementation did.
+        found = self._collect(lambda r: dict(r.items(r.matching(match))), strict)
+        result: dict[str, dict[str, Any]] = {}
+        for key in sorted({k for _, values in found for k in values}):
+            result[key] = {name: values[key] for name, values in found if key in values}
+        return result
+
+    def get_matching(self, match: Match, strict: bool = False) -> dict[str, dict[str, Any]]:
+        """Return ``{key: get(key)}`` for the keys matching *match*.
+
+        *match* is a key prefix (str) or a callable taking a key and
+        returning true for the keys wanted.  Keys come in sorted order.
+        """
+        return self._matching(match, strict)
+
+    def get_merged_matching(self, match: Match, strict: bool = False) -> Any:
+        """Concatenate ``get_merged(key)`` over the keys matching *match*, in key order."""
+        merged: list[Any] = []
+        for key, values in self._matching(match, strict).items():
+            merged.extend(merge_values(key, list(values.items())))
+        return merged
+
+    def get_flat_matching(self, match: Match, strict: bool = False) -> list[Any]:
+        """Return every value of every session for the keys matching *match*."""
+        return [v for values in self._matching(match, strict).values() for v in values.values()]
+
+    def keys(self, strict: bool = False) -> list[str]:
+        """Return all keys of all sessions, each once, sorted."""
+        return sorted({k for _, keys in self._collect(lambda r: r.keys(), strict) for k in keys})
+
+    def iteritems(self, strict: bool = False) -> Iterator[tuple[str, Any]]:
+        """Yield every ``(key, value)`` of every session, one at a time."""
+        for reader in self.iter_sessions(strict):
+            with reader:
+                yield from reader.items()
+
+    def itervalues(self, strict: bool = False) -> Iterator[Any]:
+        """Yield every value of every session, one at a time."""
+        for _, value in self.iteritems(strict):
+            yield value
+
+    def items(self, strict: bool = False) -> list[tuple[str, Any]]:
+        """Return every ``(key, value)`` of every session as a list."""
+        return list(self.iteritems(strict))
+
+    def values(self, strict: bool = False) -> list[Any]:
+        """Return every value of every session as a list."""
+        return list(self.itervalues(strict))
+
+    def itemcount(self, strict: bool = False) -> int:
+        """Return the number of items summed over all sessions."""
+        return sum(n for _, n in self._collect(len, strict))
+
+    def sessions(self, strict: bool = False) -> pandas.DataFrame:
+        """Return a DataFrame with one row per session: its metadata, keys and size.
+
+        ``created`` is a UTC timestamp; ``keys`` the number of keys; ``size``
+        the bytes on disk (database, journal and side files).
+        """
+        import pandas
+
+        def row(reader: SessionReader) -> dict[str, Any]:
+            return {"name": reader.name, **reader.metadata, "keys": len(reader),
+                    "size": reader.nbytes}  # fmt: skip
+
+        frame = pandas.DataFrame([r for _, r in self._collect(row, strict)])
+        if "created" in frame:
+            frame["created"] = pandas.to_datetime(frame["created"], unit="s", utc=True)
+        return frame
+
+    # -- maintenance --
+
+    def verify(self) -> list[Problem]:
+        """Check every session without changing anything; return the problems found."""
+        from .maintenance import verify
+
+        return verify(self)
+
+    def migrate(self) -> list[str]:
+        """Convert legacy shelves into native sessions (see :func:`.maintenance.migrate`)."""
+        from .maintenance import migrate
+
+        return migrate(self)
+
+    def import_recordings(self, paths_or_folder: Any, session_name: str | None = None) -> Any:
+        """Import NEURON ``.dat`` and Axon ``.atf`` recordings (see :mod:`.recordings`)."""
+        from .recordings.importer import import_recordings
+
+        return import_recordings(self, paths_or_folder, session_name)
+
+    def export_hdf5(self, path: str, **kwargs: Any) -> Any:
+        """Export the collated results to HDF5; see :func:`datamanager.hdf5.export_hdf5`."""
+        from .hdf5 import export_hdf5
+
+        return export_hdf5(self, path, **kwargs)

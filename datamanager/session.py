@@ -1,0 +1,436 @@
+"""Session: one crash-safe on-disk shelf, a persistent dict of str keys.
+
+A session is an SQLite database ``<name>.sqlite`` in the data directory.  Every
+write is an SQLite transaction, so a process killed at any moment leaves each
+key with its previous value or its new one, never half of either.  Large numpy
+arrays do not crawl through SQLite: they are written whole with ``np.save`` to
+a side file in ``<name>.blobs/`` first and only then referenced from the
+database, so a reader sees either no reference or a complete file (issue #2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from . import safepickle
+from .errors import CorruptSessionError, InvalidNameError, UnsafeValueError
+from .filesystem import choose_journal_mode
+from .provenance import session_metadata
+
+__all__ = ["SESSION_SUFFIX", "SIDE_FILE_THRESHOLD", "Session", "validate_session_name"]
+
+SESSION_SUFFIX = ".sqlite"
+BLOB_SUFFIX = ".blobs"
+#: numpy arrays of at least this many bytes are stored in a side file.
+SIDE_FILE_THRESHOLD = 1 << 20
+#: How long a writer waits for another process holding the same session.
+BUSY_TIMEOUT = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY NOT NULL,
+    value BLOB,      -- the pickled value, or NULL when it lives in a side file
+    side TEXT,       -- name of the side file in <name>.blobs/, or NULL
+    side_size INTEGER
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+"""
+_UPSERT = (
+    "INSERT INTO items (key, value, side, side_size) VALUES (?, ?, ?, ?) "
+    # An upsert (not INSERT OR REPLACE) keeps the row id, so a key keeps its
+    # place in iteration order when it is overwritten, as in a dict.
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, side = excluded.side, "
+    "side_size = excluded.side_size"
+)
+
+# Connections opened before a fork belong to the parent: the child must never
+# use or close them (closing could disturb the parent's locks), so they are
+# parked here for the child's lifetime.
+_ABANDONED: list[sqlite3.Connection] = []
+
+
+def validate_session_name(name: Any) -> str:
+    """Return *name* if it can name a session file, else raise InvalidNameError."""
+    if not isinstance(name, str):
+        raise InvalidNameError(name, f"must be a str, not {type(name).__name__}")
+    if not name or not name.strip():
+        raise InvalidNameError(name, "must not be empty")
+    for bad, why in (("/", "a path separator"), ("\\", "a path separator"), ("\0", "NUL")):
+        if bad in name:
+            raise InvalidNameError(name, f"contains {why} ({bad!r})")
+    if ".." in name:
+        raise InvalidNameError(name, "contains '..'")
+    if name.startswith("."):
+        raise InvalidNameError(name, "must not start with '.' (hidden files are not sessions)")
+    if len(name.encode("utf-8", "surrogateescape")) > 200:
+        raise InvalidNameError(name, "is longer than 200 bytes")
+    return name
+
+
+def blob_dir(path: str) -> str:
+    """Return the side-file folder of the session stored at *path*."""
+    return path[: -len(SESSION_SUFFIX)] + BLOB_SUFFIX
+
+
+def _is_side_array(value: Any) -> bool:
+    return (
+        type(value) is np.ndarray
+        and value.nbytes >= SIDE_FILE_THRESHOLD
+        and not value.dtype.hasobject
+    )
+
+
+def load_side_file(path: str, expected_size: int | None, session: str, key: str) -> Any:
+    """Load one side file, checking it is whole."""
+    try:
+        size = os.path.getsize(path)
+        if expected_size is not None and size != expected_size:
+            raise CorruptSessionError(
+                session, f"side file {path} has {size} bytes, expected {expected_size}", key
+            )
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as exc:
+        raise CorruptSessionError(session, f"side file {path}: {exc}", key) from exc
+
+
+class Session(MutableMapping):
+    """A persistent dict of str keys to picklable values, safe against crashes.
+
+    Obtain one from :meth:`DataManager.session` or
+    :meth:`DataManager.computer_session` rather than directly.  Nothing is
+    written to disk until the first value: the session file, and the data
+    directory, are created by the first write.
+
+    Each ``session[key] = value`` is durable once it returns: a process killed
+    afterwards (even by SIGKILL) leaves the value readable.  Use
+    :meth:`transaction` to make several writes one atomic step (and faster).
+    Several processes may open the same named session; their writes are
+    serialised by SQLite.
+
+    Parameters
+    ----------
+    path : str
+        The session file, ``<data directory>/<name>.sqlite``.
+    journal_mode : {'wal', 'delete'}, optional
+        SQLite journal; chosen from the filesystem when omitted (see
+        :func:`datamanager.filesystem.choose_journal_mode`).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> s = Session(os.path.join(tempfile.mkdtemp(), "demo.sqlite"))
+    >>> s["rates"] = [1.5, 2.5]
+    >>> s["rates"], len(s), "rates" in s
+    ([1.5, 2.5], 1, True)
+    >>> s.close()
+    """
+
+    def __init__(self, path: str, journal_mode: str | None = None) -> None:
+        path = os.fspath(path)
+        if not path.endswith(SESSION_SUFFIX):
+            raise ValueError(f"a session file name ends with {SESSION_SUFFIX!r}: {path!r}")
+        self.path = os.path.abspath(path)
+        self.name = os.path.basename(path)[: -len(SESSION_SUFFIX)]
+        self._requested_journal = journal_mode
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._depth = 0  # nesting depth of transaction()
+        self._new_sides: list[str] = []  # side files written by the open transaction
+        self._old_sides: list[str] = []  # side files to delete once it commits
+
+    # -- pickling carries configuration, never a connection (STYLE habit 3) --
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "journal_mode": self._requested_journal}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        type(self).__init__(self, state["path"], state["journal_mode"])
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} at {self.path!r}>"
+
+    # -- connection management --
+
+    def _connection(self, create: bool) -> sqlite3.Connection | None:
+        if self._conn is not None and self._pid != os.getpid():
+            _ABANDONED.append(self._conn)
+            self._conn, self._depth = None, 0
+            self._pid = os.getpid()
+        if self._conn is None:
+            if not create and not os.path.exists(self.path):
+                return None
+            self._conn = self._open()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, exist_ok=True)
+        self.journal_mode = choose_journal_mode(directory, self._requested_journal)
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        try:
+            # Changing the journal mode needs a lock the busy handler does not
+            # always wait for, so retry while a twin process initialises the
+            # same named session at the same instant.
+            _retry_locked(lambda: conn.execute(f"PRAGMA journal_mode={self.journal_mode}"))
+            # WAL + NORMAL is durable against a killed process (only a power cut
+            # can lose the newest commits); on a network filesystem we fsync.
+            sync = "NORMAL" if self.journal_mode == "wal" else "FULL"
+            conn.execute(f"PRAGMA synchronous={sync}")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in session_metadata().items()],
+            )
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise CorruptSessionError(self.path, str(exc)) from exc
+        return conn
+
+    def close(self) -> None:
+        """Close the session; it reopens by itself if used again."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is None or self._pid != os.getpid():
+                return
+            if self._depth:
+                conn.execute("ROLLBACK")
+                self._depth = 0
+            if self.journal_mode == "wal":
+                # Leave a closed session as one plain file, readable from
+                # read-only media and copyable alone.  Another process still
+                # using it keeps WAL; then we do not wait for it.
+                try:
+                    conn.execute("PRAGMA busy_timeout = 0")
+                    conn.execute("PRAGMA journal_mode=DELETE")
+                except sqlite3.OperationalError:
+                    pass
+            conn.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- writing --
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Group writes into one atomic, durable step.
+
+        Inside the block the session is locked against other writers of the
+        same session file; on an exception every write of the block is undone.
+        Blocks nest: only the outermost one commits.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> s = Session(os.path.join(tempfile.mkdtemp(), "demo.sqlite"))
+        >>> with s.transaction():
+        ...     s["a"], s["b"] = 1, 2
+        >>> sorted(s)
+        ['a', 'b']
+        """
+        with self._lock:
+            conn = self._connection(create=True)
+            if self._depth == 0:
+                conn.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield self
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._finish(conn, commit=False)
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._finish(conn, commit=True)
+
+    def _finish(self, conn: sqlite3.Connection, commit: bool) -> None:
+        new, old = self._new_sides, self._old_sides
+        self._new_sides, self._old_sides = [], []
+        try:
+            conn.execute("COMMIT" if commit else "ROLLBACK")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            commit = False
+            raise
+        finally:
+            # Only files no committed row references are removed: the new ones
+            # after a rollback, the replaced ones after a commit.
+            for name in old if commit else new:
+                try:
+                    os.unlink(os.path.join(blob_dir(self.path), name))
+                except FileNotFoundError:
+                    pass
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        _check_key(key)
+        if _is_side_array(value):
+            side, data = self._write_side(value), None
+        else:
+            side, data = None, safepickle.dumps(key, value)
+        with self.transaction() as s:
+            conn = s._conn
+            assert conn is not None
+            if side is not None:
+                s._new_sides.append(side[0])
+            old = conn.execute("SELECT side FROM items WHERE key = ?", (key,)).fetchone()
+            if old is not None and old[0] is not None:
+                s._old_sides.append(old[0])
+            conn.execute(_UPSERT, (key, data, *(side or (None, None))))
+
+    def _write_side(self, array: np.ndarray) -> tuple[str, int]:
+        directory = blob_dir(self.path)
+        os.makedirs(directory, exist_ok=True)
+        name = uuid.uuid4().hex + ".npy"
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "xb") as f:
+                np.save(f, array, allow_pickle=False)
+                size = f.tell()
+        except BaseException:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            raise
+        return name, size
+
+    def __delitem__(self, key: str) -> None:
+        _check_key(key)
+        with self.transaction() as s:
+            conn = s._conn
+            assert conn is not None
+            row = conn.execute("SELECT side FROM items WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                raise KeyError(key)
+            if row[0] is not None:
+                s._old_sides.append(row[0])
+            conn.execute("DELETE FROM items WHERE key = ?", (key,))
+
+    def update_metadata(self, entries: Mapping[str, Any]) -> None:
+        """Add or replace metadata entries (JSON-able values), stored apart from the keys."""
+        rows = [(str(k), json.dumps(v)) for k, v in entries.items()]
+        with self.transaction() as s:
+            assert s._conn is not None
+            s._conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", rows)
+
+    # -- reading --
+
+    def __getitem__(self, key: str) -> Any:
+        _check_key(key)
+        with self._lock:
+            conn = self._connection(create=False)
+            if conn is None:
+                raise KeyError(key)
+            return read_value(conn, self.path, self.name, key, safe=False)
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            conn = self._connection(create=False)
+            keys = [] if conn is None else [r[0] for r in conn.execute(_KEYS)]
+        return iter(keys)
+
+    def __len__(self) -> int:
+        with self._lock:
+            conn = self._connection(create=False)
+            return 0 if conn is None else conn.execute(_COUNT).fetchone()[0]
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        with self._lock:
+            conn = self._connection(create=False)
+            return conn is not None and conn.execute(_HAS, (key,)).fetchone() is not None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The session's metadata: who wrote it, when, where, with what."""
+        with self._lock:
+            conn = self._connection(create=False)
+            return {} if conn is None else read_metadata(conn)
+
+
+_KEYS = "SELECT key FROM items ORDER BY rowid"
+_COUNT = "SELECT count(*) FROM items"
+_HAS = "SELECT 1 FROM items WHERE key = ?"
+_VALUE = "SELECT value, side, side_size FROM items WHERE key = ?"
+
+
+def _check_key(key: Any) -> None:
+    if type(key) is not str and not isinstance(key, str):
+        raise TypeError(f"session keys must be str, not {type(key).__name__} ({key!r})")
+
+
+def _retry_locked(operation: Any, attempts: int = 200) -> Any:
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 + 0.001 * attempt)
+    return None  # pragma: no cover - the loop returns or raises
+
+
+def read_metadata(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Return the metadata table of an open session connection as a dict."""
+    rows = conn.execute("SELECT name, value FROM meta")
+    return {name: json.loads(value) for name, value in rows}
+
+
+def read_value(
+    conn: sqlite3.Connection, path: str, session: str, key: str, safe: bool
+) -> Any:
+    """Read one value from an open session connection (writer or reader)."""
+    for _attempt in range(5):
+        row = conn.execute(_VALUE, (key,)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        data, side, side_size = row
+        if side is None:
+            return decode(data, path, session, key, safe)
+        try:
+            return load_side_file(os.path.join(blob_dir(path), side), side_size, session, key)
+        except FileNotFoundError:
+            # A writer may have replaced the value and removed its old side
+            # file between our two reads: read the row again.
+            continue
+    raise CorruptSessionError(path, f"side file {side} is missing", key)
+
+
+def decode(data: bytes, path: str, session: str, key: str, safe: bool) -> Any:
+    """Unpickle one stored value, turning damaged bytes into CorruptSessionError."""
+    try:
+        return safepickle.loads(data, safe=safe, session=session, key=key)
+    except UnsafeValueError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, IndexError, OverflowError) as exc:
+        raise CorruptSessionError(path, f"cannot unpickle the value: {exc}", key) from exc
