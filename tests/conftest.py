@@ -1,0 +1,58 @@
+"""Shared fixtures: data directories, sample data, worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datamanager import DataManager
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def stress_size(full: int, ci: int) -> int:
+    """Size of a stress test: DATAMANAGER_STRESS overrides, CI=true shrinks."""
+    if os.environ.get("DATAMANAGER_STRESS"):
+        return int(os.environ["DATAMANAGER_STRESS"])
+    return ci if IN_CI else full
+
+
+@pytest.fixture
+def dm(tmp_path: Path) -> DataManager:
+    return DataManager("sweep", str(tmp_path))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The sample recordings beside the repository (skip if absent, fail in CI)."""
+    if not SHARED_DATA.is_dir():
+        if IN_CI:
+            pytest.fail(f"sample data missing at {SHARED_DATA} (CI=true)")
+        pytest.skip(f"sample data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def run_python(
+    code: str, *args: str, timeout: float = 120, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run *code* in a fresh interpreter; fail the test with its stderr if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True, text=True, timeout=timeout, **kwargs,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"worker failed ({proc.returncode}):\n{proc.stderr}"
+    return proc
+
+
+def start_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
+    """Start *code* in a fresh interpreter with stdout piped (the caller reaps it)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+    )  # fmt: skip

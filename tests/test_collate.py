@@ -1,0 +1,358 @@
+"""Collation across sessions: Brian's API, order, stray and corrupt files,
+legacy shelves, safe mode, verify and migrate."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shelve
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_python
+
+from datamanager import (
+    CorruptSessionError,
+    DataManager,
+    DataManagerWarning,
+    UnsafeValueError,
+)
+from datamanager.session import blob_dir
+
+WRITER = """
+import sys, numpy as np
+from datamanager import DataManager
+dm = DataManager("sweep", sys.argv[1])
+i = int(sys.argv[2])
+with dm.session() as s:
+    s["rate"] = [float(i), float(i) + 0.5]
+    s["trace"] = np.full((2, 3), i)
+    s["param/%d" % i] = i
+    s["name"] = "worker %d" % i
+"""
+
+
+@pytest.fixture
+def swept(tmp_path):
+    """A data directory written by four real processes, one after another."""
+    for i in range(4):
+        run_python(WRITER, str(tmp_path), str(i))
+    return DataManager("sweep", str(tmp_path))
+
+
+def test_brian_api_on_sessions_of_several_processes(swept):
+    dm = swept
+    names = [os.path.basename(p)[: -len(".sqlite")] for p in dm.session_filenames()]
+    assert len(names) == 4
+    assert list(dm.get("rate")) == names  # creation order
+    assert dm.get_merged("rate") == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    merged = dm.get_merged("trace")
+    assert merged.shape == (8, 3) and merged[::2, 0].tolist() == [0, 1, 2, 3]
+    assert dm.get("missing") == {} and dm.get_merged("missing") == []
+    assert dm.keys() == ["name", "param/0", "param/1", "param/2", "param/3", "rate", "trace"]
+    matching = dm.get_matching("param/")
+    assert list(matching) == ["param/0", "param/1", "param/2", "param/3"]
+    assert matching["param/2"] == {names[2]: 2}
+    assert dm.get_matching(lambda k: k.endswith("/3")) == {"param/3": {names[3]: 3}}
+    assert dm.get_merged_matching("ra") == dm.get_merged("rate")
+    assert dm.get_flat_matching("param/") == [0, 1, 2, 3]
+    assert dm.itemcount() == 16
+    assert len(dm.items()) == 16 and dm.values()[0] == [0.0, 0.5]
+    it = dm.iteritems()
+    assert next(it) == ("rate", [0.0, 0.5])  # lazy: one value at a time
+    it.close()
+    assert sorted(v for v in dm.itervalues() if isinstance(v, str))[0] == "worker 0"
+
+
+def test_merge_errors_name_the_session(dm):
+    with dm.session("a") as s:
+        s["x"] = [1]
+        s["arr"] = np.zeros((2, 2))
+    with dm.session("b") as s:
+        s["x"] = 5
+        s["arr"] = np.zeros((2, 3))
+    with pytest.raises(TypeError, match="session 'b' holds a int"):
+        dm.get_merged("x")
+    with pytest.raises(TypeError, match="session 'b'"):
+        dm.get_merged_matching("x")
+    with pytest.raises(ValueError, match="shapes differ"):
+        dm.get_merged("arr")
+
+
+def test_order_is_creation_order_with_ties_by_name(dm):
+    for name in ["zeta", "alpha", "mid"]:
+        dm.session(name)["v"] = [name]
+    assert dm.get_merged("v") == ["zeta", "alpha", "mid"]
+    for name in ["zeta", "alpha", "mid"]:
+        dm.session(name).update_metadata({"created": 1.0})
+    assert dm.get_merged("v") == ["alpha", "mid", "zeta"]
+
+
+def test_sessions_dataframe(swept):
+    frame = swept.sessions()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 4
+    for column in ("name", "created", "user", "host", "pid", "python", "argv", "cwd",
+                   "numpy_version", "datamanager_version", "keys", "size"):  # fmt: skip
+        assert column in frame.columns, column
+    assert (frame["keys"] == 4).all() and (frame["size"] > 0).all()
+    assert frame["created"].is_monotonic_increasing
+    assert len(set(frame["pid"])) == 4
+
+
+def test_session_filenames_one_per_session(dm):
+    with dm.session("big") as s:
+        s["a"] = np.zeros(200_000)  # a side file
+    open_writer = dm.session("open")
+    open_writer["x"] = 1  # still open: -wal and -shm files exist
+    locked = dm.locking_session("locked")
+    locked["y"] = 2  # a .lock file
+    with shelve.open(os.path.join(dm.basepath, "legacy")) as sh:
+        sh["z"] = [3]
+    files = dm.session_filenames()
+    assert sorted(map(os.path.basename, files)) == [
+        "big.sqlite", "legacy", "locked.sqlite", "open.sqlite",
+    ]  # fmt: skip
+    assert dm.itemcount() == 4
+    open_writer.close()
+
+
+def test_stray_files_warn_once_each_and_are_ignored(dm):
+    dm.session("s")["x"] = [1]
+    for name in ["README", ".DS_Store", "other.lock", "half.sqlite.part", "notes.txt"]:
+        with open(os.path.join(dm.basepath, name), "w") as f:
+            f.write("not a session\n")
+    os.mkdir(os.path.join(dm.basepath, "subdir"))
+    with pytest.warns(DataManagerWarning) as record:
+        assert dm.get_merged("x") == [1]
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 6
+    for name in ["README", ".DS_Store", "other.lock", "half.sqlite.part", "notes.txt", "subdir"]:
+        assert sum(name in m for m in messages) >= 1, name
+
+
+def test_corrupt_session_is_skipped_or_raises_in_strict_mode(dm):
+    dm.session("good")["x"] = [1]
+    with open(os.path.join(dm.basepath, "bad.sqlite"), "wb") as f:
+        f.write(b"this is not SQLite" * 100)
+    truncated = dm.session("truncated")
+    truncated["x"] = [2]
+    truncated.close()
+    with open(truncated.path, "r+b") as f:  # a half-copied file
+        f.truncate(100)
+    with pytest.warns(DataManagerWarning) as record:
+        assert dm.get_merged("x") == [1]
+    assert any("bad.sqlite" in str(w.message) for w in record)
+    assert any("truncated.sqlite" in str(w.message) for w in record)
+    with pytest.raises(CorruptSessionError, match=r"bad\.sqlite|truncated\.sqlite"):
+        dm.get("x", strict=True)
+
+
+def _snapshot(path):
+    state = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            st = os.stat(full)
+            digest = None
+            if os.path.isfile(full):
+                with open(full, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            state[full] = (st.st_size, st.st_mtime_ns, st.st_mode, digest)
+    return state
+
+
+def _everything(dm):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataManagerWarning)
+        return (dm.keys(), dm.get("a"), dm.get_merged_matching("a"), dm.items(),
+                dm.itemcount(), dm.sessions(), dm.session_filenames(), dm.verify())  # fmt: skip
+
+
+def test_collation_modifies_nothing(dm, tmp_path):
+    with dm.session("closed") as s:
+        s["a"] = [1]
+        s["big"] = np.ones(200_000)
+    # A writer killed with SIGKILL leaves its -wal and -shm files behind.
+    code = (
+        "import os, signal, sys\nfrom datamanager import DataManager\n"
+        "s = DataManager('sweep', sys.argv[1]).session('killed')\ns['a'] = [2]\n"
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True)
+    assert proc.returncode == -9
+    assert os.path.exists(os.path.join(dm.basepath, "killed.sqlite-wal"))
+    with shelve.open(os.path.join(dm.basepath, "legacy")) as sh:
+        sh["a"] = [3]
+    with open(os.path.join(dm.basepath, "README"), "w") as f:
+        f.write("hello")
+    before = _snapshot(dm.basepath)
+    time.sleep(0.01)
+    result = _everything(dm)
+    assert result[1] == {"closed": [1], "killed": [2], "legacy": [3]}
+    # Readers take their WAL read locks inside the -shm file (SQLite's
+    # shared-memory index, not data): that is how they avoid locking out a
+    # writer, so it alone may change.
+    after = _snapshot(dm.basepath)
+    assert {p: v for p, v in after.items() if not p.endswith("-shm")} == {
+        p: v for p, v in before.items() if not p.endswith("-shm")
+    }
+    assert set(after) == set(before)
+
+
+def _can_mount_read_only(tmp_path):
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if shutil.which("unshare") is None:
+        return False
+    cmd = f"mount --bind -o ro {probe} {probe} && ! touch {probe}/x 2>/dev/null"
+    return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True).returncode == 0
+
+
+def test_collation_on_a_read_only_filesystem(dm, tmp_path):
+    # Permission bits do not stop root, so the reader runs in a private mount
+    # namespace where the data directory is a read-only bind mount: any
+    # attempt to create, write or lock a file there fails for real.
+    if not _can_mount_read_only(tmp_path):
+        pytest.skip("needs unshare and mount (root)")
+    with dm.session("closed") as s:
+        s["a"] = [1]
+        s["big"] = np.ones(200_000)
+    code = (
+        "import os, signal, sys\nfrom datamanager import DataManager\n"
+        "s = DataManager('sweep', sys.argv[1]).session('killed')\ns['a'] = [2]\n"
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True)
+    with shelve.open(os.path.join(dm.basepath, "legacy")) as sh:
+        sh["a"] = [3]
+    reader = (
+        "import sys\nfrom datamanager import DataManager\n"
+        "dm = DataManager('sweep', sys.argv[1])\n"
+        "print(sorted(dm.get('a').values()), dm.get('big')['closed'].sum())"
+    )
+    script = (
+        f"mount --bind -o ro {tmp_path} {tmp_path} && "
+        f"exec {shlex.quote(sys.executable)} -W error -c {shlex.quote(reader)} {tmp_path}"
+    )
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[[1],", "[2],", "[3]]", "200000.0"]
+
+
+class Custom:
+    def __init__(self, x):
+        self.x = x
+
+
+def test_safe_mode(tmp_path):
+    dm = DataManager("safe", str(tmp_path))
+    values = {
+        "none": None, "bool": True, "int": 3, "float": 1.5, "complex": 1 + 2j,
+        "str": "s", "bytes": b"b", "list": [1, [2.0]], "tuple": (1, "a"),
+        "dict": {"a": {1, 2}}, "frozenset": frozenset([1]), "array": np.arange(4.0),
+        "big": np.ones(200_000, dtype=np.float32), "scalar": np.float32(2.5),
+        "int64": np.int64(3), "objects": np.array(["a", 1], dtype=object),
+        "record": np.zeros(2, dtype=[("a", "i4"), ("b", "f8")]),
+    }  # fmt: skip
+    with dm.session("mine") as s:
+        s.update(values)
+        s["custom"] = Custom(1)
+    safe = DataManager("safe", str(tmp_path), safe=True)
+    for key, value in values.items():
+        got = safe.get(key)["mine"]
+        assert type(got) is type(value), key
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(got, value)
+        else:
+            assert got == value
+    with pytest.raises(UnsafeValueError) as info:
+        safe.get("custom")
+    message = str(info.value)
+    assert "'mine'" in message and "'custom'" in message and "test_collate.Custom" in message
+    assert dm.get("custom")["mine"].x == 1  # the default trusts the user's own data
+
+
+def _write_legacy(path, values):
+    with shelve.open(path) as sh:
+        sh.update(values)
+
+
+def test_legacy_shelves_collate_read_only_and_migrate(dm):
+    os.makedirs(dm.basepath)
+    _write_legacy(os.path.join(dm.basepath, "old1"), {"rate": [1.0], "arr": np.arange(3)})
+    time.sleep(0.01)
+    _write_legacy(os.path.join(dm.basepath, "old2"), {"rate": (2.0,), "obj": Custom(5)})
+    time.sleep(0.01)
+    dm.session("new")["rate"] = [3.0]
+    assert sorted(os.listdir(dm.basepath))[:3] == ["new.sqlite", "old1.bak", "old1.dat"]
+    before = _snapshot(dm.basepath)
+    assert dm.get_merged("rate") == [1.0, 2.0, 3.0]
+    assert len(dm.session_filenames()) == 3  # not one per .dat/.dir/.bak
+    assert dm.verify() == []
+    with pytest.raises(UnsafeValueError, match="Custom"):
+        DataManager("sweep", dm.datapath, safe=True).get("obj")
+    legacy_files = {p: v for p, v in before.items() if "old" in p}
+    assert dm.migrate() == ["old1", "old2"]
+    after = _snapshot(dm.basepath)
+    assert {p: v for p, v in after.items() if "old" in p and "sqlite" not in p} == legacy_files
+    assert dm.get_merged("rate") == [1.0, 2.0, 3.0]  # order kept: created = the shelf's mtime
+    assert len(dm.session_filenames()) == 3
+    assert all(p.endswith(".sqlite") for p in dm.session_filenames())
+    assert dm.get("obj")["old2"].x == 5
+    np.testing.assert_array_equal(dm.get("arr")["old1"], np.arange(3))
+    assert dm.migrate() == []
+
+
+def test_legacy_shelf_killed_before_close_is_reported(dm):
+    os.makedirs(dm.basepath)
+    path = os.path.join(dm.basepath, "old")
+    _write_legacy(path, {"a": [1] * 10})
+    with open(path + ".dir", "a") as f:  # an index line pointing past the data
+        f.write("'b', (4096, 200)\n")
+    with pytest.warns(DataManagerWarning, match="old"):
+        assert dm.get("b") == {}
+    problems = dm.verify()
+    assert len(problems) == 1 and "old" in problems[0].path
+
+
+def test_verify_reports_damaged_sessions(dm):
+    with dm.session("s") as s:
+        s["big"] = np.ones(200_000)
+        s["big2"] = np.ones(200_000)
+        s["small"] = [1, 2, 3]
+    assert dm.verify() == []
+    sides = sorted(os.listdir(blob_dir(s.path)))
+    with open(os.path.join(blob_dir(s.path), sides[0]), "r+b") as f:
+        f.truncate(1000)
+    os.unlink(os.path.join(blob_dir(s.path), sides[1]))
+    conn = sqlite3.connect(s.path)
+    conn.execute("UPDATE items SET value = ? WHERE key = 'small'", (b"\x80\x05garbage",))
+    conn.commit()
+    conn.close()
+    problems = dm.verify()
+    text = "\n".join(map(str, problems))
+    assert len(problems) == 3, text
+    assert "missing" in text and "expected" in text and "malformed pickle" in text
+    with pytest.raises(CorruptSessionError, match="small"):
+        dm.get("small", strict=True)
+
+
+def test_truncated_side_file_is_an_error_not_a_short_array(dm):
+    with dm.session("s") as s:
+        s["big"] = np.ones(200_000)
+    side = os.path.join(blob_dir(s.path), os.listdir(blob_dir(s.path))[0])
+    with open(side, "r+b") as f:
+        f.truncate(os.path.getsize(side) - 8)
+    with pytest.raises(CorruptSessionError, match="expected"):
+        dm.get("big", strict=True)
+    shutil.rmtree(blob_dir(s.path))
+    with pytest.raises(CorruptSessionError, match="missing"):
+        dm.get("big", strict=True)

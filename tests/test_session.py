@@ -1,0 +1,220 @@
+"""One session: the mapping protocol, storage, names, pickling, journal modes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import sqlite3
+
+import numpy as np
+import pytest
+
+from datamanager import (
+    DataManager,
+    InvalidNameError,
+    LockingSession,
+    Session,
+    UnstorableValueError,
+)
+from datamanager.filesystem import choose_journal_mode, filesystem_type
+from datamanager.session import SIDE_FILE_THRESHOLD, blob_dir
+
+BIG = SIDE_FILE_THRESHOLD // 8 + 10  # float64 elements: just over the side-file threshold
+
+
+def test_mapping_protocol(dm):
+    s = dm.session()
+    assert len(s) == 0 and list(s) == [] and "a" not in s
+    s["a"] = [1.0, 2.0]
+    s["b"] = {"nested": (1, "x")}
+    s["a"] = "again"  # an overwritten key keeps its place, as in a dict
+    assert list(s) == ["a", "b"]
+    assert s["a"] == "again" and s["b"] == {"nested": (1, "x")}
+    assert len(s) == 2 and "b" in s and 3 not in s
+    del s["a"]
+    assert dict(s) == {"b": {"nested": (1, "x")}}
+    with pytest.raises(KeyError):
+        s["a"]
+    with pytest.raises(KeyError):
+        del s["a"]
+    assert s.get("missing", 7) == 7
+    s.update(c=3)
+    assert s.pop("c") == 3
+    s.close()
+    # Closing is not the end: a session reopens when used again.
+    assert s["b"] == {"nested": (1, "x")}
+
+
+def test_nothing_is_created_before_the_first_write(tmp_path):
+    dm = DataManager("results/run1", str(tmp_path))
+    s = dm.session()
+    assert len(s) == 0 and "x" not in s and list(s) == []
+    assert not os.path.exists(tmp_path / "results")
+    s["x"] = 1
+    assert os.path.isfile(tmp_path / "results" / "run1.data" / (s.name + ".sqlite"))
+
+
+@pytest.mark.parametrize("key", [1, 2.5, b"bytes", ("t",), None])
+def test_keys_must_be_str(dm, key):
+    s = dm.session()
+    with pytest.raises(TypeError, match="keys must be str"):
+        s[key] = 1
+    with pytest.raises(TypeError, match="keys must be str"):
+        s[key]
+    assert key not in s
+
+
+def test_unpicklable_value_leaves_session_unchanged(dm):
+    s = dm.session()
+    s["x"] = 1
+    with pytest.raises(UnstorableValueError, match=r"'y'.*function") as info:
+        s["y"] = lambda: 0
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(UnstorableValueError):
+        s["x"] = [1, lambda: 0]
+    assert dict(s) == {"x": 1}
+    s["z"] = 2  # still usable
+    assert dict(s) == {"x": 1, "z": 2}
+
+
+def test_large_arrays_live_in_side_files(dm):
+    s = dm.session()
+    a = np.arange(BIG, dtype=np.float64)
+    s["a"] = a
+    files = os.listdir(blob_dir(s.path))
+    assert len(files) == 1
+    np.testing.assert_array_equal(s["a"], a)
+    assert s["a"].dtype == a.dtype
+    s["a"] = a[::-1].copy()  # overwrite: the old side file goes
+    assert os.listdir(blob_dir(s.path)) != files and len(os.listdir(blob_dir(s.path))) == 1
+    np.testing.assert_array_equal(s["a"], a[::-1])
+    del s["a"]
+    assert os.listdir(blob_dir(s.path)) == []
+    # Small arrays and object arrays stay inline.
+    s["small"] = np.arange(3)
+    s["objects"] = np.array(["a", None] * BIG, dtype=object)
+    assert os.listdir(blob_dir(s.path)) == []
+    assert s["objects"][1] is None
+
+
+def test_transaction_rolls_back_everything(dm):
+    s = dm.session()
+    s["keep"] = 1
+    with pytest.raises(RuntimeError), s.transaction():
+        s["keep"] = 2
+        s["big"] = np.zeros(BIG)
+        raise RuntimeError("undo")
+    assert dict(s) == {"keep": 1}
+    assert os.listdir(blob_dir(s.path)) == []  # the rolled-back side file is gone
+    with s.transaction(), s.transaction():  # nested blocks commit once
+        s["a"], s["b"] = 1, 2
+    assert sorted(s) == ["a", "b", "keep"]
+
+
+def test_metadata_is_recorded_but_is_not_a_key(dm):
+    s = dm.session()
+    s["x"] = 1
+    meta = s.metadata
+    for field in ("created", "user", "host", "pid", "python", "argv", "cwd",
+                  "numpy_version", "datamanager_version"):  # fmt: skip
+        assert field in meta, field
+    assert meta["pid"] == os.getpid() and meta["numpy_version"] == np.__version__
+    assert list(s) == ["x"]
+    s.update_metadata({"note": "hello"})
+    assert s.metadata["note"] == "hello" and list(s) == ["x"]
+
+
+@pytest.mark.parametrize("name", ["", " ", "a/b", "a\\b", "..", "a..b", "x\0y", ".hidden", 3])
+def test_bad_session_names(dm, name):
+    with pytest.raises(InvalidNameError) as info:
+        dm.session(name)
+    assert isinstance(info.value, ValueError)
+    assert repr(name) in str(info.value)
+
+
+def test_default_names_are_unique_and_named_sessions_are_shared(dm):
+    assert dm.session().name != dm.session().name
+    assert dm.session().name.startswith(dm.computer_name + ".")
+    a, b = dm.session("shared"), dm.session("shared")
+    a["x"] = 1
+    assert b["x"] == 1
+    assert dm.computer_session().path == dm.computer_session_filename
+    assert dm.computer_session_filename == dm.session_filename(dm.computer_name)
+
+
+def test_closed_session_is_one_file(dm):
+    with dm.session() as s:
+        s["x"] = 1
+    assert os.listdir(dm.basepath) == [s.name + ".sqlite"]
+    mode = sqlite3.connect(s.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "delete"
+
+
+def _write_in_child(session, key):
+    session[key] = os.getpid()
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_session_and_manager_travel_to_other_processes(dm, method):
+    s = dm.session()
+    s["parent"] = os.getpid()  # the parent holds an open connection now
+    state = pickle.loads(pickle.dumps(s)).__getstate__()
+    assert state == {"path": s.path, "journal_mode": None}
+    pickle.loads(pickle.dumps(dm))  # a DataManager is configuration only
+    ctx = multiprocessing.get_context(method)
+    p = ctx.Process(target=_write_in_child, args=(s, "child"))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    s["parent2"] = 1  # the parent's connection still works after the child exits
+    assert s["child"] == p.pid and s["parent"] == os.getpid()
+
+
+def test_locking_session_pickles_and_locks(dm):
+    s = dm.locking_session("locked")
+    assert isinstance(s, LockingSession)
+    s["x"] = 1
+    copy = pickle.loads(pickle.dumps(s))
+    assert copy["x"] == 1 and copy.lock.lock_file == s.lock.lock_file
+    with s.transaction():
+        assert s.lock.is_locked
+        s["x"] = s["x"] + 1
+    assert not s.lock.is_locked and copy["x"] == 2
+
+
+def test_filesystem_detection():
+    mounts = (
+        "/dev/sda1 / ext4 rw 0 0\n"
+        "server:/export /home nfs4 rw 0 0\n"
+        "lustre@tcp:/scratch /scratch/my\\040lab lustre rw 0 0\n"
+    )
+    assert filesystem_type("/home/alice/runs", mounts) == "nfs4"
+    assert filesystem_type("/homework", mounts) == "ext4"
+    assert filesystem_type("/scratch/my lab/x", mounts) == "lustre"
+    assert filesystem_type("/", "") is None
+
+
+def test_journal_mode_choice(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATAMANAGER_JOURNAL_MODE", raising=False)
+    assert choose_journal_mode(str(tmp_path)) in ("wal", "delete")
+    assert choose_journal_mode(str(tmp_path), "DELETE") == "delete"
+    monkeypatch.setenv("DATAMANAGER_JOURNAL_MODE", "delete")
+    assert choose_journal_mode(str(tmp_path)) == "delete"
+    with pytest.raises(ValueError, match="'wal' or 'delete'"):
+        choose_journal_mode(str(tmp_path), "memory")
+
+
+def test_rollback_journal_sessions_work(tmp_path):
+    dm = DataManager("nfs-like", str(tmp_path), journal_mode="delete")
+    s = dm.session()
+    s["x"] = [1]
+    conn = s._connection(create=False)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert dm.get("x") == {s.name: [1]}
+
+
+def test_session_rejects_foreign_file_names(tmp_path):
+    with pytest.raises(ValueError, match=r"\.sqlite"):
+        Session(str(tmp_path / "x.db"))
