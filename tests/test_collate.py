@@ -17,7 +17,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_python
 
 from datamanager import (
     CorruptSessionError,
@@ -26,6 +25,8 @@ from datamanager import (
     UnsafeValueError,
 )
 from datamanager.session import blob_dir
+
+from conftest import run_python
 
 WRITER = """
 import sys, numpy as np

@@ -1,0 +1,165 @@
+"""Many real processes at once: SIGKILL at random moments, lost updates,
+twin creation of one named session, and reading while writing."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from datamanager import DataManager
+
+from conftest import start_python, stress_size
+
+# Each acknowledged write is printed only after `s[key] = value` returned.
+KILLED_WRITER = """
+import sys, numpy as np
+from datamanager import DataManager
+dm = DataManager("sweep", sys.argv[1])
+s = dm.session(sys.argv[2])
+start = int(sys.argv[3])
+for i in range(start, start + 100000):
+    if i % 7 == 3:
+        value = np.full(140_000, i, dtype=np.float64)  # a side file (> 1 MiB)
+    else:
+        value = [i] * 50
+    s["k%06d" % i] = value
+    s["latest"] = i
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.stress
+def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
+    rounds = stress_size(full=12, ci=4)
+    writers = 3
+    rng = random.Random(1234)
+    acked: dict[str, list[int]] = {f"w{n}": [] for n in range(writers)}
+    for _round in range(rounds):
+        procs = {}
+        for name in acked:
+            start = (acked[name][-1] + 1) if acked[name] else 0
+            procs[name] = start_python(KILLED_WRITER, str(tmp_path), name, str(start))
+        time.sleep(rng.uniform(0.3, 1.2))
+        for proc in procs.values():
+            time.sleep(rng.uniform(0, 0.05))
+            proc.send_signal(signal.SIGKILL)
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == -signal.SIGKILL, err
+            acked[name].extend(int(line) for line in out.split())
+    dm = DataManager("sweep", str(tmp_path))
+    assert sum(map(len, acked.values())) > rounds * writers  # the writers did work
+    for name, numbers in acked.items():
+        assert numbers, f"writer {name} acknowledged nothing"
+        got = dm.get("latest", strict=True)[name]
+        assert got >= numbers[-1]  # the last acknowledged value, or a later one
+    for key, values in dm.get_matching("k", strict=True).items():
+        i = int(key[1:])
+        for value in values.values():
+            if i % 7 == 3:
+                assert value.shape == (140_000,) and (value == i).all(), key
+            else:
+                assert value == [i] * 50, key
+    for name, numbers in acked.items():
+        stored = set(dm.session(name).keys())
+        missing = [i for i in numbers if f"k{i:06d}" not in stored]
+        assert not missing, f"{name} lost acknowledged writes {missing[:5]}"
+    assert dm.verify() == []
+
+
+COUNTER = """
+import os, sys
+from datamanager import DataManager
+dm = DataManager("sweep", sys.argv[1])
+s = dm.locking_session("counter")
+marker = os.path.join(sys.argv[1], "inside")
+for _ in range(int(sys.argv[2])):
+    with s.transaction():
+        # Overlap check independent of the counter: only one process at a
+        # time may hold this marker file.
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        s["n"] = s.get("n", 0) + 1
+        s["log"] = s.get("log", []) + [os.getpid()]
+        os.close(fd)
+        os.unlink(marker)
+"""
+
+
+@pytest.mark.stress
+def test_transactions_lose_no_update(tmp_path):
+    procs_n, increments = 4, stress_size(full=60, ci=25)
+    procs = [start_python(COUNTER, str(tmp_path), str(increments)) for _ in range(procs_n)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err  # FileExistsError here would mean overlap
+    s = DataManager("sweep", str(tmp_path)).locking_session("counter")
+    assert s["n"] == procs_n * increments
+    log = s["log"]
+    assert len(log) == procs_n * increments
+    assert sorted({log.count(pid) for pid in set(log)}) == [increments]
+
+
+TWIN = """
+import sys, time
+from datamanager import DataManager
+dm = DataManager("sweep", sys.argv[1])
+go = float(sys.argv[3])
+while time.time() < go:
+    pass
+s = dm.computer_session()
+s[sys.argv[2]] = sys.argv[2]
+"""
+
+
+@pytest.mark.stress
+def test_twins_create_the_same_named_session_at_once(tmp_path):
+    for attempt in range(stress_size(full=6, ci=3)):
+        go = time.time() + 1.0
+        procs = [start_python(TWIN, str(tmp_path), f"p{attempt}.{n}", str(go)) for n in range(4)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+    dm = DataManager("sweep", str(tmp_path))
+    (values,) = [dict(s.items()) for s in dm.iter_sessions(strict=True)]
+    assert sorted(values) == sorted(f"p{a}.{n}" for a in range(attempt + 1) for n in range(4))
+
+
+OVERWRITER = """
+import sys, numpy as np
+from datamanager import DataManager
+s = DataManager("sweep", sys.argv[1]).session("busy")
+for i in range(int(sys.argv[2])):
+    with s.transaction():
+        s["big"] = np.full(200_000, i, dtype=np.float64)
+        s["small"] = [i] * 100
+        s["i"] = i
+s.close()
+print("done", flush=True)
+"""
+
+
+def test_reading_while_writing_sees_whole_values(tmp_path):
+    dm = DataManager("sweep", str(tmp_path))
+    writer = start_python(OVERWRITER, str(tmp_path), "300")
+    reads = 0
+    deadline = time.time() + 120
+    while writer.poll() is None and time.time() < deadline:
+        found = dm.get_matching(lambda k: True, strict=True)
+        if "big" in found:
+            big = found["big"]["busy"]
+            small = found["small"]["busy"]
+            assert big.shape == (200_000,) and (big == big[0]).all()
+            assert small == [small[0]] * 100
+            reads += 1
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and out.strip() == "done", err
+    assert reads > 0
+    assert dm.get("i") == {"busy": 299}
+    np.testing.assert_array_equal(dm.get("big")["busy"], np.full(200_000, 299.0))
+    # Every replaced side file was removed; only the current one is left.
+    assert len(os.listdir(os.path.join(dm.basepath, "busy.blobs"))) == 1
