@@ -61,7 +61,8 @@ def dumps(key: str, value: Any) -> bytes:
     try:
         return pickle.dumps(value, protocol=PROTOCOL)
     except Exception as exc:  # pickling can fail with almost any exception type
-        raise UnstorableValueError(key, type(value).__qualname__, f"{type(exc).__name__}: {exc}") from exc
+        reason = f"{type(exc).__name__}: {exc}"
+        raise UnstorableValueError(key, type(value).__qualname__, reason) from exc
 
 
 def loads(data: bytes, *, safe: bool, session: str, key: str) -> Any:
