@@ -110,15 +110,17 @@ def git_state(directory: str | None = None) -> dict[str, Any]:
 def imported_versions() -> dict[str, str]:
     """Return ``{package: version}`` for the top-level packages imported so far.
 
-    Only modules already in :data:`sys.modules` that declare a string
-    ``__version__`` are listed (the standard library is left out), so nothing
+    Only modules already in :data:`sys.modules` that set a string
+    ``__version__`` in their namespace are listed (the standard library is left out), so nothing
     is imported and no package metadata is read.
     """
     versions = {}
     for name, module in list(sys.modules.items()):
         if "." in name or name.startswith("_") or name in _STDLIB:
             continue
-        version = getattr(module, "__version__", None)
+        # The module's own namespace, not getattr: a module-level __getattr__
+        # may compute the attribute, import things or warn (MarkupSafe does).
+        version = getattr(module, "__dict__", {}).get("__version__")
         if isinstance(version, str):
             versions[name] = version
     return dict(sorted(versions.items()))
