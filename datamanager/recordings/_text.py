@@ -1,0 +1,395 @@
+"""Shared machinery of the text readers: header lines, numeric blocks, errors.
+
+The readers parse a header with Python, line by line, and hand the numeric
+body to pandas' C parser on the exact byte range it occupies (issue 3: the
+readers must keep up with ``pandas.read_csv``). pandas reports a bad cell
+without its line, so when it refuses a block a slow Python scan of the same
+bytes finds the first bad line and says what was expected there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import tempfile
+from typing import BinaryIO, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import RecordingFormatError
+
+# Line endings as pandas' tokenizer sees them: CRLF, LF or a lone CR.
+_EOL = re.compile(rb"\r\n|\r|\n")
+# A header line longer than this is not a header: binary garbage, most likely.
+MAX_HEADER_LINE = 1 << 20
+# The spellings of not-a-number that C's printf (NEURON) and Clampfit write.
+NAN_STRINGS = ["nan", "NaN", "NAN", "-nan", "-NaN", "-NAN", "+nan", "nan(ind)", "-nan(ind)"]
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf|infinity)",
+                     re.IGNORECASE)
+# Cells per pandas chunk: small enough that a chunk's temporaries stay a few
+# MiB, large enough that the per-chunk overhead vanishes.
+_CHUNK_CELLS = 1 << 20
+
+
+def show(raw: object, limit: int = 40) -> str:
+    """A short printable rendering of a bad cell or line for an error message."""
+    text = repr(raw)
+    if isinstance(raw, bytes):
+        text = text[1:]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def to_float(cell: str) -> float:
+    """``float(cell)`` with the syntax pandas' C parser accepts, else ValueError."""
+    s = cell.strip(" \t\x0b\x0c")
+    if s in NAN_STRINGS:
+        return math.nan
+    if not _NUMBER.fullmatch(s):
+        raise ValueError(cell)
+    return float(s)
+
+
+def decode(raw: bytes, path: str, lineno: int, encodings: Sequence[str] = ("utf-8",)) -> str:
+    """Decode one line of text, raising RecordingFormatError on bad bytes."""
+    if b"\x00" in raw:
+        raise RecordingFormatError(path, lineno, "a line of text", "a NUL byte (binary data)")
+    err: UnicodeDecodeError | None = None
+    for enc in encodings:
+        try:
+            return raw.decode(enc)
+        except UnicodeDecodeError as exc:
+            err = exc if err is None else err
+    assert err is not None
+    bad = raw[err.start : err.start + 1]
+    raise RecordingFormatError(
+        path, lineno, f"{'/'.join(encodings)} text",
+        f"undecodable byte {show(bad)} at column {err.start + 1}",
+    )
+
+
+class LineReader:
+    """The lines of a binary file, read lazily, with their byte offsets.
+
+    Parameters
+    ----------
+    fh : binary file
+        Positioned at ``start``.
+    path : str
+        For error messages.
+    start, end : int
+        The byte range to read; ``end`` None means to the end of the file.
+    lineno : int
+        The line number of the first line read (minus one).
+    """
+
+    def __init__(
+        self, fh: BinaryIO, path: str, start: int = 0, end: int | None = None, lineno: int = 0
+    ) -> None:
+        self.fh = fh
+        self.path = path
+        self.end = end
+        self.buf = b""
+        self.base = start  # file offset of buf[0]
+        self.pos = 0
+        self.lineno = lineno
+        self.eof = False
+
+    @property
+    def offset(self) -> int:
+        """File offset just after the last line returned (and its EOL)."""
+        return self.base + self.pos
+
+    def _fill(self, size: int = 1 << 16) -> None:
+        if self.end is not None:
+            size = min(size, self.end - (self.base + len(self.buf)))
+        chunk = self.fh.read(size) if size > 0 else b""
+        if not chunk:
+            self.eof = True
+        self.buf = self.buf[self.pos :] + chunk
+        self.base += self.pos
+        self.pos = 0
+
+    def readline(self, limit: int = MAX_HEADER_LINE) -> bytes | None:
+        """The next line without its EOL, or None at the end."""
+        while True:
+            m = _EOL.search(self.buf, self.pos)
+            # A CR at the very end of the buffer may be half of a CRLF.
+            if m and (self.eof or m.end() < len(self.buf)):
+                line = self.buf[self.pos : m.start()]
+                self.pos = m.end()
+                self.lineno += 1
+                return line
+            if self.eof:
+                if self.pos < len(self.buf):
+                    line = self.buf[self.pos :]
+                    self.pos = len(self.buf)
+                    self.lineno += 1
+                    return line
+                return None
+            if len(self.buf) - self.pos > limit:
+                raise RecordingFormatError(
+                    self.path, self.lineno + 1, "a line of text",
+                    f"more than {limit} bytes without a line ending (binary data?)",
+                )
+            self._fill()
+
+
+def content_end(fh: BinaryIO, size: int) -> int:
+    """Offset just past the last byte that is not whitespace.
+
+    Trailing whitespace-only lines (a last line holding one space, as some
+    GenePix files end) carry no data and must not reach the numeric parser.
+    """
+    end = size
+    while end > 0:
+        step = min(end, 1 << 16)
+        fh.seek(end - step)
+        chunk = fh.read(step)
+        stripped = chunk.rstrip(b" \t\r\n\x0b\x0c")
+        if stripped:
+            return end - step + len(stripped)
+        end -= step
+    return 0
+
+
+class _Window(io.RawIOBase):
+    """A read-only view of ``fh[start:end]`` that also watches for NUL bytes.
+
+    pandas reads it in large blocks; the ``mode`` attribute tells pandas it
+    is binary so it does not wrap it in a (slow) text decoder.
+    """
+
+    mode = "rb"
+
+    def __init__(self, fh: BinaryIO, start: int, end: int) -> None:
+        super().__init__()
+        self.fh = fh
+        self.end = end
+        self.nul = False
+        fh.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        left = self.end - self.fh.tell()
+        if left <= 0 or self.nul:
+            return 0
+        view = memoryview(b)[: min(len(b), left)]
+        n = self.fh.readinto(view)  # type: ignore[attr-defined]
+        # Binary garbage shows up as NUL bytes; stop there and let the caller
+        # report the line rather than trust how a C parser treats them.
+        if n and view[:n].tobytes().find(b"\x00") >= 0:
+            self.nul = True
+        return n or 0
+
+
+def split_fields(line: str, sep: str | None) -> list[str]:
+    return line.split() if sep is None else line.split(sep)
+
+
+def _blank(line: bytes, sep: str | None) -> bool:
+    # pandas skips lines that are empty or hold only spaces (any whitespace
+    # when the separator is whitespace).
+    return not (line.strip() if sep is None else line.strip(b" "))
+
+
+def diagnose(
+    fh: BinaryIO,
+    path: str,
+    start: int,
+    end: int,
+    first_lineno: int,
+    ncols: int,
+    sep: str | None,
+    numeric: Sequence[bool] | None = None,
+    encodings: Sequence[str] = ("utf-8",),
+) -> RecordingFormatError | None:
+    """Find the first line of ``fh[start:end]`` that breaks the table's rules."""
+    numeric = [True] * ncols if numeric is None else list(numeric)
+    fh.seek(start)
+    lines = LineReader(fh, path, start, end, first_lineno - 1)
+    while True:
+        raw = lines.readline(limit=1 << 30)
+        if raw is None:
+            return None
+        if _blank(raw, sep):
+            continue
+        try:
+            text = decode(raw, path, lines.lineno, encodings)
+        except RecordingFormatError as exc:
+            return exc
+        cells = split_fields(text, sep)
+        if len(cells) != ncols:
+            return RecordingFormatError(
+                path, lines.lineno, f"{ncols} fields", f"{len(cells)} in {show(text)}"
+            )
+        for j, cell in enumerate(cells):
+            if numeric[j]:
+                try:
+                    to_float(cell)
+                except ValueError:
+                    return RecordingFormatError(
+                        path, lines.lineno, f"a number in column {j + 1}", show(cell)
+                    )
+
+
+def parse_numeric(
+    fh: BinaryIO,
+    path: str,
+    start: int,
+    end: int,
+    first_lineno: int,
+    ncols: int,
+    sep: str | None,
+    expected_rows: int | None = None,
+    count_lineno: int | None = None,
+) -> np.ndarray:
+    """Parse ``fh[start:end]`` as a table of ``ncols`` numbers a row.
+
+    Returns a C-contiguous float64 array ``(rows, ncols)``. The output is
+    allocated once (from ``expected_rows`` or an estimate) and filled chunk
+    by chunk, so peak memory stays near the size of the result.
+    """
+    if end <= start:
+        data = np.empty((0, ncols))
+    else:
+        data = _parse_with_pandas(fh, path, start, end, first_lineno, ncols, sep, expected_rows)
+    if expected_rows is not None and data.shape[0] != expected_rows:
+        found = data.shape[0]
+        where = count_lineno if count_lineno else first_lineno
+        raise RecordingFormatError(
+            path,
+            first_lineno + found if found < expected_rows else where,
+            f"{expected_rows} data rows (the count on line {where})",
+            f"{found} rows" + (" (truncated file?)" if found < expected_rows else ""),
+        )
+    return data
+
+
+def _estimate_rows(fh: BinaryIO, start: int, end: int) -> int:
+    fh.seek(start)
+    sample = fh.read(min(end - start, 1 << 16))
+    lines = sample.count(b"\n") or sample.count(b"\r") or 1
+    return int((end - start) * lines / max(len(sample), 1) * 1.02) + 16
+
+
+def _parse_with_pandas(
+    fh: BinaryIO,
+    path: str,
+    start: int,
+    end: int,
+    first_lineno: int,
+    ncols: int,
+    sep: str | None,
+    expected_rows: int | None,
+) -> np.ndarray:
+    import pandas as pd  # late import: only readers pay for pandas
+
+    cap = expected_rows if expected_rows is not None else _estimate_rows(fh, start, end)
+    out = np.empty((max(cap, 1), ncols))
+    n = 0
+    window = _Window(fh, start, end)
+    failed = False
+    try:
+        reader = pd.read_csv(
+            window,
+            sep=r"\s+" if sep is None else sep,
+            header=None,
+            engine="c",
+            dtype=np.float64,
+            keep_default_na=False,
+            na_values=NAN_STRINGS,
+            quoting=3,  # csv.QUOTE_NONE: a quote is a bad cell, never a field delimiter
+            chunksize=max(1024, _CHUNK_CELLS // ncols),
+            encoding="utf-8",
+        )
+        with reader:
+            for chunk in reader:
+                if chunk.shape[1] != ncols:
+                    failed = True
+                    break
+                k = chunk.shape[0]
+                if n + k > out.shape[0]:
+                    # In-place realloc: no second copy of the table at the peak.
+                    out.resize((max(n + k, out.shape[0] + out.shape[0] // 4), ncols),
+                               refcheck=False)
+                out[n : n + k] = chunk.to_numpy(dtype=np.float64)
+                n += k
+    except Exception:  # any refusal is reported by diagnose below, with its line
+        failed = True
+    if failed or window.nul:
+        exc = diagnose(fh, path, start, end, first_lineno, ncols, sep)
+        if exc is None:
+            exc = RecordingFormatError(path, None, f"a table of {ncols} numeric columns",
+                                       "data the C parser refused")
+        raise exc
+    if n != out.shape[0]:
+        out.resize((n, ncols), refcheck=False)
+    return out
+
+
+def parse_lines(
+    lines: Sequence[str], path: str, first_lineno: int, ncols: int, sep: str | None
+) -> np.ndarray:
+    """Parse already-split lines (small multi-block files) into a float table."""
+    out = np.empty((len(lines), ncols))
+    for i, line in enumerate(lines):
+        cells = split_fields(line, sep)
+        if len(cells) != ncols:
+            raise RecordingFormatError(
+                path, first_lineno + i, f"{ncols} fields", f"{len(cells)} in {show(line)}"
+            )
+        for j, cell in enumerate(cells):
+            try:
+                out[i, j] = to_float(cell)
+            except ValueError:
+                raise RecordingFormatError(
+                    path, first_lineno + i, f"a number in column {j + 1}", show(cell)
+                ) from None
+    return out
+
+
+def file_size(fh: BinaryIO) -> int:
+    return os.fstat(fh.fileno()).st_size
+
+
+def format_rows(data: np.ndarray, sep: str, rows_per_part: int = 1 << 16) -> Iterator[str]:
+    """Rows of a table as text parts; floats as ``repr`` (the shortest exact text).
+
+    Text cells are written as they are; the caller checks they hold no
+    separator or line ending.
+    """
+    for lo in range(0, data.shape[0], rows_per_part):
+        rows = data[lo : lo + rows_per_part].tolist()
+        if data.dtype.kind == "f":
+            # float.__repr__ round-trips exactly and is the fastest exact formatter.
+            yield "".join(sep.join(map(repr, row)) + "\n" for row in rows)
+        else:
+            yield "".join(
+                sep.join(c if isinstance(c, str) else repr(float(c)) for c in row) + "\n"
+                for row in rows
+            )
+
+
+def atomic_write(path: str, parts: Iterable[str]) -> None:
+    """Write the text ``parts`` to ``path`` whole or not at all.
+
+    The file is written under a temporary name in the target folder and moved
+    into place with os.replace, so a reader never sees half a file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            for part in parts:
+                out.write(part)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a recording is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
