@@ -10,9 +10,11 @@ database, so a reader sees either no reference or a complete file (issue #2).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import shutil
 import sqlite3
 import threading
 import time
@@ -208,7 +210,10 @@ class Session(MutableMapping):
         """Close the session; it reopens by itself if used again."""
         with self._lock:
             conn, self._conn = self._conn, None
-            if conn is None or self._pid != os.getpid():
+            if conn is not None and self._pid != os.getpid():
+                _ABANDONED.append(conn)  # the parent's: never close it here
+                return
+            if conn is None:
                 return
             if self._depth:
                 conn.execute("ROLLBACK")
@@ -293,7 +298,7 @@ class Session(MutableMapping):
     def __setitem__(self, key: str, value: Any) -> None:
         _check_key(key)
         if _is_side_array(value):
-            side, data = self._write_side(value), None
+            side, data = self._write_side(key, value), None
         else:
             side, data = None, safepickle.dumps(key, value)
         with self.transaction() as s:
@@ -306,7 +311,7 @@ class Session(MutableMapping):
                 s._old_sides.append(old[0])
             conn.execute(_UPSERT, (key, data, *(side or (None, None))))
 
-    def _write_side(self, array: np.ndarray) -> tuple[str, int]:
+    def _write_side(self, key: str, array: np.ndarray) -> tuple[str, int]:
         directory = blob_dir(self.path)
         os.makedirs(directory, exist_ok=True)
         name = uuid.uuid4().hex + ".npy"
@@ -315,11 +320,17 @@ class Session(MutableMapping):
             with open(path, "xb") as f:
                 np.save(f, array, allow_pickle=False)
                 size = f.tell()
-        except BaseException:
+        except BaseException as exc:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+            if isinstance(exc, OSError) and exc.errno is None:
+                # numpy reports a short write without an errno; say what it means.
+                full = shutil.disk_usage(directory).free < array.nbytes
+                code, why = (errno.ENOSPC, "no space left on device") if full else (
+                    errno.EIO, "short write")
+                raise OSError(code, f"cannot store key {key!r}: {why} ({exc})", path) from exc
             raise
         return name, size
 

@@ -357,3 +357,65 @@ def test_truncated_side_file_is_an_error_not_a_short_array(dm):
     shutil.rmtree(blob_dir(s.path))
     with pytest.raises(CorruptSessionError, match="missing"):
         dm.get("big", strict=True)
+
+
+def test_python2_pickles_in_legacy_shelves(dm):
+    # Brian ran on Python 2: its shelves hold protocol-2 pickles of byte
+    # strings, which load as str (latin-1), numpy's convention.
+    import dbm.dumb
+
+    os.makedirs(dm.basepath)
+    with dbm.dumb.open(os.path.join(dm.basepath, "py2"), "c") as db:
+        db[b"label"] = b"\x80\x02U\x03abcq\x00."  # SHORT_BINSTRING 'abc'
+        db[b"rates"] = b"\x80\x02]q\x00(G?\xf0\x00\x00\x00\x00\x00\x00K\x02e."  # [1.0, 2]
+    safe = DataManager("sweep", dm.datapath, safe=True)
+    assert safe.get("label") == {"py2": "abc"}
+    assert safe.get_merged("rates") == [1.0, 2]
+
+
+def _can_mount_tmpfs(tmp_path):
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    cmd = f"mount -t tmpfs -o size=1m tmpfs {probe}"
+    return shutil.which("unshare") and subprocess.run(
+        ["unshare", "-m", "sh", "-c", cmd], capture_output=True
+    ).returncode == 0
+
+
+DISK_FILLER = """
+import sys, numpy as np
+from datamanager import DataManager
+dm = DataManager("sweep", sys.argv[1])
+s = dm.session("filler")
+written = 0
+try:
+    for i in range(10_000):
+        value = np.full(150_000, i, dtype=np.float64) if i % 2 else [i] * 1000
+        s["k%05d" % i] = value
+        written = i + 1
+except Exception as exc:
+    print("ERROR", type(exc).__name__, exc)
+print("WRITTEN", written)
+dm = DataManager("sweep", sys.argv[1])
+for i in range(written):
+    v = dm.get("k%05d" % i, strict=True)["filler"]
+    assert (v == i).all() if i % 2 else v == [i] * 1000, i
+print("VERIFIED", dm.verify())
+"""
+
+
+def test_full_disk_ends_in_a_clear_error_and_keeps_what_was_written(tmp_path):
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("needs unshare and mount (root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=8m tmpfs {disk} && "
+        f"exec {shlex.quote(sys.executable)} -c {shlex.quote(DISK_FILLER)} {disk}"
+    )
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("ERROR") and ("full" in lines[0] or "space" in lines[0]), lines
+    assert int(lines[1].split()[1]) > 5
+    assert lines[2] == "VERIFIED []"
