@@ -168,6 +168,10 @@ def _homogeneous(items: Any) -> tuple[str, np.ndarray] | None:
             return cls.__name__, np.array(items, dtype=_PY_SCALARS[cls])
         except OverflowError:  # ints beyond int64
             return None
+    if cls is str:
+        if any(type(x) is not str or "\x00" in x or _has_surrogates(x) for x in items):
+            return None
+        return "str", np.array(items, dtype=object)
     if isinstance(first, np.generic) and _numeric(first.dtype):
         if all(type(x) is cls and x.dtype == first.dtype for x in items):
             return "numpy.scalar", np.array(items, dtype=first.dtype)
@@ -175,7 +179,7 @@ def _homogeneous(items: Any) -> tuple[str, np.ndarray] | None:
     if (_is_array(first) and _numeric(first.dtype)) and all(
         _is_array(x) and x.dtype == first.dtype and x.shape == first.shape for x in items
     ):
-        return "ndarray", np.stack(items)
+        return "ndarray", np.stack(items).astype(first.dtype, copy=False)
     return None
 
 
@@ -198,8 +202,12 @@ class _Writer:
         self.pickled: list[str] = []
 
     def array(self, parent: Any, name: str, arr: np.ndarray, **kw: Any) -> Any:
+        import h5py
+
         if self.compression and arr.ndim and arr.size:
             kw.setdefault("compression", self.compression)
+        if arr.dtype.kind == "O":  # a list of str: variable-length UTF-8 strings
+            kw["dtype"] = h5py.string_dtype()
         return parent.create_dataset(name, data=arr, **kw)
 
     def scalar(self, parent: Any, name: str, data: Any, ptype: str, **kw: Any) -> Any:
@@ -272,8 +280,15 @@ class _Writer:
     def recording(self, parent: Any, name: str, rec: Any) -> None:
         group = parent.create_group(name, track_order=True)
         group.attrs[TYPE_ATTR] = "Recording"
-        self.write(group, "data", rec.data)
-        for attr in ("columns", "units", "header", "label", "path", "layout"):
+        data = rec.data
+        if data.dtype.kind == "O":
+            # A table mixing text and numbers (a Clampfit results sheet): one
+            # member per column, each as uniform as its cells allow.
+            self.write(group, "data", [data[:, j].tolist() for j in range(data.shape[1])])
+            group["data"].attrs["rows"] = data.shape[0]
+        else:
+            self.write(group, "data", data)
+        for attr in ("columns", "units", "header", "label", "path", "layout", "attrs"):
             _set_attr(group, attr, getattr(rec, attr, None))
 
     def _unsupported(self, parent: Any, name: str, value: Any) -> None:
@@ -348,11 +363,13 @@ def _read(obj: Any, unpickle: bool = False) -> Any:
         if ptype == "Recording":
             return _read_recording(obj, unpickle)
         raise ValueError(f"{obj.name}: unknown {TYPE_ATTR} {ptype!r}")
-    data = obj[()]
     if ptype is None:
-        return np.asarray(data) if not isinstance(data, np.ndarray) else data
+        # [...] keeps a 0-d array an array, in its stored byte order.
+        return obj[...] if obj.shape == () else obj[()]
+    data = obj[()]
     if ptype in _SEQUENCES:
-        return _items_from_array(data, obj.attrs[ITEMS_ATTR], ptype)
+        items = obj.attrs[ITEMS_ATTR]
+        return _items_from_array(obj.asstr()[()] if items == "str" else data, items, ptype)
     if ptype == "numpy.scalar":
         return data
     if ptype == "None":
@@ -379,7 +396,13 @@ def _read_recording(group: Any, unpickle: bool) -> Any:
 
     fields = _get_attrs(group)
     fields.pop(TYPE_ATTR, None)
-    return Recording(data=_read(group["data"], unpickle), **fields)
+    data = _read(group["data"], unpickle)
+    if isinstance(data, list):  # an object table stored column by column
+        table = np.empty((int(group["data"].attrs["rows"]), len(data)), dtype=object)
+        for j, column in enumerate(data):
+            table[:, j] = column
+        data = table
+    return Recording(data, **fields)
 
 
 def load_hdf5(
@@ -509,7 +532,7 @@ def _stackable(value: Any) -> tuple[tuple[Any, ...], np.ndarray | None] | None:
         if not value:
             return (type(value).__name__, None, None, None), None
         packed = _homogeneous(value)
-        if packed is not None and all(packed[1].shape[1:]):
+        if packed is not None and packed[0] != "str" and all(packed[1].shape[1:]):
             items, arr = packed
             return (type(value).__name__, items, arr.dtype.str, arr.shape[1:]), arr
     return None
