@@ -643,14 +643,14 @@ def run_tasks(
             session_metadata()
             workers = min(processes or os.cpu_count() or 1, len(todo))
             pool = _DaskPool(spec, client) if client is not None else None
-        position, work_items, work_seconds, broken = 0, 0, 0.0, True
+        position, work_items, work_seconds, broken = 0, 0, 0.0, client is None
         while position < len(todo) or pending:
-            if broken and client is None and not pending:
+            if broken and not pending:
                 if pool is not None:  # a worker died: a broken pool takes no more work
                     pool.close()
                 pool, broken = _LocalPool(spec, workers, mp_context), False
             slots = pool.slots
-            while position < len(todo) and len(pending) < 2 * slots:
+            while not broken and position < len(todo) and len(pending) < 2 * slots:
                 # Chunks of about chunk_seconds of work, and never more than a
                 # fair share of what is left, so the tail stays balanced.
                 size = math.ceil((len(todo) - position) / (2 * slots))
