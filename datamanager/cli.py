@@ -1,0 +1,289 @@
+"""The ``datamanager`` command line (also ``python -m datamanager``).
+
+``main(argv) -> int``: 0 on success, 1 for an error (printed as ``Error: ...``
+on stderr), 2 for a usage error.  Data directories are read in safe mode (no
+code stored in them runs) unless ``--unsafe`` is given (issue 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+__all__ = ["main"]
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def _table(header: Sequence[str], rows: list[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _open(datadir: str, unsafe: bool, must_exist: bool = True) -> Any:
+    from .manager import DataManager
+
+    if must_exist and not os.path.isdir(datadir):
+        raise FileNotFoundError(f"no such data directory: {datadir}")
+    return DataManager.from_path(datadir, safe=not unsafe)
+
+
+def _summary(value: Any) -> tuple[str, str, str]:
+    """``(type, shape or length, short preview)`` without printing the value."""
+    import numpy as np
+
+    kind = type(value).__name__
+    if isinstance(value, np.ndarray):
+        return f"ndarray[{value.dtype}]", str(value.shape), ""
+    if isinstance(value, (list, tuple, dict, set, frozenset, str, bytes)):
+        preview = repr(value)
+        preview = preview if len(preview) <= 40 else preview[:37] + "..."
+        return kind, f"len {len(value)}", preview
+    if hasattr(value, "shape") and hasattr(value, "columns"):  # a Recording
+        return kind, str(tuple(value.shape)), ", ".join(map(str, value.columns))[:40]
+    preview = repr(value)
+    return kind, "", preview if len(preview) <= 40 else preview[:37] + "..."
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    frame = _open(args.datadir, args.unsafe).sessions()
+    if frame.empty:
+        print(f"no sessions in {args.datadir}")
+        return 0
+    rows = []
+    for rec in frame.to_dict("records"):
+        created = rec.get("created")
+        created = created.strftime("%Y-%m-%d %H:%M:%S") if hasattr(created, "strftime") else ""
+        rows.append([rec["name"], created, rec.get("host") or "", rec["keys"],
+                     _size(rec["size"])])  # fmt: skip
+    print(_table(["name", "created (UTC)", "host", "keys", "size"], rows))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    for key in _open(args.datadir, args.unsafe).keys():  # noqa: SIM118 (a DataManager)
+        if key.startswith(args.prefix):
+            print(key)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    dm = _open(args.datadir, args.unsafe)
+    rows, kinds, total, trailing = [], set(), 0, set()
+    for reader in dm.iter_sessions():
+        with reader:
+            if args.key not in reader:
+                continue
+            value = reader[args.key]  # one value in memory at a time
+        kind, shape, preview = _summary(value)
+        rows.append([reader.name, kind, shape, preview])
+        if isinstance(value, np.ndarray):
+            kinds.add("ndarray")
+            total += value.shape[0] if value.ndim else 0
+            trailing.add((value.ndim > 0, value.shape[1:], value.dtype))
+        elif isinstance(value, (list, tuple)):
+            kinds.add("sequence")
+            total += len(value)
+        else:
+            kinds.add("other")
+        del value
+    if not rows:
+        raise KeyError(f"no session holds the key {args.key!r}")
+    print(f"key {args.key!r}: held by {len(rows)} session(s)")
+    print(_table(["session", "type", "shape", "value"], rows))
+    if kinds == {"ndarray"} and len(trailing) == 1 and next(iter(trailing))[0]:
+        _, row, dtype = next(iter(trailing))
+        print(f"merged: ndarray[{dtype}] of shape {(total, *row)}")
+    elif kinds == {"ndarray"}:
+        dtypes = {str(t[2]) for t in trailing}
+        print(f"merged: ndarray of {total} rows ({', '.join(sorted(dtypes))}) if shapes agree")
+    elif kinds == {"sequence"}:
+        print(f"merged: list of {total} items")
+    else:
+        print("merged: not mergeable (get_merged needs all lists/tuples or all arrays)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .hdf5 import export_hdf5
+
+    dm = _open(args.datadir, args.unsafe)
+    if os.path.lexists(args.out) and not args.force:
+        raise FileExistsError(f"{args.out} exists (use --force to replace it)")
+    report = export_hdf5(
+        dm, args.out, match=args.match, merged=args.merged, compression=args.compression,
+        overwrite=args.force, on_unsupported=args.on_unsupported,
+        progress=False if args.no_progress else None,
+    )  # fmt: skip
+    print(f"wrote {report.path}: {report.sessions} sessions, {report.values} values, "
+          f"{_size(report.nbytes)} in {report.seconds:.2f} s")  # fmt: skip
+    if args.merged:
+        print(f"merged {len(report.merged)} keys ({len(report.stacked)} stacked)")
+        for key, reason in report.not_merged.items():
+            print(f"  not merged: {key}: {reason}")
+    for session, key, type_name in report.skipped:
+        print(f"  skipped: {session} {key} ({type_name})")
+    for session, key, type_name in report.pickled:
+        print(f"  pickled: {session} {key} ({type_name})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    dm = _open(args.datadir, args.unsafe)
+    problems = dm.verify()
+    for problem in problems:
+        print(f"{problem.path}: {problem.message}")
+    if problems:
+        print(f"Error: {len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.datadir}: no problems found")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    if not os.path.exists(args.folder):
+        raise FileNotFoundError(f"no such folder: {args.folder}")
+    dm = _open(args.datadir, args.unsafe, must_exist=False)
+    summary = dm.import_recordings(args.folder)
+    print(summary)
+    for path, error in summary.failed.items():
+        print(f"  failed: {path}: {error}")
+    return 1 if summary.failed else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .recordings import load_recording
+
+    recordings = load_recording(args.file)
+    for n, rec in enumerate(recordings):
+        if len(recordings) > 1:
+            print(f"block {n}" + (f": {rec.label}" if rec.label else ""))
+        elif rec.label:
+            print(f"label: {rec.label}")
+        print(f"layout: {rec.layout}")
+        print(f"rows: {rec.shape[0]}, columns: {rec.shape[1]}")
+        units = ["" if u is None else u for u in rec.units]
+        print(_table(["column", "unit"], [list(cu) for cu in zip(rec.columns, units)]))
+        if rec.header:
+            print("header:")
+            for key, value in rec.header.items():
+                print(f"  {key} = {value}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------
+
+
+def _command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, example: str
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        name, help=help, description=help, epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.set_defaults(func=func)
+    # Also accepted after the command; SUPPRESS keeps a value given before it.
+    parser.add_argument("--unsafe", action="store_true", default=argparse.SUPPRESS,
+                        help="trust the data directory: unpickle any stored object")  # fmt: skip
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``datamanager`` command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="datamanager",
+        description="Inspect, check and export datamanager data directories (<name>.data).",
+        epilog="example:\n  datamanager ls results.data\n\n"
+        "Data directories are read in safe mode: stored pickles that are not plain\n"
+        "values or numpy arrays are refused unless --unsafe is given.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--unsafe", action="store_true",
+                        help="trust the data directory: unpickle any stored object")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _command(sub, "ls", cmd_ls, "list the sessions as a table", "datamanager ls sweep.data")
+    p.add_argument("datadir", metavar="DATADIR")
+
+    p = _command(sub, "keys", cmd_keys, "list the keys (optionally those with a prefix)",
+                 "datamanager keys sweep.data rate")  # fmt: skip
+    p.add_argument("datadir", metavar="DATADIR")
+    p.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
+
+    p = _command(sub, "show", cmd_show, "summarise one key across sessions (type, shape, count)",
+                 "datamanager show sweep.data rate")  # fmt: skip
+    p.add_argument("datadir", metavar="DATADIR")
+    p.add_argument("key", metavar="KEY")
+
+    p = _command(sub, "export", cmd_export, "export to one HDF5 file (written atomically)",
+                 "datamanager export sweep.data sweep.h5 --merged --match rate")  # fmt: skip
+    p.add_argument("datadir", metavar="DATADIR")
+    p.add_argument("out", metavar="OUT.h5")
+    p.add_argument("--match", metavar="P", help="only keys starting with P")
+    p.add_argument("--merged", action="store_true", help="also write /merged/<key>")
+    p.add_argument("--compression", choices=["gzip", "lzf"], help="compress datasets")
+    p.add_argument("--force", action="store_true", help="replace OUT.h5 if it exists")
+    p.add_argument("--on-unsupported", choices=["error", "skip", "pickle"], default="error",
+                   help="what to do with values HDF5 cannot hold (default: error)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    p = _command(sub, "verify", cmd_verify,
+                 "check every session; report each problem with its file (exit 1 if any)",
+                 "datamanager verify sweep.data")  # fmt: skip
+    p.add_argument("datadir", metavar="DATADIR")
+
+    p = _command(sub, "import", cmd_import,
+                 "import the .dat/.atf recordings under FOLDER into one session",
+                 "datamanager import recordings/ cells.data")  # fmt: skip
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("datadir", metavar="DATADIR")
+
+    p = _command(sub, "info", cmd_info,
+                 "describe a recording file: layout, columns, units, rows, header records",
+                 "datamanager info cell1.atf")  # fmt: skip
+    p.add_argument("file", metavar="FILE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0, 1 error, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error
+        return exc.code if isinstance(exc.code, int) else 2
+    from .errors import DataManagerError
+
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # Output piped into `head`: stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+    except KeyError as exc:
+        print(f"Error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+    except (DataManagerError, OSError, ValueError, TypeError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+    return 1
