@@ -45,6 +45,10 @@ class LockingSession(Session):
         with self.lock, super().transaction():
             yield self
 
+    def _write(self, sql: str, params: tuple[Any, ...], new_side: str | None = None) -> int:
+        with self.lock:
+            return super()._write(sql, params, new_side)
+
     def __getitem__(self, key: str) -> Any:
         with self.lock:
             return super().__getitem__(key)

@@ -39,15 +39,24 @@ SIDE_FILE_THRESHOLD = 1 << 20
 #: How long a writer waits for another process holding the same session.
 BUSY_TIMEOUT = 60.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    key TEXT PRIMARY KEY NOT NULL,
-    value BLOB,      -- the pickled value, or NULL when it lives in a side file
-    side TEXT,       -- name of the side file in <name>.blobs/, or NULL
-    side_size INTEGER
-);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
-"""
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS items (
+        key TEXT PRIMARY KEY NOT NULL,
+        value BLOB,         -- the pickled value, or NULL when it lives in a side file
+        side TEXT,          -- name of the side file in <name>.blobs/, or NULL
+        side_size INTEGER)""",
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+    # Side files that no row references any more, to be deleted.  Triggers
+    # fill it inside the very statement that replaces or deletes a row, so a
+    # plain write stays one statement and a crash forgets no file.
+    "CREATE TABLE IF NOT EXISTS garbage (side TEXT NOT NULL)",
+    """CREATE TRIGGER IF NOT EXISTS replaced_side AFTER UPDATE OF side ON items
+        WHEN old.side IS NOT NULL AND old.side IS NOT new.side
+        BEGIN INSERT INTO garbage (side) VALUES (old.side); END""",
+    """CREATE TRIGGER IF NOT EXISTS deleted_side AFTER DELETE ON items
+        WHEN old.side IS NOT NULL
+        BEGIN INSERT INTO garbage (side) VALUES (old.side); END""",
+]
 _UPSERT = (
     "INSERT INTO items (key, value, side, side_size) VALUES (?, ?, ?, ?) "
     # An upsert (not INSERT OR REPLACE) keeps the row id, so a key keeps its
@@ -150,7 +159,6 @@ class Session(MutableMapping):
         self._lock = threading.RLock()
         self._depth = 0  # nesting depth of transaction()
         self._new_sides: list[str] = []  # side files written by the open transaction
-        self._old_sides: list[str] = []  # side files to delete once it commits
 
     # -- pickling carries configuration, never a connection (STYLE habit 3) --
 
@@ -193,14 +201,14 @@ class Session(MutableMapping):
             sync = "NORMAL" if self.journal_mode == "wal" else "FULL"
             conn.execute(f"PRAGMA synchronous={sync}")
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _SCHEMA:
+                conn.execute(statement)
             conn.executemany(
                 "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
                 [(k, json.dumps(v)) for k, v in session_metadata().items()],
             )
             conn.execute("COMMIT")
+            self._collect_garbage(conn)  # left behind by a process killed mid-way
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise CorruptSessionError(self.path, str(exc)) from exc
@@ -277,39 +285,68 @@ class Session(MutableMapping):
                 self._finish(conn, commit=True)
 
     def _finish(self, conn: sqlite3.Connection, commit: bool) -> None:
-        new, old = self._new_sides, self._old_sides
-        self._new_sides, self._old_sides = [], []
+        new, self._new_sides = self._new_sides, []
         try:
             conn.execute("COMMIT" if commit else "ROLLBACK")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            commit = False
+            self._unlink_sides(new)  # written for rows that were never committed
             raise
+        if commit:
+            self._collect_garbage(conn)
+        else:
+            self._unlink_sides(new)
+
+    def _unlink_sides(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                os.unlink(os.path.join(blob_dir(self.path), name))
+            except FileNotFoundError:
+                pass
+
+    def _collect_garbage(self, conn: sqlite3.Connection) -> None:
+        """Delete the side files that committed writes left unreferenced."""
+        if conn.execute("SELECT 1 FROM garbage LIMIT 1").fetchone() is None:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Files go before their rows: a crash in between leaves names of
+            # missing files (skipped next time), never an unlisted orphan.
+            self._unlink_sides([r[0] for r in conn.execute("SELECT side FROM garbage")])
+            conn.execute("DELETE FROM garbage")
         finally:
-            # Only files no committed row references are removed: the new ones
-            # after a rollback, the replaced ones after a commit.
-            for name in old if commit else new:
-                try:
-                    os.unlink(os.path.join(blob_dir(self.path), name))
-                except FileNotFoundError:
-                    pass
+            conn.execute("COMMIT")
+
+    def _write(self, sql: str, params: tuple[Any, ...], new_side: str | None = None) -> int:
+        """Run one writing statement, alone or inside the open transaction.
+
+        Returns the number of rows it changed (not counting trigger rows).
+        """
+        with self._lock:
+            conn = self._connection(create=True)
+            assert conn is not None
+            before = conn.total_changes
+            try:
+                changed = conn.execute(sql, params).rowcount
+            except BaseException:
+                if new_side is not None:
+                    self._unlink_sides([new_side])
+                raise
+            if new_side is not None and self._depth:
+                self._new_sides.append(new_side)
+            # total_changes counts the garbage rows the triggers added.
+            if conn.total_changes - before > changed and not self._depth:
+                self._collect_garbage(conn)
+            return changed
 
     def __setitem__(self, key: str, value: Any) -> None:
         _check_key(key)
         if _is_side_array(value):
-            side, data = self._write_side(key, value), None
+            side, size = self._write_side(key, value)
+            self._write(_UPSERT, (key, None, side, size), new_side=side)
         else:
-            side, data = None, safepickle.dumps(key, value)
-        with self.transaction() as s:
-            conn = s._conn
-            assert conn is not None
-            if side is not None:
-                s._new_sides.append(side[0])
-            old = conn.execute("SELECT side FROM items WHERE key = ?", (key,)).fetchone()
-            if old is not None and old[0] is not None:
-                s._old_sides.append(old[0])
-            conn.execute(_UPSERT, (key, data, *(side or (None, None))))
+            self._write(_UPSERT, (key, safepickle.dumps(key, value), None, None))
 
     def _write_side(self, key: str, array: np.ndarray) -> tuple[str, int]:
         directory = blob_dir(self.path)
@@ -336,15 +373,8 @@ class Session(MutableMapping):
 
     def __delitem__(self, key: str) -> None:
         _check_key(key)
-        with self.transaction() as s:
-            conn = s._conn
-            assert conn is not None
-            row = conn.execute("SELECT side FROM items WHERE key = ?", (key,)).fetchone()
-            if row is None:
-                raise KeyError(key)
-            if row[0] is not None:
-                s._old_sides.append(row[0])
-            conn.execute("DELETE FROM items WHERE key = ?", (key,))
+        if not self._write("DELETE FROM items WHERE key = ?", (key,)):
+            raise KeyError(key)
 
     def update_metadata(self, entries: Mapping[str, Any]) -> None:
         """Add or replace metadata entries (JSON-able values), stored apart from the keys."""
