@@ -328,7 +328,9 @@ MALFORMED = {
     "atf-version": ("a.atf", b"ATF\tx\n0\t1\n\"t\"\n1\n", 1, "version"),
     "atf-counts": ("a.atf", b"ATF\t1.0\n0\n\"t\"\n1\n", 2, "header records"),
     "atf-too-many-records": ("a.atf", b'ATF\t1.0\n2\t1\n"A=1"\n"t"\n1\n', 4, "Key=Value"),
-    "atf-too-few-records": ("a.atf", b'ATF\t1.0\n0\t2\n"A=1"\n"t"\t"u"\n1\t2\n', 3, "column titles"),
+    "atf-too-few-records": (
+        "a.atf", b'ATF\t1.0\n0\t2\n"A=1"\n"t"\t"u"\n1\t2\n', 3, "column titles",
+    ),
     "atf-header-eof": ("a.atf", b'ATF\t1.0\n3\t2\n"A=1"\n', 4, "3 header records"),
     "atf-ragged": ("a.atf", b'ATF\t1.0\n0\t2\n"t"\t"v"\n1\t2\n3\n5\t6\n', 5, "2 fields"),
     "atf-too-many-fields": ("a.atf", b'ATF\t1.0\n0\t2\n"t"\t"v"\n1\t2\n3\t4\t5\n', 5, "2 fields"),

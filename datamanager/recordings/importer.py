@@ -22,7 +22,7 @@ from typing import Any, Iterable, Union
 from ..errors import RecordingFormatError
 from .detect import load_recording, sniff
 
-__all__ = ["ImportSummary", "import_recordings", "default_session_name"]
+__all__ = ["ImportSummary", "default_session_name", "import_recordings"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 # Files stored per transaction: one commit (one fsync) per batch, not per

@@ -360,7 +360,11 @@ def load_neuron_dat(path: PathLike) -> list[Recording]:
         if count:
             second = _peek(fh, lines, path)
             cells = None if second is None else _numbers(second)
-            if cells is not None and len(cells) >= 2 and count.group(2) in (None, str(len(cells))):
+            fits = cells is not None and len(cells) >= 2 and count.group(2) in (
+                None, str(len(cells)))
+            # "0" alone: an empty clipboard vector written without a label.
+            empty = second is None and int(count.group(1)) == 0
+            if fits or empty:
                 return _clipboard(fh, lines, path, size, None, count, 1)
         if _numbers(first) is None:
             raise RecordingFormatError(path, 1, _WHAT, show(first))
