@@ -25,9 +25,22 @@ from .errors import (
     UnstorableValueError,
     UnsupportedValueError,
 )
+from .hdf5 import ExportReport, export_hdf5, load_hdf5
 from .locking import LockingSession
 from .manager import DataManager, Problem
+from .recordings import (
+    ImportSummary,
+    Recording,
+    load_atf,
+    load_neuron_dat,
+    load_recording,
+    read_atf,
+    read_neuron_dat,
+    write_atf,
+    write_neuron_dat,
+)
 from .session import Session
+from .tasks import TaskFailure, TaskSummary, run_tasks, task_failures, task_results
 
 __version__ = "0.1.0"
 
@@ -37,14 +50,31 @@ __all__ = [
     "DataManagerError",
     "DataManagerWarning",
     "ExportError",
+    "ExportReport",
+    "ImportSummary",
     "InvalidNameError",
     "LockingSession",
     "Problem",
+    "Recording",
     "RecordingFormatError",
     "Session",
     "SessionReader",
+    "TaskFailure",
+    "TaskSummary",
     "UnsafeValueError",
     "UnstorableValueError",
     "UnsupportedValueError",
     "__version__",
+    "export_hdf5",
+    "load_atf",
+    "load_hdf5",
+    "load_neuron_dat",
+    "load_recording",
+    "read_atf",
+    "read_neuron_dat",
+    "run_tasks",
+    "task_failures",
+    "task_results",
+    "write_atf",
+    "write_neuron_dat",
 ]
