@@ -45,6 +45,10 @@ __all__ = ["TaskFailure", "TaskSummary", "item_key", "run_tasks", "task_failures
 
 # Bumped whenever the canonical encoding changes, so old and new keys never meet.
 _KEY_VERSION = b"datamanager item key 1\0"
+#: A worker commits what it has computed at least this often (seconds).
+COMMIT_SECONDS = 1.0
+#: Work per chunk sent to a Dask cluster (seconds, as measured).
+CHUNK_SECONDS = 0.2
 _SUPPORTED = (
     "None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets "
     "of them, numpy arrays and scalars"
@@ -235,6 +239,11 @@ class TaskSummary:
         )
 
 
+# What a chunk sends back: failures (index, key, error, traceback, worker), the
+# number of items run, their compute time and the session name.
+Ack = tuple[list[tuple[Any, ...]], int, float, str]
+
+
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -280,20 +289,39 @@ class _Worker:
                 self.session = session
             return self.session
 
-    def run(self, chunk: list[tuple[int, str, Any]]) -> tuple[list[tuple[Any, ...]], float, str]:
-        """Run and store one chunk; return only a small acknowledgement."""
-        start = time.perf_counter()
-        outcomes = []
+    def run(self, chunk: list[tuple[int, str, Any]], stop: Any = None, counter: Any = None) -> Ack:
+        """Run and store one chunk; return only a small acknowledgement.
+
+        Results are committed at the end of the chunk and at least every
+        :data:`COMMIT_SECONDS`, so long tasks lose little to a crash.  *stop*
+        (an event) ends the chunk early between items; *counter* (a shared
+        integer) counts finished items for the progress bar.
+        """
+        outcomes: list[tuple[Any, ...]] = []
+        failures: list[tuple[Any, ...]] = []
+        ran, seconds, committed = 0, 0.0, time.monotonic()
         for index, key, item in chunk:
+            if stop is not None and stop.is_set():
+                break
+            start = time.perf_counter()
             try:
                 outcomes.append((index, key, item, self.spec.task(item), None))
             except Exception as exc:  # the sweep goes on; the failure is recorded
                 outcomes.append((index, key, item, None, _describe(exc)))
-        seconds = time.perf_counter() - start
-        return self.store(outcomes), seconds, self.session.name
+            seconds += time.perf_counter() - start
+            ran += 1
+            if counter is not None:
+                with counter.get_lock():
+                    counter.value += 1
+            if time.monotonic() - committed >= COMMIT_SECONDS:
+                failures += self.store(outcomes)
+                outcomes, committed = [], time.monotonic()
+        if outcomes:
+            failures += self.store(outcomes)
+        return failures, ran, seconds, getattr(self.session, "name", "")
 
     def store(self, outcomes: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Write results and failure records in one transaction (one commit per chunk)."""
+        """Write results and failure records in one transaction; return the failures."""
         name, worker, failures = self.spec.name, _worker_name(), []
         session = self._open()
         with session.transaction():
@@ -322,18 +350,21 @@ class _Worker:
             self.session.close()
 
 
-_LOCAL: _Worker | None = None  # this pool worker's state, set by _init_local
+# This pool worker's state, set by _init_local: the worker, the driver's stop
+# event and the shared count of finished items.
+_LOCAL: tuple[_Worker, Any, Any] | None = None
 
 
-def _init_local(spec: _Spec, parent_pid: int | None) -> None:
+def _init_local(spec: _Spec, parent_pid: int | None, stop: Any, counter: Any) -> None:
     global _LOCAL
-    # Ctrl-C at a terminal reaches the whole process group; only the driver
-    # decides what happens then, so workers finish their chunk undisturbed.
+    # Ctrl-C at a terminal reaches the whole process group; the driver alone
+    # decides what happens then (it sets *stop*), so no task is cut in half.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
-    _LOCAL = _Worker(spec)
+    worker = _Worker(spec)
+    _LOCAL = (worker, stop, counter)
     # Pool workers leave through multiprocessing's exit handlers, not atexit.
-    multiprocessing.util.Finalize(_LOCAL, _LOCAL.close, exitpriority=10)
+    multiprocessing.util.Finalize(worker, worker.close, exitpriority=10)
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -363,9 +394,10 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="datamanager-watch-parent").start()
 
 
-def _run_local(chunk: list[tuple[int, str, Any]]) -> Any:
+def _run_local(chunk: list[tuple[int, str, Any]]) -> Ack:
     assert _LOCAL is not None, "run_tasks worker used outside its pool"
-    return _LOCAL.run(chunk)
+    worker, stop, counter = _LOCAL
+    return worker.run(chunk, stop, counter)
 
 
 _DASK: dict[str, _Worker] = {}  # run id -> state, in each Dask worker process
@@ -391,14 +423,9 @@ def _close_dask(run_id: str) -> None:
 
 
 class _LocalPool:
-    """Chunks on a process pool; the pool schedules, we only batch."""
+    """Chunks on a local process pool; the pool schedules, we only batch."""
 
-    def __init__(self, spec: _Spec, processes: int, mp_context: Any) -> None:
-        ctx = (
-            multiprocessing.get_context(mp_context)
-            if mp_context is None or isinstance(mp_context, str)
-            else mp_context
-        )
+    def __init__(self, spec: _Spec, processes: int, ctx: Any, chunksize: int | None) -> None:
         method = ctx.get_start_method()
         if method != "fork":  # the task travels to the workers by pickle
             try:
@@ -410,19 +437,31 @@ class _LocalPool:
                 ) from exc
         # Under forkserver the workers' parent is the fork server, not us.
         parent = os.getpid() if method in ("fork", "spawn") else None
-        self.slots = processes
+        self.slots, self.chunksize = processes, chunksize
+        self.stop, self.counter = ctx.Event(), ctx.Value("q", 0)
         self.executor = cf.ProcessPoolExecutor(
-            processes, mp_context=ctx, initializer=_init_local, initargs=(spec, parent)
-        )
+            processes, mp_context=ctx, initializer=_init_local,
+            initargs=(spec, parent, self.stop, self.counter),
+        )  # fmt: skip
+
+    def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
+        # Pool.map's choice: four chunks per worker.  Workers commit within a
+        # chunk, report progress through the shared counter and stop between
+        # items, so a large chunk costs neither durability nor a prompt Ctrl-C.
+        return self.chunksize or max(1, math.ceil(total / (4 * self.slots)))
 
     def submit(self, chunk: list[tuple[int, str, Any]]) -> Any:
         return self.executor.submit(_run_local, chunk)
 
-    def wait(self, pending: Iterable[Any]) -> Iterable[Any]:
-        return cf.wait(pending, return_when=cf.FIRST_COMPLETED).done
+    def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
+        return cf.wait(pending, timeout, return_when=cf.FIRST_COMPLETED).done
 
-    def cancel(self, pending: Iterable[Any]) -> list[Any]:
-        """Cancel what has not started; return the futures still running."""
+    def finished(self) -> int | None:
+        return self.counter.value
+
+    def interrupt(self, pending: Iterable[Any]) -> list[Any]:
+        """Start nothing new, end running chunks after their current item."""
+        self.stop.set()
         return [f for f in pending if not f.cancel()]
 
     def terminate(self) -> None:
@@ -442,10 +481,10 @@ class _LocalPool:
 class _DaskPool:
     """Chunks on a Dask cluster; only acknowledgements come back."""
 
-    def __init__(self, spec: _Spec, client: Any) -> None:
+    def __init__(self, spec: _Spec, client: Any, chunksize: int | None) -> None:
         from distributed import as_completed
 
-        self.spec, self.client = spec, client
+        self.spec, self.client, self.chunksize = spec, client, chunksize
         self.completed = as_completed()
         self._slots, self._checked = 1, -math.inf
 
@@ -457,16 +496,31 @@ class _DaskPool:
             self._checked = time.monotonic()
         return self._slots
 
+    def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
+        # Workers may join late, and a running Dask task can be neither
+        # interrupted nor watched: chunks of about CHUNK_SECONDS of measured
+        # work (one item until something is measured), never more than a fair
+        # share of what is left, so the tail stays balanced.
+        if self.chunksize:
+            return self.chunksize
+        if per_item is None:
+            return 1
+        size = math.ceil(remaining / (2 * self.slots))
+        return max(1, min(size, int(CHUNK_SECONDS / per_item) if per_item > 0 else size))
+
     def submit(self, chunk: list[tuple[int, str, Any]]) -> Any:
         future = self.client.submit(_run_dask, self.spec, chunk, pure=False)
         self.completed.add(future)
         return future
 
-    def wait(self, pending: Iterable[Any]) -> Iterable[Any]:
+    def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
         return self.completed.next_batch(block=True)
 
-    def cancel(self, pending: Iterable[Any]) -> list[Any]:
-        # A running Dask task cannot be stopped; it finishes and stores its
+    def finished(self) -> int | None:
+        return None
+
+    def interrupt(self, pending: Iterable[Any]) -> list[Any]:
+        # A running Dask task cannot be stopped: it finishes and stores its
         # results after we return.
         self.client.cancel(list(pending))
         return []
@@ -515,7 +569,7 @@ def run_tasks(
     name: str | None = None,
     key: Callable[[Any], str] | None = None,
     mp_context: Any = None,
-    chunk_seconds: float = 0.2,
+    chunksize: int | None = None,
 ) -> TaskSummary:
     """Run ``task(item)`` for every item in parallel, storing each result in *dm*.
 
@@ -523,18 +577,21 @@ def run_tasks(
     task recorded in its metadata) and stores the result of ``item`` under
     ``<name>/<key>``, the item itself under ``<name>.items/<key>``, where the
     key is :func:`item_key` of the item.  Items travel to the workers in
-    chunks sized to about *chunk_seconds* of work, and each chunk is stored in
-    one transaction; only a small acknowledgement comes back.
+    chunks; a worker commits its results at the end of each chunk and at
+    least every :data:`COMMIT_SECONDS`, and only a small acknowledgement comes
+    back.
 
     A task that raises does not stop the sweep: the traceback, item and worker
     are stored as a failure record (see :func:`task_failures`) and counted in
     the summary; a later run retries the item.  With *resume*, items whose
     result is already stored anywhere in the data directory are skipped, so a
     sweep killed half-way (Ctrl-C, SIGKILL of this process, a lost worker)
-    finishes by calling ``run_tasks`` again.  Pool workers die with this
-    process.  Ctrl-C stops cleanly: nothing new starts, running chunks are
-    stored (a second Ctrl-C stops them at once), the pool shuts down and
-    :class:`KeyboardInterrupt` propagates.
+    finishes by calling ``run_tasks`` again.  Local workers die with this
+    process, so none stores anything after it.  Ctrl-C stops cleanly: nothing
+    new starts, local workers stop after their current item and store what
+    they computed (a second Ctrl-C stops them at once), the pool shuts down
+    and :class:`KeyboardInterrupt` propagates.  On Dask, chunks already
+    running finish (and store) after the call returns.
 
     Parameters
     ----------
@@ -562,9 +619,10 @@ def run_tasks(
         have no canonical form.
     mp_context : str or multiprocessing context, optional
         Start method of the local pool; Python's default when omitted.
-    chunk_seconds : float
-        Approximate work per chunk, the unit of transfer, storage and
-        progress.
+    chunksize : int, optional
+        Items per chunk.  By default four chunks per local worker (as
+        ``Pool.map``); on Dask about :data:`CHUNK_SECONDS` of measured work,
+        never more than a fair share of what is left.
 
     Returns
     -------
@@ -631,70 +689,77 @@ def run_tasks(
     if rejected:
         items_by_index.update((index, item) for index, _k, item, _r, _e in rejected)
         record(local.store(rejected), local.session.name)
-    done = 0
+    done, settled, base = 0, 0, 0  # items stored; items in settled chunks; at pool start
+    measured = [0, 0.0]  # items run and their compute seconds, for chunk sizes
+
+    def settle(future: Any, chunk: list[tuple[int, str, Any]]) -> bool:
+        """Account for one finished chunk; return whether it broke the pool."""
+        nonlocal done, settled
+        try:
+            acks, ran, seconds, session = future.result()
+            lost = False
+        except Exception as exc:
+            # A worker died (a crash, the OOM killer) or Dask gave up on a
+            # chunk (KilledWorker).  Which item was to blame is unknown, so
+            # each is recorded as failed for a later run to retry; the sweep
+            # goes on.
+            error = _describe(exc)
+            acks = local.store([(i, k, item, None, error) for i, k, item in chunk])
+            ran, seconds, session = len(chunk), 0.0, local.session.name
+            lost = isinstance(exc, cf.process.BrokenProcessPool)
+        record(acks, session)
+        done += ran - len(acks)
+        settled += len(chunk)
+        measured[0] += ran
+        measured[1] += seconds
+        return lost
+
     bar = _progress_bar(progress, len(todo), name)
     pool: Any = None
     pending: dict[Any, list[tuple[int, str, Any]]] = {}
     try:
         if todo:
-            # Warm the provenance cache so forked workers inherit it.
+            # Warm the provenance cache (one git call) so forked workers inherit it.
             from .provenance import session_metadata
 
             session_metadata()
-            workers = min(processes or os.cpu_count() or 1, len(todo))
-            pool = _DaskPool(spec, client) if client is not None else None
-        position, work_items, work_seconds, broken = 0, 0, 0.0, client is None
+        if client is not None and todo:
+            pool = _DaskPool(spec, client, chunksize)
+        else:
+            ctx = mp_context
+            if ctx is None or isinstance(ctx, str):
+                ctx = multiprocessing.get_context(ctx)
+            workers = min(processes or os.cpu_count() or 1, len(todo) or 1)
+        position, broken = 0, False
         while position < len(todo) or pending:
-            if broken and not pending:
+            if pool is None or (broken and not pending):
                 if pool is not None:  # a worker died: a broken pool takes no more work
                     pool.close()
-                pool, broken = _LocalPool(spec, workers, mp_context), False
-            slots = pool.slots
-            while not broken and position < len(todo) and len(pending) < 2 * slots:
-                # Chunks of about chunk_seconds of work, and never more than a
-                # fair share of what is left, so the tail stays balanced.
-                size = math.ceil((len(todo) - position) / (2 * slots))
-                if work_items == 0:
-                    size = 1
-                elif work_seconds > 0:
-                    size = max(1, min(size, int(chunk_seconds * work_items / work_seconds)))
-                chunk = todo[position : position + size]
-                position += size
+                pool, broken, base = _LocalPool(spec, workers, ctx, chunksize), False, settled
+            while not broken and position < len(todo) and len(pending) < 2 * pool.slots:
+                per_item = measured[1] / measured[0] if measured[0] else None
+                chunk = todo[
+                    position : position
+                    + pool.chunk_size(len(todo), len(todo) - position, per_item)
+                ]
+                position += len(chunk)
                 pending[pool.submit(chunk)] = chunk
-            for future in pool.wait(list(pending)):
-                chunk = pending.pop(future)
-                try:
-                    acks, seconds, session = future.result()
-                except Exception as exc:
-                    # A worker died (a crash, the OOM killer) or Dask gave up on
-                    # a chunk (KilledWorker): we cannot tell which item was to
-                    # blame, so each is recorded as failed and a later run
-                    # retries them; the sweep goes on.
-                    broken = broken or isinstance(exc, cf.process.BrokenProcessPool)
-                    error = _describe(exc)
-                    lost = [(i, k, item, None, error) for i, k, item in chunk]
-                    acks, seconds, session = local.store(lost), 0.0, local.session.name
-                work_items, work_seconds = work_items + len(chunk), work_seconds + seconds
-                record(acks, session)
-                done += len(chunk) - len(acks)
-                if bar is not None:
-                    bar.update(len(chunk))
+            for future in pool.wait(list(pending), None if bar is None else 0.1):
+                broken = settle(future, pending.pop(future)) or broken
+            if bar is not None:
+                bar.update(max(settled, base + (pool.finished() or 0)) - bar.n)
     except KeyboardInterrupt:
         print(
-            f"\nrun_tasks: interrupted; storing the {len(pending)} running chunks "
+            "\nrun_tasks: interrupted; storing what the workers have computed "
             "(Ctrl-C again to stop at once)",
             file=sys.stderr,
         )
         try:
-            running = {f: pending[f] for f in pool.cancel(list(pending))} if pool else {}
+            running = pool.interrupt(list(pending)) if pool is not None else []
             for future in cf.as_completed(running):
-                acks, _seconds, session = future.result()
-                record(acks, session)
-                done += len(running[future]) - len(acks)
+                settle(future, pending.pop(future))
         except KeyboardInterrupt:
             pool.terminate()
-        except Exception:  # whatever broke while stopping, the interrupt wins
-            pass
         summary = TaskSummary(
             name, done, skipped, len(failures), time.perf_counter() - started, tuple(failures)
         )
