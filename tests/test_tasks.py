@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
+import pty
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import threading
 import time
@@ -240,7 +244,8 @@ def slow(x):
 
 if __name__ == "__main__":
     dm = DataManager("sweep", sys.argv[1])
-    print(run_tasks(dm, slow, range(int(sys.argv[2])), processes=2, progress=False))
+    progress = sys.argv[3:] == ["progress"]
+    print(run_tasks(dm, slow, range(int(sys.argv[2])), processes=2, progress=progress))
 """
 
 
@@ -306,6 +311,44 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path):
     assert stored_keys(dm, "slow") == {f"slow/{item_key(i)}": 1 for i in range(80)}
 
 
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    command = [sys.executable, str(script), str(tmp_path / "a"), "8", "progress"]
+    master, terminal = pty.openpty()
+    # A fresh pseudo-terminal is 0 columns wide; give it a real width.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal
+    )
+    os.close(terminal)
+    shown = b""
+    try:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's other end closed
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(master)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert b"8/8" in shown and b"task/s" in shown
+    quiet = subprocess.run([*command[:2], str(tmp_path / "b"), "8", "progress"],
+                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert quiet.stderr == "" and "8 done" in quiet.stdout
+
+
+def test_spawned_workers_reach_the_same_results(dm):
+    summary = run_tasks(dm, square, range(6), processes=2, progress=False, mp_context="spawn")
+    assert summary.done == 6 and sorted(task_results(dm, square)) == [(x, x * x) for x in range(6)]
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        run_tasks(dm, lambda x: x, [1], name="f", processes=1, mp_context="spawn")
+
+
 # -- provenance --------------------------------------------------------------------------
 
 WRITER = """
@@ -317,6 +360,7 @@ def double(x):
 
 if __name__ == "__main__":
     import sys
+import termios
     run_tasks(DataManager("sweep", sys.argv[1]), double, [1, 2], processes=1, progress=False)
 """
 
