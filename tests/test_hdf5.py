@@ -322,6 +322,22 @@ def test_stacking_gives_way_when_a_later_value_differs(dm: DataManager, tmp_path
         assert_same(out["sessions"][session]["x"], value)
 
 
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_large_side_file_values_stream_exactly(dm: DataManager, tmp_path: Path,
+                                               compression: str | None):  # fmt: skip
+    # Values over 1 MiB live in session side files; export copies them in slabs.
+    rng = np.random.default_rng(3)
+    values = {
+        "f32": rng.random((3000, 101)).astype(np.float32),
+        "i16": rng.integers(-9, 9, size=(7, 300, 400)).astype(">i2"),
+        "rows": rng.random((1, 200_000)),
+        "c": rng.random(70_000) + 1j,
+    }
+    (name,) = fill(dm, [values])
+    export_hdf5(dm, tmp_path / "big.h5", compression=compression, fsync=True)
+    assert_same(load_hdf5(tmp_path / "big.h5")["sessions"][name], values)
+
+
 @pytest.mark.parametrize("compression", ["gzip", "lzf"])
 def test_compression_on_request(dm: DataManager, tmp_path: Path, compression: str):
     fill(dm, [{"a": np.zeros(10_000), "s": 1.0, "l": [1.0] * 50}] * 2)
