@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
 from ..errors import RecordingFormatError
-from .detect import load_recording, sniff
+from .atf import is_atf
+from .detect import load_recording
+from .neuron import is_neuron
 
 __all__ = ["ImportSummary", "default_session_name", "import_recordings"]
 
@@ -114,12 +116,15 @@ def _collect(paths_or_folder: Any) -> tuple[str, list[str]]:
     return root, sorted(set(files), key=files.index)
 
 
-def _sha256(path: str) -> str:
+def _head_and_sha256(path: str) -> tuple[bytes, str]:
+    """The first 64 KiB (to recognise the format) and the content hash, in one pass."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+        h.update(head)
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return head, h.hexdigest()
 
 
 def import_recordings(
@@ -179,11 +184,10 @@ def import_recordings(
     for path in files:
         rel = os.path.relpath(path, root).replace(os.sep, "/")
         try:
-            kind = sniff(path)
-            if kind is None:
+            head, digest = _head_and_sha256(path)
+            if not (is_atf(head) or is_neuron(head)):
                 summary.skipped.append(rel)
                 continue
-            digest = _sha256(path)
             known = index.get(rel)
             if known and known.get("sha256") == digest and all(
                 k in session for k in known.get("keys", [])
