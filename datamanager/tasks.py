@@ -321,29 +321,50 @@ class _Worker:
         return failures, ran, seconds, getattr(self.session, "name", "")
 
     def store(self, outcomes: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Write results and failure records in one transaction; return the failures."""
+        """Write results and failure records in one transaction; return the failures.
+
+        Everything goes through one ``session.update()``, so a bulk write in
+        the session speeds this up too; a result that cannot be pickled
+        (:class:`UnstorableValueError` names its key) becomes that item's
+        failure and the rest is written again.
+        """
         name, worker, failures = self.spec.name, _worker_name(), []
+        writes: dict[str, Any] = {}
+        owner: dict[str, tuple[Any, ...]] = {}
+        for outcome in outcomes:
+            index, key, item, result, error = outcome
+            if error is None:
+                writes[f"{name}/{key}"], writes[f"{name}.items/{key}"] = result, item
+                owner[f"{name}/{key}"] = outcome
+            else:
+                failures.append((index, key, item, error))
         session = self._open()
         with session.transaction():
-            for index, key, item, result, error in outcomes:
-                if error is None:
-                    try:
-                        session[f"{name}/{key}"] = result
-                    except UnstorableValueError as exc:
-                        error = _describe(exc)
-                    else:
-                        session[f"{name}.items/{key}"] = item
-                        continue
-                session[f"{name}.failures/{key}"] = {
-                    "item": item,
-                    "error": error[0],
-                    "traceback": error[1],
-                    "worker": worker,
-                    "time": time.time(),
-                    "task": self.spec.qualname,
+            while True:
+                try:
+                    session.update(writes)
+                    break
+                except UnstorableValueError as exc:
+                    if exc.key not in owner:
+                        raise
+                    index, key, item, _result, _error = owner.pop(exc.key)
+                    del writes[f"{name}/{key}"], writes[f"{name}.items/{key}"]
+                    failures.append((index, key, item, _describe(exc)))
+            now, task = time.time(), self.spec.qualname
+            session.update(
+                {
+                    f"{name}.failures/{key}": dict(
+                        item=item,
+                        error=error[0],
+                        traceback=error[1],
+                        worker=worker,
+                        time=now,
+                        task=task,
+                    )
+                    for _index, key, item, error in failures
                 }
-                failures.append((index, key, error[0], error[1], worker))
-        return failures
+            )
+        return [(index, key, error[0], error[1], worker) for index, key, _item, error in failures]
 
     def close(self) -> None:
         if self.session is not None:
@@ -635,6 +656,16 @@ def run_tasks(
         that cannot be named.
     KeyboardInterrupt
         After a clean stop on Ctrl-C.
+
+    Notes
+    -----
+    A local worker that dies (a crash, the OOM killer) takes its chunk with
+    it: the items of the chunks in flight are recorded as failed (which item
+    was to blame is unknown), a new pool takes over and a later run retries
+    them.  Dask retries a lost worker's chunk elsewhere by itself; if the
+    worker had already committed part of it, those items are stored twice
+    (:func:`task_results` keeps the newest).  With a start method other than
+    ``fork`` (and on Dask) the task must be importable or picklable.
 
     Examples
     --------

@@ -360,7 +360,6 @@ def double(x):
 
 if __name__ == "__main__":
     import sys
-import termios
     run_tasks(DataManager("sweep", sys.argv[1]), double, [1, 2], processes=1, progress=False)
 """
 
