@@ -177,11 +177,13 @@ def _everything(dm):
                 dm.itemcount(), dm.sessions(), dm.session_filenames(), dm.verify())  # fmt: skip
 
 
-def test_collation_modifies_nothing(dm, tmp_path):
+@pytest.fixture
+def mixed(dm, tmp_path):
+    """A closed session with a side file, a session whose writer was killed
+    (its -wal and -shm files left behind) and a legacy shelf, all holding 'a'."""
     with dm.session("closed") as s:
         s["a"] = [1]
         s["big"] = np.ones(200_000)
-    # A writer killed with SIGKILL leaves its -wal and -shm files behind.
     code = (
         "import os, signal, sys\nfrom datamanager import DataManager\n"
         "s = DataManager('sweep', sys.argv[1]).session('killed')\ns['a'] = [2]\n"
@@ -192,6 +194,11 @@ def test_collation_modifies_nothing(dm, tmp_path):
     assert os.path.exists(os.path.join(dm.basepath, "killed.sqlite-wal"))
     with shelve.open(os.path.join(dm.basepath, "legacy")) as sh:
         sh["a"] = [3]
+    return dm
+
+
+def test_collation_modifies_nothing(mixed):
+    dm = mixed
     with open(os.path.join(dm.basepath, "README"), "w") as f:
         f.write("hello")
     before = _snapshot(dm.basepath)
@@ -217,23 +224,12 @@ def _can_mount_read_only(tmp_path):
     return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True).returncode == 0
 
 
-def test_collation_on_a_read_only_filesystem(dm, tmp_path):
+def test_collation_on_a_read_only_filesystem(mixed, tmp_path):
     # Permission bits do not stop root, so the reader runs in a private mount
     # namespace where the data directory is a read-only bind mount: any
     # attempt to create, write or lock a file there fails for real.
     if not _can_mount_read_only(tmp_path):
         pytest.skip("needs unshare and mount (root)")
-    with dm.session("closed") as s:
-        s["a"] = [1]
-        s["big"] = np.ones(200_000)
-    code = (
-        "import os, signal, sys\nfrom datamanager import DataManager\n"
-        "s = DataManager('sweep', sys.argv[1]).session('killed')\ns['a'] = [2]\n"
-        "os.kill(os.getpid(), signal.SIGKILL)"
-    )
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True)
-    with shelve.open(os.path.join(dm.basepath, "legacy")) as sh:
-        sh["a"] = [3]
     reader = (
         "import sys\nfrom datamanager import DataManager\n"
         "dm = DataManager('sweep', sys.argv[1])\n"
