@@ -29,20 +29,22 @@ from datamanager.hdf5 import export_hdf5
 MiB = 1 << 20
 
 
-def best(fn: Callable[[], object], repeat: int) -> float:
-    """Best wall time of ``repeat`` runs (the least disturbed by other load)."""
-    times = []
+def best(*fns: Callable[[], object], repeat: int, out: str) -> list[float]:
+    """Best wall time of each function over ``repeat`` rounds.
+
+    The functions take turns within each round, so that all of them meet the
+    same page-cache write-back left by the others; the output file is
+    removed before the clock starts.
+    """
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def fresh(path: str) -> str:
-    if os.path.exists(path):
-        os.unlink(path)
-    return path
+        for fn, spent in zip(fns, times):
+            if os.path.exists(out):
+                os.unlink(out)
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [min(t) for t in times]
 
 
 def bench_large(root: str, nbytes: int, repeat: int) -> list[tuple[str, float, str]]:
@@ -53,18 +55,22 @@ def bench_large(root: str, nbytes: int, repeat: int) -> list[tuple[str, float, s
     out = os.path.join(root, "large.h5")
 
     def raw() -> None:
-        with h5py.File(fresh(out), "w") as f:
+        with h5py.File(out, "w") as f:
             f.create_dataset("big", data=arr)
 
     def ours() -> None:
-        export_hdf5(dm, fresh(out), progress=False)
+        export_hdf5(dm, out, progress=False)
 
-    t_raw, t_ours = best(raw, repeat), best(ours, repeat)
+    def durable() -> None:
+        export_hdf5(dm, out, progress=False, fsync=True)
+
+    t_raw, t_ours, t_sync = best(raw, ours, durable, repeat=repeat, out=out)
     mb = nbytes / MiB
     return [
         (f"large array ({mb:.0f} MiB): raw h5py write", mb / t_raw, "MiB/s"),
         (f"large array ({mb:.0f} MiB): export", mb / t_ours, "MiB/s"),
         ("  ratio export / raw h5py (target >= 0.7)", t_raw / t_ours, "x"),
+        ("  ratio export fsync=True / raw h5py (no fsync)", t_raw / t_sync, "x"),
     ]
 
 
@@ -107,19 +113,21 @@ def bench_small(root: str, sessions: int, keys: int, repeat: int) -> list[tuple[
     out = os.path.join(root, "small.h5")
 
     def raw() -> None:
-        with h5py.File(fresh(out), "w") as f:
+        with h5py.File(out, "w") as f:
             for i, row in enumerate(values):
                 group = f.create_group(f"s{i}")
                 for k, v in enumerate(row):
                     group.create_dataset(f"k{k}", data=v)
 
-    t_raw = best(raw, repeat)
-    t_flat = best(lambda: export_hdf5(dm, fresh(out), progress=False), repeat)
-    t_merged = best(lambda: export_hdf5(dm, fresh(out), merged=True, progress=False), repeat)
     memory = MemorySource(dm)
-    t_mem_flat = best(lambda: export_hdf5(memory, fresh(out), progress=False), repeat)
-    t_mem_merged = best(
-        lambda: export_hdf5(memory, fresh(out), merged=True, progress=False), repeat
+    t_raw, t_flat, t_merged, t_mem_flat, t_mem_merged = best(
+        raw,
+        lambda: export_hdf5(dm, out, progress=False),
+        lambda: export_hdf5(dm, out, merged=True, progress=False),
+        lambda: export_hdf5(memory, out, progress=False),
+        lambda: export_hdf5(memory, out, merged=True, progress=False),
+        repeat=repeat,
+        out=out,
     )
     n = sessions * keys
     label = f"{n} x 100 floats ({sessions} sessions x {keys} keys)"
@@ -166,7 +174,7 @@ def bench_memory(root: str, total: int, largest: int) -> list[tuple[str, float, 
             s["rates"] = [float(i)] * 100
     rows = []
     for merged in (False, True):
-        out = fresh(os.path.join(root, "memory.h5"))
+        out = os.path.join(root, "memory.h5")
         proc = subprocess.run(
             [sys.executable, "-c", PEAK, dm.basepath, out, "1" if merged else "0"],
             capture_output=True, text=True, check=True,
