@@ -769,11 +769,8 @@ def run_tasks(
                 pool, broken, base = _LocalPool(spec, workers, ctx, chunksize), False, settled
             while not broken and position < len(todo) and len(pending) < 2 * pool.slots:
                 per_item = measured[1] / measured[0] if measured[0] else None
-                chunk = todo[
-                    position : position
-                    + pool.chunk_size(len(todo), len(todo) - position, per_item)
-                ]
-                position += len(chunk)
+                size = pool.chunk_size(len(todo), len(todo) - position, per_item)
+                chunk, position = todo[position : position + size], position + size
                 pending[pool.submit(chunk)] = chunk
             for future in pool.wait(list(pending), None if bar is None else 0.1):
                 broken = settle(future, pending.pop(future)) or broken
@@ -790,7 +787,8 @@ def run_tasks(
             for future in cf.as_completed(running):
                 settle(future, pending.pop(future))
         except KeyboardInterrupt:
-            pool.terminate()
+            if pool is not None:
+                pool.terminate()
         summary = TaskSummary(
             name, done, skipped, len(failures), time.perf_counter() - started, tuple(failures)
         )
