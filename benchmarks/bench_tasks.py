@@ -141,6 +141,7 @@ def bench_bare_scaling(n: int, loops: int, repeat: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="fewer repetitions, fewer tasks")
+    parser.add_argument("--rst", action="store_true", help="print the table as reStructuredText")
     args = parser.parse_args(argv)
     repeat, cpu_items, n = (3, 16, 1000) if args.small else (7, 40, 1000)
     scratch, rows = Scratch(), []
@@ -174,10 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"bench_tasks: {'small' if args.small else 'full'} run, {os.cpu_count()} CPUs, "
           f"median of {repeat}, load average {load}")  # fmt: skip
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measurement':<{width}}  {'times':>22}  {'ratio':>5}  target")
-    for label, times, ratio, target in rows:
-        print(f"{label:<{width}}  {times:>22}  {ratio:>5}  {target}")
+    rows.insert(0, ("measurement", "times", "ratio", "target"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    rule = "  ".join("=" * w for w in widths)
+    for n, row in enumerate(rows):
+        if args.rst and n in (0, 1):
+            print(rule)
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip())
+    if args.rst:
+        print(rule)
     return 0
 
 
