@@ -22,6 +22,7 @@ from datamanager import DataManager
 dm = DataManager("sweep", sys.argv[1])
 s = dm.session(sys.argv[2])
 start = int(sys.argv[3])
+print("ready", flush=True)
 for i in range(start, start + 100000):
     if i % 7 == 3:
         value = np.full(140_000, i, dtype=np.float64)  # a side file (> 1 MiB)
@@ -44,7 +45,9 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
         for name in acked:
             start = (acked[name][-1] + 1) if acked[name] else 0
             procs[name] = start_python(KILLED_WRITER, str(tmp_path), name, str(start))
-        time.sleep(rng.uniform(0.3, 1.2))
+        for proc in procs.values():  # start the clock once every writer runs
+            assert proc.stdout.readline() == "ready\n", proc.stderr.read()
+        time.sleep(rng.uniform(0.05, 0.6))
         for proc in procs.values():
             time.sleep(rng.uniform(0, 0.05))
             proc.send_signal(signal.SIGKILL)
