@@ -27,6 +27,7 @@ from .session import (
     SESSION_SUFFIX,
     blob_dir,
     decode,
+    load_side_file,
     read_metadata,
     read_value,
 )
@@ -39,6 +40,10 @@ _COMPANIONS = (SESSION_SUFFIX + "-wal", SESSION_SUFFIX + "-shm", SESSION_SUFFIX 
                SESSION_SUFFIX + ".lock", BLOB_SUFFIX)  # fmt: skip
 # Suffixes of the files stdlib dbm modules make for one shelf.
 _DBM_SUFFIXES = (".dat", ".dir", ".bak", ".pag", ".db")
+_BATCH = (
+    "SELECT rowid, key, value, side, side_size FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?"
+)
+_GONE = object()
 _PREFIXED = "SELECT key FROM items WHERE substr(key, 1, ?) = ? ORDER BY rowid"
 
 
@@ -186,12 +191,39 @@ class SessionReader:
             return default
 
     def items(self, keys: list[str] | None = None) -> Iterator[tuple[str, Any]]:
-        """Yield ``(key, value)`` pairs one at a time (all keys, or *keys*)."""
-        for key in self.keys() if keys is None else keys:
+        """Yield ``(key, value)`` pairs one at a time (all keys, or *keys*).
+
+        All keys are read in batches of rows, one query each, so memory stays
+        near one batch and no read transaction stays open while the caller
+        works on a value (a long one would keep the writer's WAL growing).
+        """
+        if keys is None:
+            yield from self._all_items()
+            return
+        for key in keys:
             try:
                 yield key, self[key]
             except KeyError:  # deleted by a writer meanwhile
                 continue
+
+    def _all_items(self, batch: int = 64) -> Iterator[tuple[str, Any]]:
+        last = 0
+        while True:
+            rows = self._query(_BATCH, (last, batch))
+            for _, key, data, side, side_size in rows:
+                if side is None:
+                    yield key, decode(data, self.path, self.name, key, self.safe)
+                    continue
+                try:
+                    path = os.path.join(blob_dir(self.path), side)
+                    yield key, load_side_file(path, side_size, self.name, key)
+                except FileNotFoundError:  # replaced meanwhile: read it again
+                    value = self.get(key, _GONE)
+                    if value is not _GONE:
+                        yield key, value
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
 
     def matching(self, match: Match) -> list[str]:
         """The keys that match *match* (a prefix, or a callable taking the key)."""
@@ -288,6 +320,9 @@ class ShelfReader(SessionReader):
             raise
         except Exception as exc:
             raise CorruptSessionError(self.path, f"cannot read the value ({exc})", key) from exc
+
+    def _all_items(self, batch: int = 64) -> Iterator[tuple[str, Any]]:
+        return self.items(self.keys())
 
     def raw_values(self) -> Iterator[tuple[str, bytes]]:
         for key in self._index:
