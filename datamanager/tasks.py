@@ -22,6 +22,7 @@ import concurrent.futures as cf
 import hashlib
 import math
 import multiprocessing
+import multiprocessing.util
 import os
 import pickle
 import signal
