@@ -398,8 +398,10 @@ def _die_with_parent(parent_pid: int | None) -> None:
         import ctypes
 
         try:
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            asked = ctypes.CDLL(None).prctl(1, signal.SIGKILL) == 0  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
+            asked = False
+        if not asked:
             _watch_parent(parent)
     else:
         _watch_parent(parent)
