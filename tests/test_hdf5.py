@@ -22,10 +22,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from datamanager import DataManager, ExportError, UnsupportedValueError
+from datamanager._h5schema import Writer, read
 from datamanager.hdf5 import (
     PickledValue,
-    _read,
-    _Writer,
     escape_name,
     export_hdf5,
     load_hdf5,
@@ -68,8 +67,8 @@ def roundtrip(value: Any) -> Any:
     """Write ``value`` with the schema into an in-memory HDF5 file and read it back."""
     name = f"rt-{uuid.uuid4()}"
     with h5py.File(name, "w", driver="core", backing_store=False) as f:
-        _Writer(None, "error").write(f, "v", value)
-        return _read(f["v"])
+        Writer(None, "error").write(f, "v", value)
+        return read(f["v"])
 
 
 # Every mapping of the schema: value, and what plain h5py must see.
@@ -113,14 +112,14 @@ def _dtype_name(dt: np.dtype) -> str:
 def test_schema_dataset_mapping(tmp_path: Path, value: Any, dtype: str, shape: Any, ptype: Any):
     path = tmp_path / "one.h5"
     with h5py.File(path, "w") as f:
-        _Writer(None, "error").write(f, "v", value)
+        Writer(None, "error").write(f, "v", value)
     with h5py.File(path, "r") as f:
         ds = f["v"]
         assert isinstance(ds, h5py.Dataset)
         assert _dtype_name(ds.dtype) == dtype
         assert ds.shape == shape
         assert ds.attrs.get("python_type") == ptype
-        assert_same(_read(ds), value)
+        assert_same(read(ds), value)
 
 
 @pytest.mark.parametrize(
@@ -138,12 +137,12 @@ def test_schema_dataset_mapping(tmp_path: Path, value: Any, dtype: str, shape: A
 )
 def test_schema_group_mapping(value: Any, ptype: Any, members: list[str]):
     with h5py.File(f"g-{uuid.uuid4()}", "w", driver="core", backing_store=False) as f:
-        _Writer(None, "error").write(f, "v", value)
+        Writer(None, "error").write(f, "v", value)
         group = f["v"]
         assert isinstance(group, h5py.Group)
         assert group.attrs.get("python_type") == ptype
         assert list(group) == members
-        assert_same(_read(group), value)
+        assert_same(read(group), value)
 
 
 def test_large_python_int_list_is_a_group_not_an_overflow():
@@ -159,7 +158,7 @@ def test_large_python_int_list_is_a_group_not_an_overflow():
 def test_unsupported_values_are_refused(value: Any):
     with pytest.raises(Exception) as info:
         roundtrip(value)
-    assert type(info.value).__name__ == "_Unsupported"
+    assert type(info.value).__name__ == "Unsupported"
 
 
 # ---------------------------------------------------------------------------
@@ -222,8 +221,8 @@ def test_escaped_names_work_as_hdf5_links():
     names = ["a/b", ".", "..", ".hidden", "", "%41", "\x00", "\udc80x", "ü/%"]
     with h5py.File(f"n-{uuid.uuid4()}", "w", driver="core", backing_store=False) as f:
         value = {n: i for i, n in enumerate(names)}
-        _Writer(None, "error").write(f, "v", value)
-        assert_same(_read(f["v"]), value)
+        Writer(None, "error").write(f, "v", value)
+        assert_same(read(f["v"]), value)
 
 
 # ---------------------------------------------------------------------------
@@ -299,10 +298,13 @@ def test_merged_stacks_small_values_into_few_objects(dm: DataManager, tmp_path: 
         return len(found)
 
     assert datasets(tmp_path / "flat.h5") == 100
-    assert datasets(tmp_path / "stacked.h5") == 10  # 5 stacked + 5 index tables
+    # 5 stacked + 1 index table, which the 5 keys (same sessions, same
+    # lengths) share through hard links.
+    assert datasets(tmp_path / "stacked.h5") == 6
     with h5py.File(tmp_path / "stacked.h5", "r") as f:
         assert f["merged/k0"].shape == (2000,)
         index = f["merged_index/k0"][()]
+        assert f["merged_index/k4"] == f["merged_index/k0"]  # one object
         assert list(index["start"][:3]) == [0, 100, 200]
     flat, stacked = load_hdf5(tmp_path / "flat.h5"), load_hdf5(tmp_path / "stacked.h5")
     for session, values in flat["sessions"].items():
@@ -531,13 +533,14 @@ def test_plain_h5py_reads_export_in_subprocess(dm: DataManager, tmp_path: Path):
     export_hdf5(dm, tmp_path / "m.h5", merged=True)
     code = textwrap.dedent(
         """
-        import sys, h5py
+        import json, sys, h5py
         with h5py.File(sys.argv[1], "r") as f:
             g = f["sessions"][sys.argv[3]]
             assert list(g["rate%2FHz"][()]) == [0.0, 1.0, 2.0]
             assert g["label"].asstr()[()] == "été"
             assert int(g["n"][()]) == 3 and g["n"].attrs["python_type"] == "int"
-            assert g.attrs["user"] and f.attrs["datamanager_name"] == "sweep"
+            assert json.loads(g.attrs["metadata"])["user"]
+            assert f.attrs["datamanager_name"] == "sweep"
         with h5py.File(sys.argv[2], "r") as f:
             assert list(f["merged"]["l"][()]) == [1.0, 2.0]
             (row,) = f["merged_index"]["l"][()]

@@ -1,0 +1,420 @@
+"""The HDF5 schema: how each Python value maps to HDF5 objects, and back.
+
+One value becomes one dataset or one group (README.rst, "Exporting to HDF5",
+issue 4).  Where the HDF5 object alone does not say which Python type it came
+from, the string attribute ``python_type`` does; :func:`read` reverses
+:class:`Writer` exactly.  Names go through :func:`escape_name`.
+
+h5py is imported inside the functions: ``import datamanager`` must stay cheap
+for simulation processes that only write (issue 2).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PickledValue", "escape_name", "unescape_name"]
+
+#: Attribute naming the Python type of a dataset or group; absent on plain
+#: numpy arrays (datasets) and str-keyed dicts (groups), the common cases.
+TYPE_ATTR = "python_type"
+#: Attribute of an array-backed list/tuple/set: the Python type of its items.
+ITEMS_ATTR = "items"
+
+_NUMERIC_KINDS = "biufc"
+_PY_SCALARS = {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}
+_SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
+_RECORDING = ("datamanager.recordings.recording", "Recording")
+
+# ---------------------------------------------------------------------------
+# Names
+
+
+_ESCAPE_RE = re.compile(r"%(u[0-9A-Fa-f]{4}|[0-9A-Fa-f]{2})")
+_NEEDS_ESCAPE = re.compile("[%/\x00\ud800-\udfff]|^[.]")
+
+
+def escape_name(name: str) -> str:
+    """Turn any ``str`` into a valid HDF5 link name, reversibly.
+
+    ``%``, ``/`` and NUL become ``%XX``; a leading ``.`` becomes ``%2E`` (HDF5
+    reads ``.`` as "this group"); lone surrogates, which have no UTF-8 form,
+    become ``%uXXXX``; the empty name becomes ``%``.
+
+    Examples
+    --------
+    >>> escape_name("rates/Hz")
+    'rates%2FHz'
+    >>> unescape_name(escape_name(".5%")) == ".5%"
+    True
+    """
+    if name == "":
+        return "%"
+    if not _NEEDS_ESCAPE.search(name):  # the common case, kept fast
+        return name
+    out = []
+    for i, ch in enumerate(name):
+        code = ord(ch)
+        if ch in "%/\x00" or (i == 0 and ch == "."):
+            out.append(f"%{code:02X}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"%u{code:04X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape_name(name: str) -> str:
+    """Invert :func:`escape_name`; names from other tools pass unchanged."""
+    if name == "%":
+        return ""
+    return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1).lstrip("u"), 16)), name)
+
+
+# ---------------------------------------------------------------------------
+# Values -> HDF5
+
+
+class PickledValue:
+    """A value stored pickled (``on_unsupported='pickle'``), not yet unpickled.
+
+    Loading an exchange file must not run code, so :func:`load_hdf5` hands
+    these back as they are unless asked to ``unpickle``.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def load(self) -> Any:
+        """Unpickle the value (runs code from the file: trusted files only)."""
+        return pickle.loads(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PickledValue) and other.data == self.data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __repr__(self) -> str:
+        return f"PickledValue(<{len(self.data)} bytes>)"
+
+
+class Unsupported(Exception):
+    """Internal: a (possibly nested) value the schema cannot hold."""
+
+    def __init__(self, type_name: str) -> None:
+        super().__init__(type_name)
+        self.type_name = type_name
+
+
+def type_name(value: Any) -> str:
+    cls = type(value)
+    name = (
+        cls.__qualname__
+        if cls.__module__ == "builtins"
+        else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    if isinstance(value, (np.ndarray, np.generic)):
+        name += f" of dtype {value.dtype}"
+    elif isinstance(value, dict):
+        bad = next(k for k in value if type(k) is not str)
+        name += f" with a key of type {type(bad).__qualname__}"
+    return name
+
+
+def is_array(value: Any) -> bool:
+    # Exact types only: a subclass (np.ma.MaskedArray, np.matrix) would lose
+    # what makes it a subclass.  np.memmap is what a store may hand back.
+    return type(value) is np.ndarray or isinstance(value, np.memmap)
+
+
+def numeric(dtype: np.dtype) -> bool:
+    return dtype.kind in _NUMERIC_KINDS and dtype.fields is None
+
+
+def homogeneous(items: Any) -> tuple[str, np.ndarray] | None:
+    """``(item type, array)`` when a sequence can be one dataset, else None."""
+    items = list(items)
+    if not items:
+        return None
+    first = items[0]
+    cls = type(first)
+    if cls in _PY_SCALARS:
+        if any(type(x) is not cls for x in items):
+            return None
+        try:
+            return cls.__name__, np.array(items, dtype=_PY_SCALARS[cls])
+        except OverflowError:  # ints beyond int64
+            return None
+    if cls is str:
+        if any(type(x) is not str or "\x00" in x or _has_surrogates(x) for x in items):
+            return None
+        return "str", np.array(items, dtype=object)
+    if isinstance(first, np.generic) and numeric(first.dtype):
+        if all(type(x) is cls and x.dtype == first.dtype for x in items):
+            return "numpy.scalar", np.array(items, dtype=first.dtype)
+        return None
+    if (is_array(first) and numeric(first.dtype)) and all(
+        is_array(x) and x.dtype == first.dtype and x.shape == first.shape for x in items
+    ):
+        return "ndarray", np.stack(items).astype(first.dtype, copy=False)
+    return None
+
+
+def items_from_array(arr: np.ndarray, items: str, ptype: str) -> Any:
+    if items == "ndarray":
+        seq: Any = [arr[i, ...] for i in range(len(arr))]
+    elif items == "numpy.scalar":
+        seq = list(arr)
+    else:
+        seq = arr.tolist()
+    return _SEQUENCES[ptype](seq)
+
+
+class Writer:
+    """Writes Python values into an open HDF5 group following the schema."""
+
+    def __init__(self, compression: str | None, on_unsupported: str) -> None:
+        self.compression = compression
+        self.on_unsupported = on_unsupported
+        self.pickled: list[str] = []
+        self._types: dict[np.dtype, Any] = {}
+        self._lcpl: Any = None
+
+    def link_props(self) -> Any:
+        """Link-creation properties naming links in UTF-8, as h5py's own."""
+        if self._lcpl is None:
+            from h5py import h5p, h5t
+
+            self._lcpl = h5p.create(h5p.LINK_CREATE)
+            self._lcpl.set_char_encoding(h5t.CSET_UTF8)
+        return self._lcpl
+
+    def plain_array(self, parent: Any, name: str, arr: np.ndarray) -> None:
+        """A numeric array as a contiguous dataset, through h5py's low-level API.
+
+        Half the cost of ``create_dataset`` per dataset, which matters when
+        exporting many small arrays (issue 4 benchmark).
+        """
+        from h5py import h5d, h5s, h5t
+
+        tid = self._types.get(arr.dtype)
+        if tid is None:
+            tid = self._types[arr.dtype] = h5t.py_create(arr.dtype, logical=True)
+        space = h5s.create_simple(arr.shape) if arr.ndim else h5s.create(h5s.SCALAR)
+        dsid = h5d.create(parent.id, name.encode("utf-8"), tid, space, lcpl=self.link_props())
+        if arr.size:
+            dsid.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(arr))
+        dsid.close()
+
+    def array(self, parent: Any, name: str, arr: np.ndarray, **kw: Any) -> Any:
+        import h5py
+
+        if self.compression and arr.ndim and arr.size:
+            kw.setdefault("compression", self.compression)
+        if arr.dtype.kind == "O":  # a list of str: variable-length UTF-8 strings
+            kw["dtype"] = h5py.string_dtype()
+        return parent.create_dataset(name, data=arr, **kw)
+
+    def scalar(self, parent: Any, name: str, data: Any, ptype: str, **kw: Any) -> Any:
+        ds = parent.create_dataset(name, data=data, **kw)
+        ds.attrs[TYPE_ATTR] = ptype
+        return ds
+
+    def write(self, parent: Any, name: str, value: Any) -> None:
+        """Store ``value`` as ``parent[name]``; raise Unsupported if it cannot."""
+        import h5py
+
+        cls = type(value)
+        if is_array(value):
+            if not numeric(value.dtype):
+                self._unsupported(parent, name, value)
+            elif self.compression:
+                self.array(parent, name, value)
+            else:
+                self.plain_array(parent, name, value)
+        elif isinstance(value, np.generic):
+            if not numeric(value.dtype):
+                self._unsupported(parent, name, value)
+            else:
+                self.scalar(parent, name, value, "numpy.scalar")
+        elif value is None:
+            self.scalar(parent, name, h5py.Empty("i1"), "None")
+        elif cls is int:
+            if -(2**63) <= value < 2**64:
+                data = np.int64(value) if value < 2**63 else np.uint64(value)
+                self.scalar(parent, name, data, "int")
+            else:  # beyond 64 bits: exact decimal text
+                self.scalar(parent, name, str(value), "int", dtype=h5py.string_dtype())
+        elif cls in _PY_SCALARS:
+            self.scalar(parent, name, _PY_SCALARS[cls](value), cls.__name__)
+        elif cls is str:
+            if "\x00" in value or _has_surrogates(value):
+                # HDF5 strings end at NUL and must be UTF-8: keep the exact
+                # code points as opaque bytes instead.
+                raw = value.encode("utf-8", "surrogatepass")
+                self.scalar(parent, name, np.void(raw), "str")
+            else:
+                self.scalar(parent, name, value, "str", dtype=h5py.string_dtype())
+        elif cls in (bytes, bytearray):
+            data = np.void(bytes(value)) if value else h5py.Empty("u1")
+            self.scalar(parent, name, data, cls.__name__)
+        elif cls in (list, tuple, set, frozenset):
+            self.sequence(parent, name, value, cls.__name__)
+        elif cls is dict:
+            if any(type(k) is not str for k in value):
+                self._unsupported(parent, name, value)
+            else:
+                group = parent.create_group(name, track_order=True)
+                for key, item in value.items():
+                    self.write(group, escape_name(key), item)
+        elif (cls.__module__, cls.__name__) == _RECORDING:
+            self.recording(parent, name, value)
+        else:
+            self._unsupported(parent, name, value)
+
+    def sequence(self, parent: Any, name: str, value: Any, ptype: str) -> None:
+        packed = homogeneous(value)
+        if packed is not None:
+            ds = self.array(parent, name, packed[1])
+            ds.attrs[TYPE_ATTR] = ptype
+            ds.attrs[ITEMS_ATTR] = packed[0]
+            return
+        group = parent.create_group(name, track_order=True)
+        group.attrs[TYPE_ATTR] = ptype
+        for i, item in enumerate(value):
+            self.write(group, str(i), item)
+
+    def recording(self, parent: Any, name: str, rec: Any) -> None:
+        group = parent.create_group(name, track_order=True)
+        group.attrs[TYPE_ATTR] = "Recording"
+        data = rec.data
+        if data.dtype.kind == "O":
+            # A table mixing text and numbers (a Clampfit results sheet): one
+            # member per column, each as uniform as its cells allow.
+            self.write(group, "data", [data[:, j].tolist() for j in range(data.shape[1])])
+            group["data"].attrs["rows"] = data.shape[0]
+        else:
+            self.write(group, "data", data)
+        for attr in ("columns", "units", "header", "label", "path", "layout", "attrs"):
+            set_attr(group, attr, getattr(rec, attr, None))
+
+    def _unsupported(self, parent: Any, name: str, value: Any) -> None:
+        if self.on_unsupported != "pickle":
+            raise Unsupported(type_name(value))
+        try:
+            data = pickle.dumps(value, protocol=5)
+        except Exception as exc:
+            raise Unsupported(f"{type_name(value)} (not picklable either: {exc})") from exc
+        self.scalar(parent, name, np.void(data), "pickle")
+        self.pickled.append(type_name(value))
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def set_attr(obj: Any, name: str, value: Any) -> None:
+    """Store a JSON-able value as an attribute: natively when HDF5 can, else as JSON.
+
+    Names of JSON-encoded attributes are listed in the ``json_attributes``
+    attribute so that readers can decode them.
+    """
+    name = escape_name(name)
+    native = type(value) in (str, bool, float) or (
+        type(value) is int and -(2**63) <= value < 2**63
+    )
+    if native:
+        try:
+            obj.attrs[name] = value
+            return
+        except (ValueError, TypeError, UnicodeEncodeError):
+            pass  # NUL or surrogates in a str: JSON escapes them
+    obj.attrs[name] = json.dumps(value, default=repr)
+    encoded = json.loads(obj.attrs.get("json_attributes", "[]"))
+    obj.attrs["json_attributes"] = json.dumps(sorted({*encoded, name}))
+
+
+def get_attrs(obj: Any) -> dict[str, Any]:
+    encoded = set(json.loads(obj.attrs.get("json_attributes", "[]")))
+    out = {}
+    for name, value in obj.attrs.items():
+        if name == "json_attributes":
+            continue
+        if name in encoded:
+            value = json.loads(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[unescape_name(name)] = value
+    return out
+
+
+# ---------------------------------------------------------------------------
+# HDF5 -> values
+
+
+def read(obj: Any, unpickle: bool = False) -> Any:
+    """Rebuild the Python value stored at ``obj`` (a dataset or a group)."""
+    import h5py
+
+    ptype = obj.attrs.get(TYPE_ATTR)
+    if isinstance(obj, h5py.Group):
+        if ptype is None or ptype == "dict":
+            return {unescape_name(k): read(v, unpickle) for k, v in obj.items()}
+        if ptype in _SEQUENCES:
+            members = sorted(obj, key=int)
+            return _SEQUENCES[ptype](read(obj[m], unpickle) for m in members)
+        if ptype == "Recording":
+            return _read_recording(obj, unpickle)
+        raise ValueError(f"{obj.name}: unknown {TYPE_ATTR} {ptype!r}")
+    if ptype is None:
+        # [...] keeps a 0-d array an array, in its stored byte order.
+        return obj[...] if obj.shape == () else obj[()]
+    data = obj[()]
+    if ptype in _SEQUENCES:
+        items = obj.attrs[ITEMS_ATTR]
+        return items_from_array(obj.asstr()[()] if items == "str" else data, items, ptype)
+    if ptype == "numpy.scalar":
+        return data
+    if ptype == "None":
+        return None
+    if ptype == "str":
+        if isinstance(data, np.void):
+            return data.tobytes().decode("utf-8", "surrogatepass")
+        return obj.asstr()[()]
+    if ptype in ("bytes", "bytearray"):
+        raw = b"" if isinstance(data, h5py.Empty) else data.tobytes()
+        return raw if ptype == "bytes" else bytearray(raw)
+    if ptype == "int":
+        return int(obj.asstr()[()]) if obj.dtype.kind == "O" else int(data)
+    if ptype in ("bool", "float", "complex"):
+        return {"bool": bool, "float": float, "complex": complex}[ptype](data)
+    if ptype == "pickle":
+        value = PickledValue(data.tobytes())
+        return value.load() if unpickle else value
+    raise ValueError(f"{obj.name}: unknown {TYPE_ATTR} {ptype!r}")
+
+
+def _read_recording(group: Any, unpickle: bool) -> Any:
+    from .recordings.recording import Recording
+
+    fields = get_attrs(group)
+    fields.pop(TYPE_ATTR, None)
+    data = read(group["data"], unpickle)
+    if isinstance(data, list):  # an object table stored column by column
+        table = np.empty((int(group["data"].attrs["rows"]), len(data)), dtype=object)
+        for j, column in enumerate(data):
+            table[:, j] = column
+        data = table
+    return Recording(data, **fields)
