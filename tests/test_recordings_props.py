@@ -82,7 +82,7 @@ def test_atf_round_trip(rec: Recording) -> None:
 @given(
     x=st.lists(floats, max_size=50),
     label=st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs",),
-                                                     blacklist_characters="\r\n"), max_size=15)),
+                                                     blacklist_characters="\r\n\0"), max_size=15)),
 )
 def test_neuron_round_trip(x: list[float], label: str | None) -> None:
     t = np.arange(len(x)) * 0.025
@@ -180,3 +180,9 @@ def test_truncated_samples_never_shorten_silently(tmp_path: Path, keep: float) -
         if seed.suffix == ".dat" and content.startswith(b"label:"):
             with pytest.raises(RecordingFormatError, match="truncated"):
                 load_neuron_dat(path)
+
+
+@pytest.mark.parametrize("label", ["a\nb", "a\rb", "a\0b"])
+def test_writer_refuses_labels_the_reader_cannot_read(label: str) -> None:
+    with pytest.raises(ValueError, match="line ending or NUL"):
+        write_neuron_dat(_tmp() + ".dat", [0.0], [1.0], label=label)

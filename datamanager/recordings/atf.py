@@ -43,7 +43,9 @@ __all__ = ["is_atf", "load_atf", "read_atf", "write_atf"]
 PathLike = Union[str, "os.PathLike[str]"]
 # Clampfit writes Windows-1252 (a "µA" unit); try UTF-8 first.
 _ENCODINGS = ("utf-8", "cp1252")
-_UNIT = re.compile(r"^(.*?)\s*\(([^()]*)\)$")
+# One space before the unit, as Clampfit writes "Trace #1 (pA)": a name that
+# itself ends in spaces keeps them through a round trip.
+_UNIT = re.compile(r"^(.*?) ?\(([^()]*)\)$")
 _FIRST = re.compile(r"ATF[\t ]+(\S+)[\t ]*")
 # Header records that mark a Clampex/Clampfit trace export: every column of
 # such a file is numeric, so a text cell there is an error, not a text column.

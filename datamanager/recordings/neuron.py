@@ -491,7 +491,8 @@ def write_neuron_dat(
     Raises
     ------
     ValueError
-        For data that is not two equal columns, or a label with a line ending.
+        For data that is not two equal columns, or a label with a line ending
+        or a NUL character (NEURON's reader, and ours, stop at either).
     """
     if isinstance(times, Recording):
         data = times.data
@@ -507,7 +508,7 @@ def write_neuron_dat(
     if data.ndim != 2 or data.shape[1] != 2:
         raise ValueError(f"the clipboard layout holds two columns, got shape {data.shape}")
     data = data.astype(np.float64)
-    if label is not None and ("\n" in label or "\r" in label):
-        raise ValueError(f"a label cannot hold a line ending: {label!r}")
+    if label is not None and any(c in label for c in "\n\r\0"):
+        raise ValueError(f"a label cannot hold a line ending or NUL: {label!r}")
     head = ("" if label is None else f"label:{label}\n") + f"{data.shape[0]}\n"
     atomic_write(os.fspath(path), [head, *format_rows(data, "\t")])
