@@ -324,8 +324,10 @@ class Session(MutableMapping):
         Returns the number of rows it changed (not counting trigger rows).
         """
         with self._lock:
-            conn = self._connection(create=True)
-            assert conn is not None
+            conn = self._conn
+            if conn is None or self._pid != os.getpid():
+                conn = self._connection(create=True)
+                assert conn is not None
             before = conn.total_changes
             try:
                 changed = conn.execute(sql, params).rowcount
@@ -341,8 +343,11 @@ class Session(MutableMapping):
             return changed
 
     def __setitem__(self, key: str, value: Any) -> None:
-        _check_key(key)
-        if _is_side_array(value):
+        # The common case (a str key, a small value) is kept short: it is the
+        # hot path of every simulation (issue #2 write rate).
+        if type(key) is not str:
+            _check_key(key)
+        if type(value) is np.ndarray and _is_side_array(value):
             side, size = self._write_side(key, value)
             self._write(_UPSERT, (key, None, side, size), new_side=side)
         else:
