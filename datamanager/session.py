@@ -228,8 +228,9 @@ class Session(MutableMapping):
                 self._depth = 0
             if self.journal_mode == "wal":
                 # Leave a closed session as one plain file, readable from
-                # read-only media and copyable alone.  Another process still
-                # using it keeps WAL; then we do not wait for it.
+                # read-only media and copyable alone: a reader of a WAL-mode
+                # file would otherwise create -wal and -shm files beside it.
+                # Another process still using it keeps WAL; we do not wait.
                 try:
                     conn.execute("PRAGMA busy_timeout = 0")
                     conn.execute("PRAGMA journal_mode=DELETE")
