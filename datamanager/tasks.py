@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
+from . import provenance
 from .errors import UnstorableValueError
 
 if TYPE_CHECKING:
@@ -459,6 +460,10 @@ class _LocalPool:
                     f"the task {spec.qualname} cannot be pickled for {method!r} workers "
                     f"({exc}); define it at module level"
                 ) from exc
+        else:
+            # Forked workers inherit this process's cached git state, so
+            # each need not run its own git subprocess when its session opens.
+            provenance.git_state(provenance.script_directory())
         # Under forkserver the workers' parent is the fork server, not us.
         parent = os.getpid() if method in ("fork", "spawn") else None
         self.slots, self.chunksize = processes, chunksize
