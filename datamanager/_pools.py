@@ -1,0 +1,353 @@
+"""Where the tasks of a sweep run: worker processes and the pools that feed them.
+
+The worker side (:class:`Worker`) runs chunks of items in one process and
+stores their results in that process's own session; the driver side hands
+chunks to a local :class:`concurrent.futures.ProcessPoolExecutor`
+(:class:`LocalPool`) or to a ``dask.distributed.Client`` (:class:`DaskPool`)
+and gets back only small acknowledgements (issue #5).  Functions sent to
+worker processes are module-level, so they pickle by reference.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import multiprocessing.util
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .errors import UnstorableValueError
+
+if TYPE_CHECKING:
+    from .manager import DataManager
+
+#: A worker commits what it has computed at least this often (seconds).
+COMMIT_SECONDS = 1.0
+#: Work per chunk sent to a Dask cluster (seconds, as measured).
+CHUNK_SECONDS = 0.2
+
+# What a chunk sends back: failures (index, key, error, traceback, worker), the
+# number of items run, their compute time and the session name.
+Ack = tuple[list[tuple[Any, ...]], int, float, str]
+
+
+def worker_name() -> str:
+    """Return ``<host>:<pid>``, naming this process in failure records."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """Return ``('<ExceptionType>: <message>', traceback)`` for a failure record."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}", tb
+
+
+# -- the worker side ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a worker needs to run a sweep; pickles as configuration only."""
+
+    dm: DataManager
+    task: Callable[[Any], Any]
+    name: str
+    qualname: str
+    run_id: str
+
+
+class Worker:
+    """The sweep's state in one process: its session, opened at the first result."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.session: Any = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        with self._lock:  # Dask runs several threads in one worker process
+            if self.session is None:
+                session = self.spec.dm.session()
+                session.update_metadata(
+                    {
+                        "task": self.spec.qualname,
+                        "task_name": self.spec.name,
+                        "task_run": self.spec.run_id,
+                    }
+                )
+                self.session = session
+            return self.session
+
+    def run(self, chunk: list[tuple[int, str, Any]], stop: Any = None, counter: Any = None) -> Ack:
+        """Run and store one chunk; return only a small acknowledgement.
+
+        Results are committed at the end of the chunk and at least every
+        :data:`COMMIT_SECONDS`, so long tasks lose little to a crash.  *stop*
+        (an event) ends the chunk early between items; *counter* (a shared
+        integer) counts finished items for the progress bar.
+        """
+        outcomes: list[tuple[Any, ...]] = []
+        failures: list[tuple[Any, ...]] = []
+        ran, seconds, committed = 0, 0.0, time.monotonic()
+        for index, key, item in chunk:
+            if stop is not None and stop.is_set():
+                break
+            start = time.perf_counter()
+            try:
+                outcomes.append((index, key, item, self.spec.task(item), None))
+            except Exception as exc:  # the sweep goes on; the failure is recorded
+                outcomes.append((index, key, item, None, describe(exc)))
+            seconds += time.perf_counter() - start
+            ran += 1
+            if counter is not None:
+                with counter.get_lock():
+                    counter.value += 1
+            if time.monotonic() - committed >= COMMIT_SECONDS:
+                failures += self.store(outcomes)
+                outcomes, committed = [], time.monotonic()
+        if outcomes:
+            failures += self.store(outcomes)
+        return failures, ran, seconds, getattr(self.session, "name", "")
+
+    def store(self, outcomes: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Write results and failure records in one transaction; return the failures.
+
+        Everything goes through one ``session.update()``, so a bulk write in
+        the session speeds this up too; a result that cannot be pickled
+        (:class:`UnstorableValueError` names its key) becomes that item's
+        failure and the rest is written again.
+        """
+        name, worker, failures = self.spec.name, worker_name(), []
+        writes: dict[str, Any] = {}
+        owner: dict[str, tuple[Any, ...]] = {}
+        for outcome in outcomes:
+            index, key, item, result, error = outcome
+            if error is None:
+                writes[f"{name}/{key}"], writes[f"{name}.items/{key}"] = result, item
+                owner[f"{name}/{key}"] = outcome
+            else:
+                failures.append((index, key, item, error))
+        session = self._open()
+        with session.transaction():
+            while True:
+                try:
+                    session.update(writes)
+                    break
+                except UnstorableValueError as exc:
+                    if exc.key not in owner:
+                        raise
+                    index, key, item, _result, _error = owner.pop(exc.key)
+                    del writes[f"{name}/{key}"], writes[f"{name}.items/{key}"]
+                    failures.append((index, key, item, describe(exc)))
+            now, task = time.time(), self.spec.qualname
+            session.update(
+                {
+                    f"{name}.failures/{key}": dict(
+                        item=item,
+                        error=error[0],
+                        traceback=error[1],
+                        worker=worker,
+                        time=now,
+                        task=task,
+                    )
+                    for _index, key, item, error in failures
+                }
+            )
+        return [(index, key, error[0], error[1], worker) for index, key, _item, error in failures]
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+
+# This pool worker's state, set by _init_local: the worker, the driver's stop
+# event and the shared count of finished items.
+_LOCAL: tuple[Worker, Any, Any] | None = None
+
+
+def _init_local(spec: Spec, parent_pid: int | None, stop: Any, counter: Any) -> None:
+    global _LOCAL
+    # Ctrl-C at a terminal reaches the whole process group; the driver alone
+    # decides what happens then (it sets *stop*), so no task is cut in half.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+    worker = Worker(spec)
+    _LOCAL = (worker, stop, counter)
+    # Pool workers leave through multiprocessing's exit handlers, not atexit.
+    multiprocessing.util.Finalize(worker, worker.close, exitpriority=10)
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    # A driver killed with SIGKILL cannot stop its workers.  Left running they
+    # would store items that the resumed sweep computes again, so each worker
+    # dies with its parent (issue #5: every item done exactly once).
+    parent, asked = os.getppid(), False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            asked = ctypes.CDLL(None).prctl(1, signal.SIGKILL) == 0  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if not asked:
+        _watch_parent(parent)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the driver died before we could ask to follow it
+
+
+def _watch_parent(parent: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="datamanager-watch-parent").start()
+
+
+def _run_local(chunk: list[tuple[int, str, Any]]) -> Ack:
+    assert _LOCAL is not None, "run_tasks worker used outside its pool"
+    worker, stop, counter = _LOCAL
+    return worker.run(chunk, stop, counter)
+
+
+_DASK: dict[str, Worker] = {}  # run id -> state, in each Dask worker process
+_DASK_LOCK = threading.Lock()
+
+
+def _run_dask(spec: Spec, chunk: list[tuple[int, str, Any]]) -> Ack:
+    with _DASK_LOCK:
+        worker = _DASK.get(spec.run_id)
+        if worker is None:
+            worker = _DASK[spec.run_id] = Worker(spec)
+    return worker.run(chunk)
+
+
+def _close_dask(run_id: str) -> None:
+    with _DASK_LOCK:
+        worker = _DASK.pop(run_id, None)
+    if worker is not None:
+        worker.close()
+
+
+# -- the driver side ---------------------------------------------------------------------
+
+
+class LocalPool:
+    """Chunks on a local process pool; the pool schedules, we only batch."""
+
+    def __init__(self, spec: Spec, processes: int, ctx: Any, chunksize: int | None) -> None:
+        method = ctx.get_start_method()
+        if method != "fork":  # the task travels to the workers by pickle
+            try:
+                pickle.dumps(spec.task, protocol=5)
+            except Exception as exc:
+                raise TypeError(
+                    f"the task {spec.qualname} cannot be pickled for {method!r} workers "
+                    f"({exc}); define it at module level"
+                ) from exc
+        # Under forkserver the workers' parent is the fork server, not us.
+        parent = os.getpid() if method in ("fork", "spawn") else None
+        self.slots, self.chunksize = processes, chunksize
+        self.stop, self.counter = ctx.Event(), ctx.Value("q", 0)
+        self.executor = cf.ProcessPoolExecutor(
+            processes, mp_context=ctx, initializer=_init_local,
+            initargs=(spec, parent, self.stop, self.counter),
+        )  # fmt: skip
+
+    def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
+        # Pool.map's choice: four chunks per worker.  Workers commit within a
+        # chunk, report progress through the shared counter and stop between
+        # items, so a large chunk costs neither durability nor a prompt Ctrl-C.
+        return self.chunksize or max(1, math.ceil(total / (4 * self.slots)))
+
+    def submit(self, chunk: list[tuple[int, str, Any]]) -> Any:
+        return self.executor.submit(_run_local, chunk)
+
+    def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
+        return cf.wait(pending, timeout, return_when=cf.FIRST_COMPLETED).done
+
+    def finished(self) -> int | None:
+        return self.counter.value
+
+    def interrupt(self, pending: Iterable[Any]) -> list[Any]:
+        """Start nothing new, end running chunks after their current item."""
+        self.stop.set()
+        return [f for f in pending if not f.cancel()]
+
+    def terminate(self) -> None:
+        stop = getattr(self.executor, "terminate_workers", None)  # Python >= 3.14
+        if stop is not None:
+            stop()
+            return
+        # Before 3.14 the executor offers no way to stop a busy worker; its
+        # process table is the only handle on them.
+        for process in list(getattr(self.executor, "_processes", {}).values()):
+            process.terminate()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskPool:
+    """Chunks on a Dask cluster; only acknowledgements come back."""
+
+    def __init__(self, spec: Spec, client: Any, chunksize: int | None) -> None:
+        from distributed import as_completed
+
+        self.spec, self.client, self.chunksize = spec, client, chunksize
+        self.completed = as_completed()
+        self._slots, self._checked = 1, -math.inf
+
+    @property
+    def slots(self) -> int:
+        # Adaptive clusters (dask-jobqueue) grow and shrink while we run.
+        if time.monotonic() - self._checked > 1.0:
+            self._slots = max(1, sum(self.client.nthreads().values()))
+            self._checked = time.monotonic()
+        return self._slots
+
+    def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
+        # Workers may join late, and a running Dask task can be neither
+        # interrupted nor watched: chunks of about CHUNK_SECONDS of measured
+        # work (one item until something is measured), never more than a fair
+        # share of what is left, so the tail stays balanced.
+        if self.chunksize:
+            return self.chunksize
+        if per_item is None:
+            return 1
+        size = math.ceil(remaining / (2 * self.slots))
+        return max(1, min(size, int(CHUNK_SECONDS / per_item) if per_item > 0 else size))
+
+    def submit(self, chunk: list[tuple[int, str, Any]]) -> Any:
+        future = self.client.submit(_run_dask, self.spec, chunk, pure=False)
+        self.completed.add(future)
+        return future
+
+    def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
+        return self.completed.next_batch(block=True)
+
+    def finished(self) -> int | None:
+        return None
+
+    def interrupt(self, pending: Iterable[Any]) -> list[Any]:
+        # A running Dask task cannot be stopped: it finishes and stores its
+        # results after we return.
+        self.client.cancel(list(pending))
+        return []
+
+    def terminate(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            self.client.run(_close_dask, self.spec.run_id)
+        except Exception:  # a lost worker: its session is durable anyway
+            pass
