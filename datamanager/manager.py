@@ -28,6 +28,7 @@ __all__ = ["DataManager", "Problem"]
 
 T = TypeVar("T")
 _MISSING = object()
+_MAX_OPEN = 256
 
 
 @dataclass(frozen=True)
@@ -159,17 +160,39 @@ class DataManager:
     def iter_sessions(self, strict: bool = False) -> Iterator[SessionReader]:
         """Yield a read-only reader for each session, in creation order.
 
-        Open one reader at a time and close it (or use it as a context
-        manager) before taking the next.  Sessions that cannot be read are
-        skipped with a warning, or raise with ``strict=True``.
+        The caller owns each reader it receives: close it (or use it as a
+        context manager) before taking the next.  Sessions that cannot be
+        read are skipped with a warning, or raise with ``strict=True``.
         """
-        for entry, _ in self._ordered(lambda r: None, strict):
-            try:
-                reader = entry.open(self.safe)
-            except CorruptSessionError as exc:
-                self._skip(entry, exc, strict)
-                continue
-            yield reader
+        entries = collate.find_sessions(self.basepath)
+        # Up to _MAX_OPEN readers stay open from the pass that orders them, so
+        # each session is opened once; beyond that, file descriptors run short.
+        keep = len(entries) <= _MAX_OPEN
+        found: list[tuple[float, str, SessionEntry, SessionReader | None]] = []
+        try:
+            for entry in entries:
+                try:
+                    reader = entry.open(self.safe)
+                except CorruptSessionError as exc:
+                    self._skip(entry, exc, strict)
+                    continue
+                found.append((reader.created, entry.name, entry, reader if keep else None))
+                if not keep:
+                    reader.close()
+            found.sort(key=lambda t: (t[0], t[1]))
+            for i, (created, name, entry, kept) in enumerate(found):
+                found[i] = (created, name, entry, None)  # handed over to the caller
+                if kept is None:
+                    try:
+                        kept = entry.open(self.safe)
+                    except CorruptSessionError as exc:
+                        self._skip(entry, exc, strict)
+                        continue
+                yield kept
+        finally:
+            for *_, reader in found:
+                if reader is not None:
+                    reader.close()
 
     def session_filenames(self, strict: bool = False) -> list[str]:
         """Return one file name per session, in creation order.

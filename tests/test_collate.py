@@ -415,3 +415,22 @@ def test_full_disk_ends_in_a_clear_error_and_keeps_what_was_written(tmp_path):
     assert lines[0].startswith("ERROR") and ("full" in lines[0] or "space" in lines[0]), lines
     assert int(lines[1].split()[1]) > 5
     assert lines[2] == "VERIFIED []"
+
+
+@pytest.mark.parametrize("max_open", [1, 256])
+def test_iter_sessions_hands_over_open_readers_in_order(dm, monkeypatch, max_open):
+    import datamanager.manager
+
+    monkeypatch.setattr(datamanager.manager, "_MAX_OPEN", max_open)
+    for name in ["c", "a", "b"]:
+        dm.session(name)["v"] = name
+    names = []
+    for reader in dm.iter_sessions():
+        with reader:
+            names.append((reader.name, reader["v"]))
+    assert names == [("c", "c"), ("a", "a"), ("b", "b")]
+    it = dm.iter_sessions()
+    first = next(it)
+    it.close()  # the readers not handed over are closed; the first is the caller's
+    assert first["v"] == "c"
+    first.close()
