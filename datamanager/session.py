@@ -36,6 +36,8 @@ SESSION_SUFFIX = ".sqlite"
 BLOB_SUFFIX = ".blobs"
 #: numpy arrays of at least this many bytes are stored in a side file.
 SIDE_FILE_THRESHOLD = 1 << 20
+#: SQLite page size of new sessions; see _open.
+PAGE_SIZE = 2048
 #: How long a writer waits for another process holding the same session.
 BUSY_TIMEOUT = 60.0
 
@@ -192,14 +194,19 @@ class Session(MutableMapping):
             self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
         try:
+            # WAL + NORMAL is durable against a killed process (only a power cut
+            # can lose the newest commits); on a network filesystem we fsync.
+            # Set before the journal mode, so creating the file syncs less.
+            sync = "NORMAL" if self.journal_mode == "wal" else "FULL"
+            conn.execute(f"PRAGMA synchronous={sync}")
+            # Smaller pages mean fewer bytes in the WAL per small write, about
+            # 10% more durable writes per second (issue #2); this only takes
+            # effect on a new file.
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             # Changing the journal mode needs a lock the busy handler does not
             # always wait for, so retry while a twin process initialises the
             # same named session at the same instant.
             _retry_locked(lambda: conn.execute(f"PRAGMA journal_mode={self.journal_mode}"))
-            # WAL + NORMAL is durable against a killed process (only a power cut
-            # can lose the newest commits); on a network filesystem we fsync.
-            sync = "NORMAL" if self.journal_mode == "wal" else "FULL"
-            conn.execute(f"PRAGMA synchronous={sync}")
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
                 conn.execute(statement)

@@ -147,8 +147,10 @@ def test_closed_session_is_one_file(dm):
     with dm.session() as s:
         s["x"] = 1
     assert os.listdir(dm.basepath) == [s.name + ".sqlite"]
-    mode = sqlite3.connect(s.path).execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "delete"
+    conn = sqlite3.connect(s.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 2048  # small WAL frames
+    conn.close()
 
 
 def _write_in_child(session, key):
