@@ -44,6 +44,7 @@ _BATCH = (
     "SELECT rowid, key, value, side, side_size FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?"
 )
 _GONE = object()
+_CREATED = "SELECT value FROM meta WHERE name = 'created'"
 _PREFIXED = "SELECT key FROM items WHERE substr(key, 1, ?) = ? ORDER BY rowid"
 
 
@@ -125,21 +126,29 @@ class SessionReader:
             self._conn = sqlite3.connect(
                 uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
-            row = self._conn.execute("SELECT value FROM meta WHERE name = 'created'").fetchone()
+            row = self._conn.execute(_CREATED).fetchone()
         except sqlite3.DatabaseError as exc:
-            self._fail_open(exc)
-            row = None
+            row = self._open_unready(exc)
         # A session killed before its first commit is an empty file: no keys.
         self.created = float(row[0]) if row else os.path.getmtime(self.path)
 
-    def _fail_open(self, exc: sqlite3.DatabaseError) -> None:
+    def _open_unready(self, exc: sqlite3.DatabaseError) -> Any:
+        """Handle a file without our tables: a session being created, or not ours."""
         conn = getattr(self, "_conn", None)
         if conn is not None and "no such table" in str(exc):
             try:
-                if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                    self._conn = None
-                    conn.close()
-                    return
+                # One read transaction, so that both answers describe the same
+                # moment: a writer may commit the schema between two queries.
+                conn.execute("BEGIN")
+                try:
+                    if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                        self._conn = None  # created but never committed: empty
+                        conn.close()
+                        return None
+                    return conn.execute(_CREATED).fetchone()  # committed meanwhile
+                finally:
+                    if self._conn is not None:
+                        conn.execute("COMMIT")
             except sqlite3.DatabaseError:
                 pass
         if conn is not None:

@@ -151,14 +151,18 @@ def test_reading_while_writing_sees_whole_values(tmp_path):
     writer = start_python(OVERWRITER, str(tmp_path), "300")
     reads = 0
     deadline = time.time() + 120
-    while writer.poll() is None and time.time() < deadline:
-        found = dm.get_matching(lambda k: True, strict=True)
-        if "big" in found:
-            big = found["big"]["busy"]
-            small = found["small"]["busy"]
-            assert big.shape == (200_000,) and (big == big[0]).all()
-            assert small == [small[0]] * 100
-            reads += 1
+    try:
+        while writer.poll() is None and time.time() < deadline:
+            found = dm.get_matching(lambda k: True, strict=True)
+            if "big" in found:
+                big = found["big"]["busy"]
+                small = found["small"]["busy"]
+                assert big.shape == (200_000,) and (big == big[0]).all()
+                assert small == [small[0]] * 100
+                reads += 1
+    finally:
+        if writer.poll() is None and time.time() >= deadline:
+            writer.kill()
     out, err = writer.communicate(timeout=60)
     assert writer.returncode == 0 and out.strip() == "done", err
     assert reads > 0
@@ -166,3 +170,30 @@ def test_reading_while_writing_sees_whole_values(tmp_path):
     np.testing.assert_array_equal(dm.get("big")["busy"], np.full(200_000, 299.0))
     # Every replaced side file was removed; only the current one is left.
     assert len(os.listdir(os.path.join(dm.basepath, "busy.blobs"))) == 1
+
+
+CREATOR = """
+import sys
+from datamanager import DataManager
+dm = DataManager("sweep", sys.argv[1])
+for i in range(int(sys.argv[2])):
+    with dm.session() as s:
+        s["i"] = [i]
+"""
+
+
+@pytest.mark.stress
+def test_collating_while_sessions_are_being_created(tmp_path):
+    # A reader may open a session file between its creation and the commit
+    # of its tables: that is an empty session, never a corrupt one.
+    n = stress_size(full=400, ci=150)
+    dm = DataManager("sweep", str(tmp_path))
+    writer = start_python(CREATOR, str(tmp_path), str(n))
+    try:
+        while writer.poll() is None:
+            merged = dm.get_merged("i", strict=True)
+            assert merged == sorted(merged)
+    finally:
+        _, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err
+    assert dm.get_merged("i", strict=True) == list(range(n))
