@@ -306,7 +306,11 @@ def run_tasks(
             # each is recorded as failed for a later run to retry; the sweep
             # goes on.
             error = describe(exc)
-            acks = local.store([(i, k, item, None, error) for i, k, item in chunk])
+            # A worker that died mid-chunk may have committed part of it:
+            # those items are done, and only the rest become failures.
+            stored = set(dm.keys())
+            lost_items = [c for c in chunk if f"{name}/{c[1]}" not in stored]
+            acks = local.store([(i, k, item, None, error) for i, k, item in lost_items])
             ran, seconds, session = len(chunk), 0.0, local.session.name
             lost = isinstance(exc, cf.process.BrokenProcessPool)
         record(acks, session)
