@@ -386,6 +386,8 @@ class Session(MutableMapping):
 
     def __delitem__(self, key: str) -> None:
         _check_key(key)
+        if self._conn is None and not os.path.exists(self.path):
+            raise KeyError(key)  # never written: do not create it just to say so
         if not self._write("DELETE FROM items WHERE key = ?", (key,)):
             raise KeyError(key)
 

@@ -50,6 +50,8 @@ def test_nothing_is_created_before_the_first_write(tmp_path):
     dm = DataManager("results/run1", str(tmp_path))
     s = dm.session()
     assert len(s) == 0 and "x" not in s and list(s) == []
+    with pytest.raises(KeyError):
+        del s["x"]
     assert not os.path.exists(tmp_path / "results")
     s["x"] = 1
     assert os.path.isfile(tmp_path / "results" / "run1.data" / (s.name + ".sqlite"))
