@@ -372,3 +372,22 @@ def atomic_write(path: str, parts: Iterable[str]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def two_columns(data: np.ndarray, path: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Brian's ``(times, values)``: the first two columns as 1-D float arrays."""
+    if data.shape[1] < 2:
+        raise RecordingFormatError(
+            path or "", None, "at least 2 columns (times, values)", f"{data.shape[1]}"
+        )
+    out = []
+    for j in (0, 1):
+        col = data[:, j]
+        if col.dtype == object:  # a text column (Clampfit result sheets)
+            bad = next((v for v in col.tolist() if isinstance(v, str)), None)
+            if bad is not None:
+                raise RecordingFormatError(path or "", None, f"numbers in column {j + 1}",
+                                           show(bad))  # fmt: skip
+            col = col.astype(np.float64)
+        out.append(col)
+    return out[0], out[1]

@@ -35,6 +35,7 @@ from ._text import (
     show,
     split_fields,
     to_float,
+    two_columns,
 )
 from .recording import Recording
 
@@ -270,25 +271,6 @@ def load_atf(path: PathLike) -> Recording:
     )
 
 
-def _two_columns(rec: Recording) -> tuple[np.ndarray, np.ndarray]:
-    if rec.data.shape[1] < 2:
-        raise RecordingFormatError(
-            rec.path or "", None, "at least 2 columns (times, values)", f"{rec.data.shape[1]}"
-        )
-    out = []
-    for j in (0, 1):
-        col = rec.data[:, j]
-        if col.dtype == object:
-            bad = next((v for v in col.tolist() if isinstance(v, str)), None)
-            if bad is not None:
-                raise RecordingFormatError(
-                    rec.path or "", None, f"numbers in column {j + 1}", show(bad)
-                )
-            col = col.astype(np.float64)
-        out.append(col)
-    return out[0], out[1]
-
-
 def read_atf(name: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Brian's ``read_atf``: the first two columns of an ATF file.
 
@@ -302,7 +284,8 @@ def read_atf(name: PathLike) -> tuple[np.ndarray, np.ndarray]:
     RecordingFormatError
         For a malformed file, or one with fewer than two numeric columns.
     """
-    return _two_columns(load_atf(name))
+    rec = load_atf(name)
+    return two_columns(rec.data, rec.path)
 
 
 def _check_text(what: str, text: str, forbidden: str) -> None:

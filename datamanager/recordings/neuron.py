@@ -50,6 +50,7 @@ from ._text import (
     show,
     split_fields,
     to_float,
+    two_columns,
 )
 from .recording import Recording
 
@@ -460,10 +461,7 @@ def read_neuron_dat(name: PathLike) -> tuple[np.ndarray, np.ndarray]:
         For a malformed file, or one whose first block has one column.
     """
     rec = load_neuron_dat(name)[0]
-    if rec.data.shape[1] < 2:
-        raise RecordingFormatError(rec.path or "", None, "at least 2 columns (times, values)",
-                                   f"{rec.data.shape[1]}")
-    return rec.data[:, 0], rec.data[:, 1]
+    return two_columns(rec.data, rec.path)
 
 
 def write_neuron_dat(
