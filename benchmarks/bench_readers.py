@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 from datamanager import DataManager  # noqa: E402
 from datamanager.recordings import (  # noqa: E402
     Recording,
+    _text,
     load_atf,
     load_neuron_dat,
     load_recording,
@@ -40,22 +41,23 @@ from datamanager.recordings import (  # noqa: E402
 )
 
 # Run in a fresh interpreter: peak RSS growth of one read, after imports.
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS.
 _MEMORY_PROBE = r"""
-import json, resource, sys
+import json, sys
 sys.path.insert(0, sys.argv[3])
-import numpy, pandas
-from datamanager.recordings import load_atf, load_neuron_dat
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-before = rss()
+from datamanager.recordings import _text, load_atf, load_neuron_dat, load_recording
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
 kind, path = sys.argv[1], sys.argv[2]
-if kind == "atf":
-    out = load_atf(path).data
-else:
-    out = load_neuron_dat(path)[0].data
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"growth": peak - before, "nbytes": int(out.nbytes)}))
+load = load_atf if kind == "atf" else lambda p: load_neuron_dat(p)[0]
+load_recording(sys.argv[5])  # imports pandas' parser modules
+_text.BLOCKWISE_BYTES = 0 if sys.argv[4] == "True" else None
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # peak RSS := current RSS
+before = status("VmRSS:")
+out = load(path).data
+print(json.dumps({"growth": status("VmHWM:") - before, "nbytes": int(out.nbytes)}))
 """
 
 
@@ -98,9 +100,9 @@ def brian_atf(path: str) -> np.ndarray:
         return np.loadtxt(f)
 
 
-def memory(kind: str, path: str) -> float:
+def memory(kind: str, path: str, small: str, blockwise: bool) -> float:
     out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE, kind, path, ROOT],
+        [sys.executable, "-c", _MEMORY_PROBE, kind, path, ROOT, str(blockwise), small],
         check=True, capture_output=True, text=True,
     )
     res = json.loads(out.stdout)
@@ -111,30 +113,36 @@ def bench_formats(folder: str, size_mib: float, repeat: int) -> list[tuple[str, 
     data = make_data(size_mib)
     dat = os.path.join(folder, "big.dat")
     atf = os.path.join(folder, "big.atf")
+    small = os.path.join(folder, "small.dat")
     write_neuron_dat(dat, data, label="v(.5)")
+    write_neuron_dat(small, data[:10], label="v(.5)")
     rec = Recording(data, ["Time", "Trace #1"], ["s", "mV"],
                     {"AcquisitionMode": "Gap Free", "Signals": ["IN 0"]})
     write_atf(atf, rec)
     rows = []
     cases = [
-        ("NEURON .dat", dat, "neuron", lambda: load_neuron_dat(dat), 2, brian_neuron),
+        ("NEURON .dat", dat, "neuron", lambda: load_neuron_dat(dat)[0], 2, brian_neuron),
         ("ATF", atf, "atf", lambda: load_atf(atf), 5, brian_atf),
     ]
     for name, path, kind, ours, skip, brian in cases:
-        assert np.array_equal(
-            (ours()[0] if isinstance(ours(), list) else ours()).data, data
-        )
-        # Interleave the runs so load from other processes hits all alike.
-        t_ours = t_pd = float("inf")
-        for _ in range(repeat):
-            t_pd = min(t_pd, best(lambda p=path, s=skip: pandas_baseline(p, s), 1))
-            t_ours = min(t_ours, best(ours, 1))
         t_np = best(lambda p=path, b=brian: b(p), 1)
-        mib = os.path.getsize(path) / 2**20
-        rows.append((
-            name, f"{mib:.0f}", f"{mib / t_ours:.0f}", f"{t_pd / t_ours:.2f}x",
-            f"{t_np / t_ours:.2f}x", f"{memory(kind, path):.2f}x",
-        ))
+        for blockwise in (False, True):
+            # One read_csv call is what a body of this size gets by default;
+            # block-wise is what a body too large for memory gets.
+            _text.BLOCKWISE_BYTES = 0 if blockwise else None
+            assert np.array_equal(ours().data, data)
+            # Interleave the runs so load from other processes hits all alike.
+            t_ours = t_pd = float("inf")
+            for _ in range(repeat):
+                t_pd = min(t_pd, best(lambda p=path, s=skip: pandas_baseline(p, s), 1))
+                t_ours = min(t_ours, best(ours, 1))
+            mib = os.path.getsize(path) / 2**20
+            rows.append((
+                name, "block-wise" if blockwise else "one call", f"{mib:.0f}",
+                f"{mib / t_ours:.0f}", f"{t_pd / t_ours:.2f}x", f"{t_np / t_ours:.2f}x",
+                f"{memory(kind, path, small, blockwise):.2f}x",
+            ))
+    _text.BLOCKWISE_BYTES = None
     return rows
 
 
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         rows = bench_formats(folder, args.size_mib, args.repeat)
-        header = ("format", "MiB", "ours MiB/s", "vs pandas C", "vs np.loadtxt",
+        header = ("format", "parser", "MiB", "ours MiB/s", "vs pandas C", "vs np.loadtxt",
                   "peak mem / arrays")
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         print("  ".join(h.ljust(w) for h, w in zip(header, widths)))

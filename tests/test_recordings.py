@@ -6,6 +6,7 @@ and is compared with an independent parse written here with pandas/numpy.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import struct
@@ -21,6 +22,7 @@ from datamanager import safepickle
 from datamanager.errors import RecordingFormatError
 from datamanager.recordings import (
     Recording,
+    _text,
     load_atf,
     load_neuron_dat,
     load_recording,
@@ -29,6 +31,8 @@ from datamanager.recordings import (
     write_atf,
     write_neuron_dat,
 )
+
+from conftest import run_python
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -438,3 +442,78 @@ def test_large_file_reads_in_chunks_exactly(tmp_path: Path) -> None:
     write_neuron_dat(path, data, label="v")
     [rec] = load_neuron_dat(path)
     np.testing.assert_array_equal(rec.data, data)
+
+
+@pytest.fixture
+def blockwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parse numeric bodies block by block on threads, in blocks of 4 KiB."""
+    monkeypatch.setattr(_text, "BLOCKWISE_BYTES", 0)
+    monkeypatch.setattr(_text, "BLOCK_BYTES", (4096, 4096))
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_blockwise_parse_matches_one_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, eol: str
+) -> None:
+    # Rows of varying length, NaN, and blank lines, so block edges fall
+    # everywhere: inside CRLF pairs, on blank lines, mid-row.
+    rng = np.random.default_rng(5)
+    rows = [f"{i * 0.1!r}\t{x!r}" for i, x in enumerate(rng.standard_normal(20_000) * 1e3)]
+    rows[7] = "0.7\tnan"
+    for i in range(100, len(rows), 977):
+        rows[i] += eol
+    path = tmp_path / "t.atf"
+    path.write_bytes(("ATF\t1.0" + eol + "0\t2" + eol + '"t"\t"v"' + eol
+                      + eol.join(rows) + eol).encode())  # fmt: skip
+    whole = load_atf(path)
+    monkeypatch.setattr(_text, "BLOCKWISE_BYTES", 0)
+    monkeypatch.setattr(_text, "BLOCK_BYTES", (4096, 4096))
+    blocks = load_atf(path)
+    assert blocks.data.shape == (20_000, 2) and blocks.data.flags.c_contiguous
+    np.testing.assert_array_equal(blocks.data, whole.data)
+
+
+def test_blockwise_parse_reports_the_bad_line(tmp_path: Path, blockwise: None) -> None:
+    data = np.column_stack([np.arange(30_000) * 0.5, np.arange(30_000) * -1.0])
+    path = tmp_path / "v.dat"
+    write_neuron_dat(path, data, label="v")
+    lines = path.read_bytes().split(b"\n")
+    lines[25_000] = b"1.0\t-7x"  # far beyond the first block
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(RecordingFormatError) as err:
+        load_neuron_dat(path)
+    assert err.value.lineno == 25_001 and "-7x" in str(err.value)
+    lines[25_000] = b"1.0"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(RecordingFormatError, match="2 fields"):
+        load_neuron_dat(path)
+
+
+_PEAK_PROBE = r"""
+import json, sys
+from datamanager.recordings import _text, load_neuron_dat
+def status(field):  # this process's own memory; ru_maxrss would count the parent's
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+load_neuron_dat(sys.argv[2])  # imports pandas' parser modules
+_text.BLOCKWISE_BYTES = int(sys.argv[3])
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # peak RSS := current RSS
+before = status("VmRSS:")
+data = load_neuron_dat(sys.argv[1])[0].data
+print(json.dumps([(status("VmHWM:") - before) / data.nbytes, float(data[-1, 0])]))
+"""
+
+
+def test_blockwise_parse_peaks_under_twice_the_table(tmp_path: Path) -> None:
+    # Measured in a fresh interpreter with real RSS. One read_csv call on the
+    # same file peaks at about 3x (issue 3 asks for at most 2x).
+    n = 2_000_000
+    data = np.column_stack([np.arange(n) * 0.025, np.round(np.sin(np.arange(n)), 4)])
+    path, small = tmp_path / "big.dat", tmp_path / "small.dat"
+    write_neuron_dat(path, data, label="v")
+    write_neuron_dat(small, data[:10], label="v")
+    out = run_python(_PEAK_PROBE, str(path), str(small), "0")
+    growth, last = json.loads(out.stdout)
+    assert last == data[-1, 0]
+    assert growth <= 2.0, f"block-wise read peaked at {growth:.2f}x the table"

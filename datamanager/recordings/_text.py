@@ -5,6 +5,12 @@ body to pandas' C parser on the exact byte range it occupies (issue 3: the
 readers must keep up with ``pandas.read_csv``). pandas reports a bad cell
 without its line, so when it refuses a block a slow Python scan of the same
 bytes finds the first bad line and says what was expected there.
+
+One ``read_csv`` call peaks at about three times the table it returns. A body
+too large for that to fit comfortably in the free memory is parsed in blocks
+on threads instead (pandas releases the GIL while it parses), each block
+appended to the one table returned: that peaks at about 1.3x the table, at
+about two thirds of the speed.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import math
 import os
 import re
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -23,6 +31,13 @@ from ..errors import RecordingFormatError
 
 # Line endings as pandas' tokenizer sees them: CRLF, LF or a lone CR.
 _EOL = re.compile(rb"\r\n|\r|\n")
+# The block-wise parser cuts the body into blocks of a 32nd of it, within
+# these bounds: fewer blocks in flight cost less memory, larger ones less time.
+BLOCK_BYTES = (1 << 18, 1 << 21)
+# Bodies of at least this many bytes are parsed block-wise; None means: when
+# one read_csv call (about 4x the body at its peak) would take more than half
+# of the memory available.
+BLOCKWISE_BYTES: int | None = None
 # A header line longer than this is not a header: binary garbage, most likely.
 MAX_HEADER_LINE = 1 << 20
 # The spellings of not-a-number that C's printf (NEURON) and Clampfit write.
@@ -252,7 +267,13 @@ def parse_numeric(
     if end <= start:
         data = np.empty((0, ncols))
     else:
-        data = _parse_with_pandas(fh, path, start, end, first_lineno, ncols, sep)
+        parse = _parse_blocks if _blockwise(end - start) else _parse_whole
+        data = parse(fh, path, start, end, first_lineno, ncols, sep)
+        if data is None:
+            exc = diagnose(fh, path, start, end, first_lineno, ncols, sep)
+            raise exc or RecordingFormatError(
+                path, None, f"a table of {ncols} numeric columns", "data the C parser refused"
+            )
     if expected_rows is not None and data.shape[0] != expected_rows:
         found = data.shape[0]
         where = count_lineno if count_lineno else first_lineno
@@ -265,29 +286,27 @@ def parse_numeric(
     return data
 
 
-def _parse_with_pandas(
-    fh: BinaryIO,
-    path: str,
-    start: int,
-    end: int,
-    first_lineno: int,
-    ncols: int,
-    sep: str | None,
-) -> np.ndarray:
+def _blockwise(nbytes: int) -> bool:
+    if BLOCKWISE_BYTES is not None:
+        return nbytes >= BLOCKWISE_BYTES
+    if nbytes < 1 << 26:
+        return False  # a peak of 256 MiB at most: not worth a look at free memory
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f
+                        if line.startswith(b"MemAvailable:"))  # fmt: skip
+    except (OSError, StopIteration, ValueError):
+        free = 4 << 30  # unknown: assume a small machine
+    return 4 * nbytes > free // 2
+
+
+def _read_csv(source: object, sep: str | None, **kwargs: object) -> np.ndarray | None:
+    """One ``pandas.read_csv`` call on numeric text; None if pandas refuses it."""
     import pandas as pd  # late import: only readers pay for pandas
 
-    fh.seek(end)
-    tail = fh.read()
-    # One read_csv call on the file itself: with pandas 3 chunked reading and
-    # a Python file object each cost about 2x in speed (measured with
-    # benchmarks/bench_readers.py). Trailing whitespace is harmless to pandas
-    # (it skips lines of spaces) unless it holds a tab, which makes an empty
-    # row: then read through a window that stops at ``end``.
-    window = _Window(fh, start, end) if (b"\t" in tail and sep is not None) else None
     try:
         frame = pd.read_csv(
-            path if window is None else window,
-            skiprows=first_lineno - 1 if window is None else 0,
+            source,
             sep=r"\s+" if sep is None else sep,
             header=None,
             engine="c",
@@ -296,19 +315,113 @@ def _parse_with_pandas(
             na_values=NAN_STRINGS,
             quoting=3,  # csv.QUOTE_NONE: a quote is a bad cell, never a field delimiter
             encoding="utf-8",
+            **kwargs,
         )
-        ok = frame.shape[1] == ncols and not (window is not None and window.nul)
-        out = frame.to_numpy(dtype=np.float64) if ok else None
-        del frame
-    except Exception:  # any refusal is reported by diagnose below, with its line
-        out = None
-    if out is None:
-        exc = diagnose(fh, path, start, end, first_lineno, ncols, sep)
-        if exc is None:
-            exc = RecordingFormatError(path, None, f"a table of {ncols} numeric columns",
-                                       "data the C parser refused")
-        raise exc
+    except pd.errors.EmptyDataError:
+        return np.empty((0, 0))  # only blank lines
+    except Exception:  # any refusal is reported by diagnose, with its line
+        return None
+    # One float block: to_numpy gives a Fortran-ordered view of it, no copy.
+    return frame.to_numpy(dtype=np.float64)
+
+
+def _parse_whole(
+    fh: BinaryIO, path: str, start: int, end: int, first_lineno: int, ncols: int, sep: str | None
+) -> np.ndarray | None:
+    """One read_csv call on the whole range: fastest (pandas reads on all cores)."""
+    fh.seek(end)
+    tail = fh.read()
+    # read_csv on the file itself, so pandas can read it in parallel.
+    # Trailing whitespace is harmless to pandas (it skips lines of spaces)
+    # unless it holds a tab, which makes an empty row: then read through a
+    # window that stops at ``end``.
+    if b"\t" in tail and sep is not None:
+        window = _Window(fh, start, end)
+        out = _read_csv(window, sep)
+        if window.nul:
+            return None
+    else:
+        out = _read_csv(path, sep, skiprows=first_lineno - 1)
+    if out is None or out.shape[1] != ncols:
+        return None if out is None or out.size else np.empty((0, ncols))
     return np.ascontiguousarray(out)
+
+
+def _parse_blocks(
+    fh: BinaryIO, path: str, start: int, end: int, first_lineno: int, ncols: int, sep: str | None
+) -> np.ndarray | None:
+    """read_csv on blocks of the range, on threads, appended to one table.
+
+    Blocks are parsed ahead on as many threads as there are CPUs (at most 4)
+    and appended in order; the table grows in place (``ndarray.resize``
+    reallocates, and large reallocations move pages rather than copy them),
+    so the peak is the table plus the blocks in flight.
+    """
+    fd = fh.fileno()
+    size = min(max((end - start) // 32, BLOCK_BYTES[0]), BLOCK_BYTES[1])
+    cuts = _cut_at_lines(fd, start, end, size)
+    blocks = iter(zip(cuts[:-1], cuts[1:]))
+    workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else os.cpu_count() or 1)  # fmt: skip
+    out = np.empty((0, ncols))
+    rows = 0
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[np.ndarray | None]] = deque()
+
+        def submit() -> None:
+            for a, b in blocks:
+                pending.append(pool.submit(_parse_block, fd, a, b, sep))
+                return
+
+        for _ in range(workers + 1):
+            submit()
+        while pending:
+            block = pending.popleft().result()
+            submit()
+            if block is None or (block.size and block.shape[1] != ncols):
+                for f in pending:
+                    f.cancel()
+                return None
+            if block.size:  # else only blank lines
+                out.resize((rows + len(block), ncols), refcheck=False)
+                for j in range(ncols):
+                    out[rows:, j] = block[:, j]  # columns: long contiguous copies
+                rows += len(block)
+    return out
+
+
+def _parse_block(fd: int, start: int, end: int, sep: str | None) -> np.ndarray | None:
+    raw = os.pread(fd, end - start, start)
+    # Binary garbage shows up as NUL bytes: let diagnose report the line
+    # rather than trust how a C parser treats them.
+    if b"\x00" in raw:
+        return None
+    return _read_csv(io.BytesIO(raw), sep, low_memory=False)
+
+
+def _cut_at_lines(fd: int, start: int, end: int, size: int) -> list[int]:
+    """Offsets cutting ``start..end`` into pieces of about ``size`` bytes at line starts."""
+    cuts = [start]
+    pos = start + size
+    while pos < end:
+        buf = b""
+        while True:
+            more = os.pread(fd, min(1 << 16, end - pos - len(buf)), pos + len(buf))
+            buf += more
+            m = _EOL.search(buf)
+            # A CR at the very end of what was read may be half of a CRLF.
+            if m and (m.end() < len(buf) or not more or pos + len(buf) >= end):
+                pos += m.end()
+                break
+            if not more or pos + len(buf) >= end:
+                pos = end
+                break
+        if pos >= end:
+            break
+        cuts.append(pos)
+        pos += size
+    cuts.append(end)
+    return cuts
 
 
 def parse_lines(
