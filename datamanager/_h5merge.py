@@ -34,7 +34,10 @@ from ._h5schema import (
 )
 from .errors import UnsupportedValueError
 
-_WINDOW = 16 << 20  # bytes of a side file mapped at a time
+# Bytes of a side file mapped at a time: never more than the array itself,
+# so memory stays under the largest value; 64 MiB rather than 16 gains about
+# 10% on a 100 MiB array (fewer mappings; issue 4 benchmark).
+_WINDOW = 64 << 20
 _MAP: dict[str, Any] = (
     {"flags": mmap.MAP_SHARED | mmap.MAP_POPULATE, "prot": mmap.PROT_READ}
     if hasattr(mmap, "MAP_POPULATE")  # Linux
