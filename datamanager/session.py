@@ -11,6 +11,7 @@ database, so a reader sees either no reference or a complete file (issue #2).
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import pickle
@@ -360,6 +361,41 @@ class Session(MutableMapping):
             self._write(_UPSERT, (key, None, side, size), new_side=side)
         else:
             self._write(_UPSERT, (key, safepickle.dumps(key, value), None, None))
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Store several items at once: one transaction, all of them or none.
+
+        Takes what :meth:`dict.update` takes. Small values go to SQLite in
+        one batch, several times faster than one ``s[key] = value`` each.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> s = Session(os.path.join(tempfile.mkdtemp(), "demo.sqlite"))
+        >>> s.update({"a": 1}, b=2)
+        >>> dict(s)
+        {'a': 1, 'b': 2}
+        """
+        if isinstance(other, Mapping):
+            pairs = other.items()
+        elif hasattr(other, "keys"):  # dict.update's protocol
+            pairs = ((k, other[k]) for k in other.keys())  # noqa: SIM118
+        else:
+            pairs = other
+        with self.transaction():
+            conn = self._conn
+            assert conn is not None
+            rows: list[tuple[Any, ...]] = []
+            for key, value in itertools.chain(pairs, kwargs.items()):
+                if type(key) is not str:
+                    _check_key(key)
+                if type(value) is np.ndarray and _is_side_array(value):
+                    conn.executemany(_UPSERT, rows)  # keep the order of the keys
+                    rows = []
+                    self[key] = value
+                else:
+                    rows.append((key, safepickle.dumps(key, value), None, None))
+            conn.executemany(_UPSERT, rows)
 
     def _write_side(self, key: str, array: np.ndarray) -> tuple[str, int]:
         directory = blob_dir(self.path)

@@ -80,6 +80,27 @@ def test_unpicklable_value_leaves_session_unchanged(dm):
     assert dict(s) == {"x": 1, "z": 2}
 
 
+def test_update_is_one_transaction_in_order(dm):
+    s = dm.session()
+    s.update({"a": 0, "big": np.zeros(BIG)})
+    # Mappings, pairs, objects with keys() and keywords, as dict.update takes.
+    s.update([("b", 1), ("big", np.ones(BIG))], c=2)
+    other = dm.session("other")
+    other["d"] = 3
+    s.update(other)
+    s.update({"a": 9, "e": 4})  # an overwritten key keeps its place
+    assert list(s) == ["a", "big", "b", "c", "d", "e"] and s["a"] == 9
+    np.testing.assert_array_equal(s["big"], np.ones(BIG))
+    assert len(os.listdir(blob_dir(s.path))) == 1  # the replaced side file is gone
+    with pytest.raises(UnstorableValueError, match="'g'"):
+        s.update({"f": 5, "big": np.full(BIG, 2.0), "g": lambda: 0})
+    # All or nothing: neither the small value nor the side file landed.
+    assert "f" not in s and s["big"][0] == 1.0
+    assert len(os.listdir(blob_dir(s.path))) == 1
+    with pytest.raises(TypeError, match="str"):
+        s.update({("not", "str"): 1})
+
+
 def test_large_arrays_live_in_side_files(dm):
     s = dm.session()
     a = np.arange(BIG, dtype=np.float64)
