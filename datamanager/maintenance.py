@@ -6,6 +6,7 @@ import os
 import pickle
 import pickletools
 import shutil
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +27,10 @@ def verify(dm: DataManager) -> list[Problem]:
     Checks the SQLite store (``PRAGMA quick_check``), that every side file is
     present, whole and a valid ``.npy`` file, that every stored pickle is well
     formed (parsed with :mod:`pickletools`, never executed), and that legacy
-    shelves can be read.  Nothing is modified.
+    shelves can be read.  Also reports side files that no key refers to and
+    that are older than :data:`ORPHAN_AGE` seconds: a writer killed between
+    writing a large array and committing its key leaves one; it holds no
+    key's value and can be deleted.  Nothing is modified.
     """
     from .manager import Problem
 
@@ -46,10 +50,17 @@ def _check(reader: SessionReader) -> list[tuple[str, str]]:
         status = [r[0] for r in reader._query("PRAGMA quick_check")]
         if status != ["ok"]:
             found.append((reader.path, "integrity check failed: " + "; ".join(status[:5])))
+    referenced = set()
     for key, path, size in reader.side_files():
+        referenced.add(os.path.basename(path))
         message = _check_npy(path, size)
         if message:
             found.append((path, f"side file of key {key!r}: {message}"))
+    found.extend(
+        (path, "side file that no key refers to (left by a writer killed before it "
+               "committed the key?); it holds no value and can be deleted")
+        for path in _orphans(blob_dir(reader.path), referenced)
+    )  # fmt: skip
     for key, data in reader.raw_values():
         try:
             for _ in pickletools.genops(data):
@@ -57,6 +68,28 @@ def _check(reader: SessionReader) -> list[tuple[str, str]]:
         except Exception as exc:  # genops raises ValueError or others on damage
             found.append((reader.path, f"key {key!r}: malformed pickle ({exc})"))
     return found
+
+
+#: Seconds after which verify() reports a side file no key refers to; younger
+#: ones may belong to a write that has not committed its key yet.
+ORPHAN_AGE = 60.0
+
+
+def _orphans(directory: str, referenced: set[str]) -> list[str]:
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    now, old = time.time(), []
+    for name in names:
+        path = os.path.join(directory, name)
+        if name not in referenced:
+            try:
+                if now - os.stat(path).st_mtime > ORPHAN_AGE:
+                    old.append(path)
+            except FileNotFoundError:
+                pass  # deleted since the listing: garbage collected
+    return old
 
 
 def _check_npy(path: str, expected_size: int) -> str | None:

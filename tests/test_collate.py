@@ -342,6 +342,19 @@ def test_verify_reports_damaged_sessions(dm):
         dm.get("small", strict=True)
 
 
+def test_verify_reports_old_side_files_no_key_refers_to(dm):
+    with dm.session("s") as s:
+        s["big"] = np.ones(200_000)
+    # What a writer killed between np.save and the commit of its key leaves.
+    orphan = os.path.join(blob_dir(s.path), "0123abcd.npy")
+    np.save(orphan, np.zeros(200_000))
+    assert dm.verify() == []  # young: maybe a write about to commit
+    os.utime(orphan, (time.time() - 3600, time.time() - 3600))
+    [problem] = dm.verify()
+    assert problem.path == orphan and "no key refers to" in problem.message
+    np.testing.assert_array_equal(dm.get("big", strict=True)["s"], np.ones(200_000))
+
+
 def test_truncated_side_file_is_an_error_not_a_short_array(dm):
     with dm.session("s") as s:
         s["big"] = np.ones(200_000)
