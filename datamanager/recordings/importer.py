@@ -167,6 +167,7 @@ def import_recordings(
         if not pending:
             return
         with session.transaction():
+            values: dict[str, Any] = {}
             for rel, digest, recordings in pending:
                 keys = [rel] if len(recordings) == 1 else [f"{rel}#{i}" for i in
                                                            range(len(recordings))]
@@ -176,8 +177,9 @@ def import_recordings(
                 for key, rec in zip(keys, recordings):
                     rec.attrs["sha256"] = digest
                     rec.attrs["source"] = rel
-                    session[key] = rec
+                    values[key] = rec
                 index[rel] = {"sha256": digest, "keys": keys}
+            session.update(values)  # one batch
             session.update_metadata({"source_folder": root, _INDEX: index})
         pending.clear()
 
