@@ -367,6 +367,8 @@ class Session(MutableMapping):
 
         Takes what :meth:`dict.update` takes. Small values go to SQLite in
         one batch, several times faster than one ``s[key] = value`` each.
+        Inside an enclosing :meth:`transaction`, that block decides: it keeps
+        what was written if it catches the error and goes on.
 
         Examples
         --------
