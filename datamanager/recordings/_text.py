@@ -31,8 +31,8 @@ from ..errors import RecordingFormatError
 
 # Line endings as pandas' tokenizer sees them: CRLF, LF or a lone CR.
 _EOL = re.compile(rb"\r\n|\r|\n")
-# The block-wise parser cuts the body into blocks of a 32nd of it, within
-# these bounds: fewer blocks in flight cost less memory, larger ones less time.
+# Bounds of the blocks the block-wise parser cuts: smaller blocks in flight
+# cost less memory, larger ones less time (pandas' fixed cost per call).
 BLOCK_BYTES = (1 << 18, 1 << 21)
 # Bodies of at least this many bytes are parsed block-wise; None means: when
 # one read_csv call (about 4x the body at its peak) would take more than half
@@ -358,11 +358,13 @@ def _parse_blocks(
     so the peak is the table plus the blocks in flight.
     """
     fd = fh.fileno()
-    size = min(max((end - start) // 32, BLOCK_BYTES[0]), BLOCK_BYTES[1])
-    cuts = _cut_at_lines(fd, start, end, size)
-    blocks = iter(zip(cuts[:-1], cuts[1:]))
     workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                   else os.cpu_count() or 1)  # fmt: skip
+    # workers + 1 blocks in flight, each costing pandas about 5x its bytes:
+    # a twelfth of the body in flight keeps that near 0.4x the body.
+    size = min(max((end - start) // (12 * (workers + 1)), BLOCK_BYTES[0]), BLOCK_BYTES[1])
+    cuts = _cut_at_lines(fd, start, end, size)
+    blocks = iter(zip(cuts[:-1], cuts[1:]))
     out = np.empty((0, ncols))
     rows = 0
     with ThreadPoolExecutor(workers) as pool:
