@@ -489,6 +489,17 @@ def test_blockwise_parse_reports_the_bad_line(tmp_path: Path, blockwise: None) -
         load_neuron_dat(path)
 
 
+def test_blockwise_parse_refuses_a_file_that_shrank(tmp_path: Path, blockwise: None) -> None:
+    # What a reader sees when the file is cut short after its blocks were
+    # planned: bytes missing at the end of the range, never a shorter table.
+    path = tmp_path / "v.dat"
+    write_neuron_dat(path, np.ones((10_000, 2)), label="v")
+    raw = path.read_bytes()
+    start = raw.index(b"\n", raw.index(b"\n") + 1) + 1  # after label and count
+    with open(path, "rb") as fh, pytest.raises(RecordingFormatError, match="shrank"):
+        _text.parse_numeric(fh, str(path), start, len(raw) + 5000, 3, 2, "\t")
+
+
 _PEAK_PROBE = r"""
 import json, sys
 from datamanager.recordings import _text, load_neuron_dat

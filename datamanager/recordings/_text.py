@@ -372,7 +372,7 @@ def _parse_blocks(
 
         def submit() -> None:
             for a, b in blocks:
-                pending.append(pool.submit(_parse_block, fd, a, b, sep))
+                pending.append(pool.submit(_parse_block, fd, path, a, b, sep))
                 return
 
         for _ in range(workers + 1):
@@ -392,8 +392,11 @@ def _parse_blocks(
     return out
 
 
-def _parse_block(fd: int, start: int, end: int, sep: str | None) -> np.ndarray | None:
+def _parse_block(fd: int, path: str, start: int, end: int, sep: str | None) -> np.ndarray | None:
     raw = os.pread(fd, end - start, start)
+    if len(raw) < end - start:  # never a silently shorter table
+        raise RecordingFormatError(path, None, f"{end - start} bytes at byte {start}",
+                                   f"{len(raw)}: the file shrank while it was read")  # fmt: skip
     # Binary garbage shows up as NUL bytes: let diagnose report the line
     # rather than trust how a C parser treats them.
     if b"\x00" in raw:
