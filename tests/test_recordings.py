@@ -500,6 +500,40 @@ def test_blockwise_parse_refuses_a_file_that_shrank(tmp_path: Path, blockwise: N
         _text.parse_numeric(fh, str(path), start, len(raw) + 5000, 3, 2, "\t")
 
 
+_IN_CGROUP = r"""
+import json, os, sys
+with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))  # move into the group before allocating much
+from datamanager.recordings import _text
+print(json.dumps([_text.free_memory(), _text._blockwise(100 << 20)]))
+"""
+
+
+def test_free_memory_is_capped_by_a_cgroup_limit() -> None:
+    # A SLURM job or a container: the machine has gigabytes free, the
+    # process's memory cgroup allows 256 MiB, so a 100 MiB body must be
+    # read block-wise (one read_csv call would peak near 400 MiB).
+    assert not _text._blockwise(100 << 20) and _text.free_memory() > 1 << 30
+    v1 = os.path.isdir("/sys/fs/cgroup/memory")
+    base = "/sys/fs/cgroup/memory" if v1 else "/sys/fs/cgroup"
+    group = os.path.join(base, f"datamanager-test-{os.getpid()}")
+    try:
+        os.mkdir(group)
+    except OSError as exc:
+        pytest.skip(f"cannot create a memory cgroup here: {exc}")
+    try:
+        try:
+            with open(os.path.join(group, "memory.limit_in_bytes" if v1 else "memory.max"),
+                      "w") as f:  # fmt: skip
+                f.write(str(256 << 20))
+        except OSError as exc:
+            pytest.skip(f"cannot limit a memory cgroup here: {exc}")
+        free, blockwise = json.loads(run_python(_IN_CGROUP, group).stdout)
+        assert 0 < free <= 256 << 20 and blockwise
+    finally:
+        os.rmdir(group)
+
+
 _PEAK_PROBE = r"""
 import json, sys
 from datamanager.recordings import _text, load_neuron_dat

@@ -36,7 +36,7 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 BLOCK_BYTES = (1 << 18, 1 << 21)
 # Bodies of at least this many bytes are parsed block-wise; None means: when
 # one read_csv call (about 4x the body at its peak) would take more than half
-# of the memory available.
+# of free_memory().
 BLOCKWISE_BYTES: int | None = None
 # A header line longer than this is not a header: binary garbage, most likely.
 MAX_HEADER_LINE = 1 << 20
@@ -291,13 +291,48 @@ def _blockwise(nbytes: int) -> bool:
         return nbytes >= BLOCKWISE_BYTES
     if nbytes < 1 << 26:
         return False  # a peak of 256 MiB at most: not worth a look at free memory
+    return 4 * nbytes > free_memory() // 2
+
+
+def free_memory() -> int:
+    """Bytes this process can still use: ``MemAvailable``, capped by its cgroup.
+
+    A SLURM job or a container sees the whole machine in ``/proc/meminfo``
+    but is killed at its cgroup's limit (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``). 4 GiB when nothing can be read.
+    """
+    found = []
     try:
         with open("/proc/meminfo", "rb") as f:
-            free = next(int(line.split()[1]) * 1024 for line in f
-                        if line.startswith(b"MemAvailable:"))  # fmt: skip
-    except (OSError, StopIteration, ValueError):
-        free = 4 << 30  # unknown: assume a small machine
-    return 4 * nbytes > free // 2
+            found += [int(line.split()[1]) * 1024 for line in f
+                      if line.startswith(b"MemAvailable:")]  # fmt: skip
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        lines = []
+    for _, controllers, where in (x for x in lines if len(x) == 3):
+        if controllers == "":
+            root, files = "/sys/fs/cgroup", ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            root, files = "/sys/fs/cgroup/memory", ("memory.limit_in_bytes",
+                                                     "memory.usage_in_bytes")  # fmt: skip
+        else:
+            continue
+        # Inside a cgroup namespace the mount's root is the process's own group.
+        for folder in {root + where.rstrip("/"), root}:
+            try:
+                with open(os.path.join(folder, files[0])) as f:
+                    limit = f.read().strip()
+                with open(os.path.join(folder, files[1])) as f:
+                    used = int(f.read())
+            except (OSError, ValueError):
+                continue
+            if limit.isdigit() and int(limit) < 1 << 60:
+                found.append(max(0, int(limit) - used))
+    return min(found) if found else 4 << 30
 
 
 def _read_csv(source: object, sep: str | None, **kwargs: object) -> np.ndarray | None:
