@@ -354,6 +354,8 @@ def _read_csv(source: object, sep: str | None, **kwargs: object) -> np.ndarray |
         )
     except pd.errors.EmptyDataError:
         return np.empty((0, 0))  # only blank lines
+    except MemoryError:
+        raise  # not the file's fault: no scan of it for a bad line
     except Exception:  # any refusal is reported by diagnose, with its line
         return None
     # One float block: to_numpy gives a Fortran-ordered view of it, no copy.
