@@ -500,6 +500,26 @@ def test_blockwise_parse_refuses_a_file_that_shrank(tmp_path: Path, blockwise: N
         _text.parse_numeric(fh, str(path), start, len(raw) + 5000, 3, 2, "\t")
 
 
+def test_nul_bytes_are_refused_whatever_the_pandas_version(tmp_path: Path) -> None:
+    # pandas 3 refuses a NUL byte itself; pandas < 3 reads "3\x00\x01" as 3,
+    # so there the reader scans the body for NUL bytes first (_has_nul).
+    rows = b"".join(b"%d\t%d\n" % (i, -i) for i in range(200_000))
+    for at in (5, (1 << 20) - 1, 1 << 20, len(rows) - 2):
+        path = tmp_path / f"n{at}.dat"
+        path.write_bytes(b"label:v\n200000\n" + rows[:at] + b"\x00" + rows[at + 1 :])
+        with pytest.raises(RecordingFormatError, match="NUL"):
+            load_neuron_dat(path)
+    path.write_bytes(b"label:v\n200000\n" + rows)
+    assert load_neuron_dat(path)[0].data.shape == (200_000, 2)
+    # The scan itself, across its 1 MiB reads and only inside its range.
+    path.write_bytes(b"\x00" + rows[: 1 << 20] + b"\x00" + rows[(1 << 20) + 1 :])
+    with open(path, "rb") as fh:
+        assert _text._has_nul(fh, 1, len(rows) + 1)
+        assert not _text._has_nul(fh, 1, (1 << 20) + 1)
+        assert _text._has_nul(fh, (1 << 20) + 1, (1 << 20) + 2)
+        assert not _text._has_nul(fh, (1 << 20) + 2, len(rows) + 1)
+
+
 _IN_CGROUP = r"""
 import json, os, sys
 with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as f:

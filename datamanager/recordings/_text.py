@@ -16,6 +16,7 @@ about two thirds of the speed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -339,6 +340,8 @@ def _read_csv(source: object, sep: str | None, **kwargs: object) -> np.ndarray |
     """One ``pandas.read_csv`` call on numeric text; None if pandas refuses it."""
     import pandas as pd  # late import: only readers pay for pandas
 
+    if _old_pandas():
+        kwargs["float_precision"] = "round_trip"
     try:
         frame = pd.read_csv(
             source,
@@ -378,10 +381,41 @@ def _parse_whole(
         if window.nul:
             return None
     else:
+        if _old_pandas() and _has_nul(fh, start, end):
+            return None
         out = _read_csv(path, sep, skiprows=first_lineno - 1)
     if out is None or out.shape[1] != ncols:
         return None if out is None or out.size else np.empty((0, ncols))
     return np.ascontiguousarray(out)
+
+
+@functools.cache
+def _old_pandas() -> bool:
+    """pandas before 3.0, which needs two workarounds to read exactly.
+
+    Its C parser ends a number at a NUL byte ("3\x00\x01" reads as 3), so
+    binary garbage would pass as data: the body is scanned for NUL first
+    (pandas 3 refuses every NUL; the fuzz tests check it). And its default
+    float conversion can be one ulp off: ``float_precision="round_trip"``
+    (deprecated in pandas 3, whose default is exact).
+    """
+    import pandas as pd
+
+    return int(pd.__version__.split(".")[0]) < 3
+
+
+def _has_nul(fh: BinaryIO, start: int, end: int) -> bool:
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    fh.seek(start)
+    while start < end:
+        n = fh.readinto(view[: min(len(buf), end - start)])  # type: ignore[attr-defined]
+        if not n:
+            return False
+        if buf.find(b"\x00", 0, n) >= 0:
+            return True
+        start += n
+    return False
 
 
 def _parse_blocks(
