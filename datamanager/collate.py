@@ -40,6 +40,9 @@ _COMPANIONS = (SESSION_SUFFIX + "-wal", SESSION_SUFFIX + "-shm", SESSION_SUFFIX 
                SESSION_SUFFIX + ".lock", BLOB_SUFFIX)  # fmt: skip
 # Suffixes of the files stdlib dbm modules make for one shelf.
 _DBM_SUFFIXES = (".dat", ".dir", ".bak", ".pag", ".db")
+# Files SQLite keeps beside a database in use (dbm.sqlite3 shelves).
+_SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+_SQLITE_HEADER = b"SQLite format 3\x00"
 _BATCH = (
     "SELECT rowid, key, value, side, side_size FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?"
 )
@@ -89,13 +92,16 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
                 stray.append(name)
         else:
             stem, ext = os.path.splitext(name)
+            for suffix in _SQLITE_COMPANIONS:  # beside a dbm.sqlite3 shelf in use
+                if name.endswith(suffix) and name[: -len(suffix)] in names:
+                    stem, ext = name[: -len(suffix)], _DBM_SUFFIXES[0]
             legacy.setdefault(stem if ext in _DBM_SUFFIXES else name, []).append(name)
     for stem, files in sorted(legacy.items()):
         if stem in native:
             continue  # migrated: the native session replaces it
         path = os.path.join(basepath, stem)
         try:
-            kind = dbm.whichdb(path)
+            kind = dbm.whichdb(path) or _is_sqlite(path)
         except OSError:
             kind = None
         if kind:
@@ -284,20 +290,70 @@ class SessionReader:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def _is_sqlite(path: str) -> bool:
+    """Whether *path* is an SQLite file: a ``dbm.sqlite3`` shelf (Python >= 3.13)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == _SQLITE_HEADER
+    except (IsADirectoryError, FileNotFoundError):
+        return False
+
+
+class _SqliteShelf:
+    """The ``dbm.sqlite3`` files of a shelf, read without writing a byte.
+
+    Python 3.13 shelves are SQLite files left in WAL mode, and a read-only
+    reader of a WAL file creates ``-wal`` and ``-shm`` files beside it (on a
+    read-only filesystem it fails). A shelf whose writer closed it has no
+    ``-wal`` file: it is opened ``immutable``, which needs neither. Readable
+    on any Python, also one older than the dbm.sqlite3 module itself.
+    """
+
+    def __init__(self, path: str) -> None:
+        mode = "ro" if os.path.exists(path + "-wal") else "ro&immutable=1"
+        uri = f"file:{urllib.parse.quote(path)}?mode={mode}"
+        self._conn = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                     check_same_thread=False)  # fmt: skip
+        try:
+            self._keys = [bytes(r[0]) for r in self._conn.execute("SELECT key FROM Dict")]
+        except sqlite3.DatabaseError:
+            self._conn.close()
+            raise
+
+    def keys(self) -> list[bytes]:
+        return self._keys
+
+    def __getitem__(self, key: bytes) -> bytes:
+        row = self._conn.execute(
+            "SELECT value FROM Dict WHERE key = CAST(? AS BLOB)", (key,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return bytes(row[0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class ShelfReader(SessionReader):
     """Read-only view of a legacy shelf written through stdlib ``shelve``.
 
     Brian's DataManager stored sessions with ``shelve``; on a Python without
-    gdbm that is a ``dbm.dumb`` triplet ``<name>.dat/.dir/.bak``.  Values are
-    read as raw bytes through ``dbm`` (flag ``'r'``) and unpickled here, so
-    safe mode applies to them too.  Its creation time is its files' mtime.
+    gdbm that is a ``dbm.dumb`` triplet ``<name>.dat/.dir/.bak``, and since
+    Python 3.13 one SQLite file (``dbm.sqlite3``, read by :class:`_SqliteShelf`).
+    Values are read as raw bytes through ``dbm`` (flag ``'r'``) and unpickled
+    here, so safe mode applies to them too.  Its creation time is its files'
+    mtime.
     """
 
     def __init__(self, entry: SessionEntry, safe: bool = False) -> None:
         self.name, self.path, self.safe = entry.name, entry.path, safe
         self._conn = None
         try:
-            self._db: Any = dbm.open(self.path, "r")  # noqa: SIM115 - closed by close()
+            self._db: Any = (
+                _SqliteShelf(self.path) if _is_sqlite(self.path)
+                else dbm.open(self.path, "r")  # noqa: SIM115 - closed by close()
+            )  # fmt: skip
         except Exception as exc:  # dbm.dumb raises SyntaxError/ValueError on a bad index
             raise CorruptSessionError(self.path, f"unreadable legacy shelf ({exc})") from exc
         candidates = [self.path + s for s in ("", *_DBM_SUFFIXES)]

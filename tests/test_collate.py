@@ -3,8 +3,10 @@ legacy shelves, safe mode, verify and migrate."""
 
 from __future__ import annotations
 
+import dbm.dumb
 import hashlib
 import os
+import pickle
 import shelve
 import shlex
 import shutil
@@ -115,8 +117,7 @@ def test_session_filenames_one_per_session(dm):
     open_writer["x"] = 1  # still open: -wal and -shm files exist
     locked = dm.locking_session("locked")
     locked["y"] = 2  # a .lock file
-    with shelve.open(os.path.join(dm.basepath, "legacy")) as sh:
-        sh["z"] = [3]
+    _write_legacy(os.path.join(dm.basepath, "legacy"), {"z": [3]})
     files = dm.session_filenames()
     assert sorted(map(os.path.basename, files)) == [
         "big.sqlite", "legacy", "locked.sqlite", "open.sqlite",
@@ -177,10 +178,11 @@ def _everything(dm):
                 dm.itemcount(), dm.sessions(), dm.session_filenames(), dm.verify())  # fmt: skip
 
 
-@pytest.fixture
-def mixed(dm, tmp_path):
+@pytest.fixture(params=["dumb", "sqlite"])
+def mixed(dm, tmp_path, request):
     """A closed session with a side file, a session whose writer was killed
-    (its -wal and -shm files left behind) and a legacy shelf, all holding 'a'."""
+    (its -wal and -shm files left behind) and a legacy shelf (either format),
+    all holding 'a'."""
     with dm.session("closed") as s:
         s["a"] = [1]
         s["big"] = np.ones(200_000)
@@ -192,8 +194,7 @@ def mixed(dm, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True)
     assert proc.returncode == -9
     assert os.path.exists(os.path.join(dm.basepath, "killed.sqlite-wal"))
-    with shelve.open(os.path.join(dm.basepath, "legacy")) as sh:
-        sh["a"] = [3]
+    _write_legacy(os.path.join(dm.basepath, "legacy"), {"a": [3]}, request.param)
     return dm
 
 
@@ -277,9 +278,51 @@ def test_safe_mode(tmp_path):
     assert dm.get("custom")["mine"].x == 1  # the default trusts the user's own data
 
 
-def _write_legacy(path, values):
-    with shelve.open(path) as sh:
-        sh.update(values)
+def _write_legacy(path, values, kind="dumb"):
+    """A shelf as Brian's DataManager left it: ``shelve`` on ``dbm.dumb`` (a
+    Python without gdbm), or on ``dbm.sqlite3`` (Python >= 3.13's default),
+    whose layout is written here with sqlite3 so that any Python can make it."""
+    if kind == "dumb":
+        with shelve.Shelf(dbm.dumb.open(path, "c")) as sh:
+            sh.update(values)
+        return
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = wal")  # as dbm.sqlite3 leaves it
+    conn.execute("CREATE TABLE Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)")
+    conn.executemany(
+        "REPLACE INTO Dict (key, value) VALUES (CAST(? AS BLOB), CAST(? AS BLOB))",
+        [(k.encode(), pickle.dumps(v, protocol=3)) for k, v in values.items()],
+    )
+    conn.commit()
+    conn.close()
+
+
+def test_sqlite_shelves_read_while_open_and_after(dm):
+    # Python >= 3.13 shelves (dbm.sqlite3): one SQLite file left in WAL mode.
+    os.makedirs(dm.basepath)
+    path = os.path.join(dm.basepath, "py313")
+    _write_legacy(path, {"rate": [1.0]}, "sqlite")
+    before = _snapshot(dm.basepath)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no stray files, no other warning
+        assert dm.get("rate") == {"py313": [1.0]}
+        assert dm.session_filenames() == [path]
+    assert _snapshot(dm.basepath) == before  # opened immutable: nothing created
+    # A writer still at work: its -wal and -shm files belong to the shelf.
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("REPLACE INTO Dict VALUES (CAST(? AS BLOB), ?)",
+                   (b"rate", pickle.dumps([2.0])))  # fmt: skip
+    assert os.path.exists(path + "-wal")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dm.get("rate") == {"py313": [2.0]}
+    writer.close()
+    if sys.version_info >= (3, 13):  # the real thing, where Python has it
+        import dbm.sqlite3
+
+        with shelve.Shelf(dbm.sqlite3.open(os.path.join(dm.basepath, "real"), "c")) as sh:
+            sh["rate"] = (3.0,)
+        assert dm.get_merged("rate") == [2.0, 3.0]
 
 
 def test_legacy_shelves_collate_read_only_and_migrate(dm):
