@@ -160,9 +160,11 @@ class DataManager:
     def iter_sessions(self, strict: bool = False) -> Iterator[SessionReader]:
         """Yield a read-only reader for each session, in creation order.
 
-        The caller owns each reader it receives: close it (or use it as a
-        context manager) before taking the next.  Sessions that cannot be
-        read are skipped with a warning, or raise with ``strict=True``.
+        Each reader is closed when the next one is taken (or at the end), so
+        ``[dict(r.items()) for r in dm.iter_sessions()]`` leaves nothing open;
+        a reader kept after breaking out of the loop is the caller's to close
+        (or use it as a context manager).  Sessions that cannot be read are
+        skipped with a warning, or raise with ``strict=True``.
         """
         entries = collate.find_sessions(self.basepath)
         # Up to _MAX_OPEN readers stay open from the pass that orders them, so
@@ -189,6 +191,7 @@ class DataManager:
                         self._skip(entry, exc, strict)
                         continue
                 yield kept
+                kept.close()  # the caller has moved on to the next one
         finally:
             for *_, reader in found:
                 if reader is not None:
