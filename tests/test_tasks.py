@@ -342,11 +342,12 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     assert quiet.stderr == "" and "8 done" in quiet.stdout
 
 
-def test_spawned_workers_reach_the_same_results(dm):
-    summary = run_tasks(dm, square, range(6), processes=2, progress=False, mp_context="spawn")
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])  # forkserver: 3.14's default
+def test_spawned_workers_reach_the_same_results(dm, method):
+    summary = run_tasks(dm, square, range(6), processes=2, progress=False, mp_context=method)
     assert summary.done == 6 and sorted(task_results(dm, square)) == [(x, x * x) for x in range(6)]
     with pytest.raises(TypeError, match="cannot be pickled"):
-        run_tasks(dm, lambda x: x, [1], name="f", processes=1, mp_context="spawn")
+        run_tasks(dm, lambda x: x, [1], name="f", processes=1, mp_context=method)
 
 
 # -- provenance --------------------------------------------------------------------------
