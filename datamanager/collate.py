@@ -92,10 +92,9 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
                 stray.append(name)
         else:
             stem, ext = os.path.splitext(name)
-            for suffix in _SQLITE_COMPANIONS:  # beside a dbm.sqlite3 shelf in use
-                if name.endswith(suffix) and name[: -len(suffix)] in names:
-                    stem, ext = name[: -len(suffix)], _DBM_SUFFIXES[0]
-            legacy.setdefault(stem if ext in _DBM_SUFFIXES else name, []).append(name)
+            owner = next((name[: -len(s)] for s in _SQLITE_COMPANIONS  # a dbm.sqlite3
+                          if name.endswith(s) and name[: -len(s)] in names), None)  # fmt: skip
+            legacy.setdefault(owner or (stem if ext in _DBM_SUFFIXES else name), []).append(name)
     for stem, files in sorted(legacy.items()):
         if stem in native:
             continue  # migrated: the native session replaces it

@@ -268,8 +268,10 @@ def parse_numeric(
     if end <= start:
         data = np.empty((0, ncols))
     else:
-        parse = _parse_blocks if _blockwise(end - start) else _parse_whole
-        data = parse(fh, path, start, end, first_lineno, ncols, sep)
+        if _blockwise(end - start):
+            data = _parse_blocks(fh, path, start, end, ncols, sep)
+        else:
+            data = _parse_whole(fh, path, start, end, first_lineno, ncols, sep)
         if data is None:
             exc = diagnose(fh, path, start, end, first_lineno, ncols, sep)
             raise exc or RecordingFormatError(
@@ -419,7 +421,7 @@ def _has_nul(fh: BinaryIO, start: int, end: int) -> bool:
 
 
 def _parse_blocks(
-    fh: BinaryIO, path: str, start: int, end: int, first_lineno: int, ncols: int, sep: str | None
+    fh: BinaryIO, path: str, start: int, end: int, ncols: int, sep: str | None
 ) -> np.ndarray | None:
     """read_csv on blocks of the range, on threads, appended to one table.
 
@@ -442,9 +444,9 @@ def _parse_blocks(
         pending: deque[Future[np.ndarray | None]] = deque()
 
         def submit() -> None:
-            for a, b in blocks:
-                pending.append(pool.submit(_parse_block, fd, path, a, b, sep))
-                return
+            block = next(blocks, None)
+            if block is not None:
+                pending.append(pool.submit(_parse_block, fd, path, *block, sep))
 
         for _ in range(workers + 1):
             submit()
