@@ -10,7 +10,10 @@ missing key stays a plain :class:`KeyError`.
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
+import warnings
 from typing import Any
 
 __all__ = [
@@ -84,6 +87,9 @@ class CorruptSessionError(DataManagerError, OSError):
 class UnsafeValueError(DataManagerError, pickle.UnpicklingError):
     """A stored value that safe mode refuses to unpickle."""
 
+    #: How to get past the refusal from Python; the command line names its flag instead.
+    hint = "open with safe=False to trust this data"
+
     def __init__(self, session: str, key: str, class_name: str) -> None:
         super().__init__(session, key, class_name)
         self.session = session
@@ -91,10 +97,14 @@ class UnsafeValueError(DataManagerError, pickle.UnpicklingError):
         self.class_name = class_name
 
     def __str__(self) -> str:
+        return self.explain(self.hint)
+
+    def explain(self, hint: str) -> str:
+        """The message, ending with *hint* (how to get past the refusal)."""
         return (
             f"session {self.session!r}, key {self.key!r}: safe mode refuses to load "
             f"an object of class {self.class_name}; expected numpy arrays, numpy "
-            "scalars or builtin values (open with safe=False to trust this data)"
+            f"scalars or builtin values ({hint})"
         )
 
 
@@ -118,6 +128,9 @@ class RecordingFormatError(DataManagerError, ValueError):
 class UnsupportedValueError(DataManagerError, TypeError):
     """A value that the HDF5 schema cannot represent."""
 
+    #: What to pass instead, from Python; the command line names its flag instead.
+    hint = "use on_unsupported='skip' or 'pickle'"
+
     def __init__(self, session: str, key: str, type_name: str) -> None:
         super().__init__(session, key, type_name)
         self.session = session
@@ -125,9 +138,13 @@ class UnsupportedValueError(DataManagerError, TypeError):
         self.type_name = type_name
 
     def __str__(self) -> str:
+        return self.explain(self.hint)
+
+    def explain(self, hint: str) -> str:
+        """The message, ending with *hint* (what to do about the value)."""
         return (
             f"session {self.session!r}, key {self.key!r}: the HDF5 schema cannot hold "
-            f"a value of type {self.type_name} (use on_unsupported='skip' or 'pickle')"
+            f"a value of type {self.type_name} ({hint})"
         )
 
 
@@ -145,3 +162,19 @@ class ExportError(DataManagerError, OSError):
 
 class DataManagerWarning(UserWarning):
     """A file in a data directory that collation skipped (stray or corrupt)."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_caller(message: str) -> None:
+    """Issue a :class:`DataManagerWarning` attributed to the caller of the library.
+
+    A fixed ``stacklevel`` is right for one call path only, and the same
+    warning is reached from many public methods and generators; so the frames
+    of this package are skipped, and the warning names the user's line.
+    """
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DataManagerWarning, stacklevel=level)
