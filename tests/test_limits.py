@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_python, start_python
 from test_collate import _write_legacy
 
 from datamanager import DataManager, InvalidNameError
 from datamanager.session import validate_session_name
+
+from conftest import run_python, start_python
 
 LATIN1_NAME = b"caf\xe9"  # "café" as a Latin-1 machine writes it: not UTF-8
 
