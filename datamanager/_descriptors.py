@@ -53,15 +53,17 @@ def reader_budget(cap: int) -> int:
 
 
 def check_descriptors(path: str) -> None:
-    """Raise ``OSError(EMFILE)`` if the process cannot open a reader of *path* now.
+    """Raise ``OSError(EMFILE)`` naming *path* if a reader would lack descriptors now.
 
-    Call it where opening *path* failed for a reason the caller could not
-    tell: a process short of descriptors must get that answer, not a report
-    of a corrupt file.
+    Call it where opening the session at *path* failed for a reason SQLite
+    did not tell: a process short of descriptors must get that answer, not
+    a report of a corrupt file.
     """
     held: list[int] = []
     try:
-        held.append(os.open(path, os.O_RDONLY))
+        # The null device opens whenever a descriptor is free, whatever the
+        # session's file and folder allow, so a failure here is the shortage.
+        held.append(os.open(os.devnull, os.O_RDONLY))
         while len(held) < PER_READER:
             held.append(os.dup(held[0]))
     except OSError as exc:

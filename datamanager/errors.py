@@ -5,7 +5,8 @@ and also from the builtin exception a caller would already catch for the same
 kind of problem (``ValueError``, ``OSError``, ...), so existing ``except``
 clauses keep working.  Each exception keeps its details as attributes that are
 also its constructor arguments, so it pickles across processes unchanged.  A
-missing key stays a plain :class:`KeyError`.
+missing key stays a plain :class:`KeyError`.  Warnings go through
+:func:`warn_caller`, which attributes them to the user's code.
 """
 
 from __future__ import annotations
@@ -87,9 +88,6 @@ class CorruptSessionError(DataManagerError, OSError):
 class UnsafeValueError(DataManagerError, pickle.UnpicklingError):
     """A stored value that safe mode refuses to unpickle."""
 
-    #: How to get past the refusal from Python; the command line names its flag instead.
-    hint = "open with safe=False to trust this data"
-
     def __init__(self, session: str, key: str, class_name: str) -> None:
         super().__init__(session, key, class_name)
         self.session = session
@@ -97,10 +95,14 @@ class UnsafeValueError(DataManagerError, pickle.UnpicklingError):
         self.class_name = class_name
 
     def __str__(self) -> str:
-        return self.explain(self.hint)
+        return self.explain("open with safe=False to trust this data")
 
     def explain(self, hint: str) -> str:
-        """The message, ending with *hint* (how to get past the refusal)."""
+        """Return the message, ending with *hint* on how to get past the refusal.
+
+        Python's message names the ``safe`` argument; the command line passes
+        a hint that names its ``--unsafe`` flag.
+        """
         return (
             f"session {self.session!r}, key {self.key!r}: safe mode refuses to load "
             f"an object of class {self.class_name}; expected numpy arrays, numpy "
@@ -128,9 +130,6 @@ class RecordingFormatError(DataManagerError, ValueError):
 class UnsupportedValueError(DataManagerError, TypeError):
     """A value that the HDF5 schema cannot represent."""
 
-    #: What to pass instead, from Python; the command line names its flag instead.
-    hint = "use on_unsupported='skip' or 'pickle'"
-
     def __init__(self, session: str, key: str, type_name: str) -> None:
         super().__init__(session, key, type_name)
         self.session = session
@@ -138,10 +137,14 @@ class UnsupportedValueError(DataManagerError, TypeError):
         self.type_name = type_name
 
     def __str__(self) -> str:
-        return self.explain(self.hint)
+        return self.explain("use on_unsupported='skip' or 'pickle'")
 
     def explain(self, hint: str) -> str:
-        """The message, ending with *hint* (what to do about the value)."""
+        """Return the message, ending with *hint* on what to do about the value.
+
+        Python's message names the ``on_unsupported`` argument; the command
+        line passes a hint that names its ``--on-unsupported`` flag.
+        """
         return (
             f"session {self.session!r}, key {self.key!r}: the HDF5 schema cannot hold "
             f"a value of type {self.type_name} ({hint})"

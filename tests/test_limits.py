@@ -74,6 +74,19 @@ def test_names_that_are_not_utf8_are_invalid(name: str, dm: DataManager):
     assert not os.path.exists(dm.basepath)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="a bytes environment is POSIX only")
+def test_user_name_in_latin1_still_names_the_computer_session(tmp_path: Path):
+    code = (
+        "import sys\nfrom datamanager import DataManager\n"
+        "dm = DataManager('sweep', sys.argv[1])\n"
+        "dm.computer_session()['x'] = 1\n"
+        "print(ascii(dm.computer_name), dm.get('x') == {dm.computer_name: 1})"
+    )
+    env = {**os.environb, b"USER": LATIN1_NAME, b"LOGNAME": LATIN1_NAME}
+    out = run_python(code, str(tmp_path), env=env).stdout.split()
+    assert out[0].startswith("'caf\\ufffd.") and out[1] == "True"
+
+
 # -- file descriptors ----------------------------------------------------------
 
 needs_rlimit = pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_NOFILE on Windows")
