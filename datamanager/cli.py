@@ -166,8 +166,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     dm = _open(args.datadir, args.unsafe, must_exist=False)
     summary = dm.import_recordings(args.folder)
     if not (summary.imported or summary.unchanged or summary.failed):
-        raise FileNotFoundError(f"no recordings under {args.folder} ({len(summary.skipped)} "
-                                "other files); nothing was written")  # fmt: skip
+        raise ValueError(f"no recordings under {args.folder} ({len(summary.skipped)} "
+                         "other files); nothing was written")  # fmt: skip
     print(summary)
     for path, error in summary.failed.items():
         print(f"  failed: {path}: {error}")

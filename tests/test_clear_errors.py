@@ -133,6 +133,16 @@ def damaged(dm: DataManager) -> DataManager:
     return dm
 
 
+def test_stray_file_warnings_name_the_callers_line(dm: DataManager):
+    os.makedirs(os.path.join(dm.basepath, "junk"))  # a folder is never a session
+    for read in ("keys", "items", "iter_sessions"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            READS[read](dm)
+        assert [w.category for w in caught] == [DataManagerWarning], read
+        assert caught[0].filename == __file__, f"{read} warns from {caught[0].filename}"
+
+
 @pytest.mark.parametrize("read", [r for r in READS if r != "verify"])
 def test_warnings_name_the_callers_line_once(read: str, damaged: DataManager):
     bad = os.path.join(damaged.basepath, "bad.sqlite")
