@@ -1,8 +1,10 @@
 """The ``datamanager`` command line (also ``python -m datamanager``).
 
 ``main(argv) -> int``: 0 on success, 1 for an error (printed as ``Error: ...``
-on stderr), 2 for a usage error.  Data directories are read in safe mode (no
-code stored in them runs) unless ``--unsafe`` is given (issue 4).
+on stderr), 2 for a usage error (a bare ``datamanager`` is one: it prints the
+help on stderr).  Warnings, such as a session skipped as corrupt, are printed
+as one ``warning: ...`` line each on stderr.  Data directories are read in safe
+mode (no code stored in them runs) unless ``--unsafe`` is given (issue 4).
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any, Callable, Sequence
+
+from .errors import DataManagerError, DataManagerWarning, UnsafeValueError, UnsupportedValueError
 
 __all__ = ["main"]
 
@@ -160,6 +165,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such folder: {args.folder}")
     dm = _open(args.datadir, args.unsafe, must_exist=False)
     summary = dm.import_recordings(args.folder)
+    if not (summary.imported or summary.unchanged or summary.failed):
+        raise ValueError(f"no recordings under {args.folder} ({len(summary.skipped)} "
+                         "other files); nothing was written")  # fmt: skip
     print(summary)
     for path, error in summary.failed.items():
         print(f"  failed: {path}: {error}")
@@ -263,15 +271,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:
+    """Show a warning as one line: a source file and line mean nothing to a user here."""
+    kind = "" if issubclass(category, DataManagerWarning) else f"{category.__name__}: "
+    print(f"warning: {kind}{message}", file=sys.stderr)
+
+
+def _message(exc: BaseException) -> str:
+    """The error, with its hint in the command line's terms (the library names arguments)."""
+    if isinstance(exc, UnsafeValueError):
+        return exc.explain("rerun with --unsafe to trust this data")
+    if isinstance(exc, UnsupportedValueError):
+        return exc.explain("use --on-unsupported skip or pickle")
+    return str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0, 1 error, 2 usage)."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a usage error; the whole help says more than "COMMAND is required"
+        parser.print_help(sys.stderr)
+        return 2
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error
         return exc.code if isinstance(exc.code, int) else 2
-    from .errors import DataManagerError
+    # Session names are file names, which may hold bytes undecodable as UTF-8
+    # (kept as surrogates by os.listdir): print them as those bytes, as ls does,
+    # instead of failing on them.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
+    with warnings.catch_warnings():
+        # Every skipped file is news to the user, not only the first of a kind.
+        warnings.simplefilter("always", DataManagerWarning)
+        warnings.showwarning = _print_warning
+        return _run(args)
 
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except BrokenPipeError:
@@ -283,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as exc:
         print(f"Error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
     except (DataManagerError, OSError, ValueError, TypeError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {_message(exc)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
     return 1

@@ -12,14 +12,14 @@ import dbm
 import os
 import sqlite3
 import urllib.parse
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 import numpy as np
 
-from .errors import CorruptSessionError, DataManagerWarning
+from ._descriptors import check_descriptors
+from .errors import CorruptSessionError, warn_caller
 from .session import (
     _KEYS,
     BLOB_SUFFIX,
@@ -109,11 +109,7 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
             stray.extend(files)
     if warn:
         for name in sorted(stray):
-            warnings.warn(
-                f"ignoring {os.path.join(basepath, name)}: not a datamanager session",
-                DataManagerWarning,
-                stacklevel=3,
-            )
+            warn_caller(f"ignoring {os.path.join(basepath, name)}: not a datamanager session")
     return entries
 
 
@@ -126,7 +122,7 @@ class SessionReader:
 
     def __init__(self, entry: SessionEntry, safe: bool = False) -> None:
         self.name, self.path, self.safe = entry.name, entry.path, safe
-        uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+        uri = _uri(self.path, "mode=ro")
         try:
             self._conn = sqlite3.connect(
                 uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
@@ -158,6 +154,7 @@ class SessionReader:
                 pass
         if conn is not None:
             conn.close()
+        check_descriptors(self.path)
         raise CorruptSessionError(self.path, f"not a readable session ({exc})") from exc
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -241,11 +238,8 @@ class SessionReader:
 
     def matching(self, match: Match) -> list[str]:
         """The keys that match *match* (a prefix, or a callable taking the key)."""
-        if callable(match):
+        if callable(check_match(match)):
             return [k for k in self.keys() if match(k)]
-        if not isinstance(match, str):
-            kind = type(match).__name__
-            raise TypeError(f"match must be a str prefix or a callable, not {kind}")
         rows = self._query(_PREFIXED, (len(match), match))
         return [r[0] for r in rows]
 
@@ -289,6 +283,20 @@ class SessionReader:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def check_match(match: Any) -> Match:
+    """Return *match* if it is a key prefix (str) or a callable, else raise TypeError."""
+    if not (isinstance(match, str) or callable(match)):
+        raise TypeError(f"match must be a str prefix or a callable, not {type(match).__name__}")
+    return match
+
+
+def _uri(path: str, query: str) -> str:
+    """The SQLite URI of *path*, a file name in any encoding the filesystem allows."""
+    # Percent-encoding the bytes (not the str) keeps an undecodable name,
+    # e.g. one copied from a Latin-1 machine, pointing at the same file.
+    return f"file:{urllib.parse.quote(os.fsencode(path))}?{query}"
+
+
 def _is_sqlite(path: str) -> bool:
     """Whether *path* is an SQLite file: a ``dbm.sqlite3`` shelf (Python >= 3.13)."""
     try:
@@ -310,7 +318,7 @@ class _SqliteShelf:
 
     def __init__(self, path: str) -> None:
         mode = "ro" if os.path.exists(path + "-wal") else "ro&immutable=1"
-        uri = f"file:{urllib.parse.quote(path)}?mode={mode}"
+        uri = _uri(path, f"mode={mode}")
         self._conn = sqlite3.connect(uri, uri=True, isolation_level=None,
                                      check_same_thread=False)  # fmt: skip
         try:
@@ -354,6 +362,7 @@ class ShelfReader(SessionReader):
                 else dbm.open(self.path, "r")  # noqa: SIM115 - closed by close()
             )  # fmt: skip
         except Exception as exc:  # dbm.dumb raises SyntaxError/ValueError on a bad index
+            check_descriptors(self.path)
             raise CorruptSessionError(self.path, f"unreadable legacy shelf ({exc})") from exc
         candidates = [self.path + s for s in ("", *_DBM_SUFFIXES)]
         self._files = [f for f in candidates if os.path.isfile(f)]
@@ -393,7 +402,7 @@ class ShelfReader(SessionReader):
             yield key, self._raw(key)
 
     def matching(self, match: Match) -> list[str]:
-        if callable(match):
+        if callable(check_match(match)):
             return [k for k in self._index if match(k)]
         return [k for k in self._index if k.startswith(match)]
 

@@ -5,12 +5,16 @@ and also from the builtin exception a caller would already catch for the same
 kind of problem (``ValueError``, ``OSError``, ...), so existing ``except``
 clauses keep working.  Each exception keeps its details as attributes that are
 also its constructor arguments, so it pickles across processes unchanged.  A
-missing key stays a plain :class:`KeyError`.
+missing key stays a plain :class:`KeyError`.  Warnings go through
+:func:`warn_caller`, which attributes them to the user's code.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
+import warnings
 from typing import Any
 
 __all__ = [
@@ -91,10 +95,18 @@ class UnsafeValueError(DataManagerError, pickle.UnpicklingError):
         self.class_name = class_name
 
     def __str__(self) -> str:
+        return self.explain("open with safe=False to trust this data")
+
+    def explain(self, hint: str) -> str:
+        """Return the message, ending with *hint* on how to get past the refusal.
+
+        Python's message names the ``safe`` argument; the command line passes
+        a hint that names its ``--unsafe`` flag.
+        """
         return (
             f"session {self.session!r}, key {self.key!r}: safe mode refuses to load "
             f"an object of class {self.class_name}; expected numpy arrays, numpy "
-            "scalars or builtin values (open with safe=False to trust this data)"
+            f"scalars or builtin values ({hint})"
         )
 
 
@@ -125,9 +137,17 @@ class UnsupportedValueError(DataManagerError, TypeError):
         self.type_name = type_name
 
     def __str__(self) -> str:
+        return self.explain("use on_unsupported='skip' or 'pickle'")
+
+    def explain(self, hint: str) -> str:
+        """Return the message, ending with *hint* on what to do about the value.
+
+        Python's message names the ``on_unsupported`` argument; the command
+        line passes a hint that names its ``--on-unsupported`` flag.
+        """
         return (
             f"session {self.session!r}, key {self.key!r}: the HDF5 schema cannot hold "
-            f"a value of type {self.type_name} (use on_unsupported='skip' or 'pickle')"
+            f"a value of type {self.type_name} ({hint})"
         )
 
 
@@ -145,3 +165,19 @@ class ExportError(DataManagerError, OSError):
 
 class DataManagerWarning(UserWarning):
     """A file in a data directory that collation skipped (stray or corrupt)."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_caller(message: str) -> None:
+    """Issue a :class:`DataManagerWarning` attributed to the caller of the library.
+
+    A fixed ``stacklevel`` is right for one call path only, and the same
+    warning is reached from many public methods and generators; so the frames
+    of this package are skipped, and the warning names the user's line.
+    """
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DataManagerWarning, stacklevel=level)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .collate import SessionReader, find_sessions
+from .collate import SessionReader
 from .errors import CorruptSessionError, DataManagerError
 from .session import blob_dir
 
@@ -35,7 +35,7 @@ def verify(dm: DataManager) -> list[Problem]:
     from .manager import Problem
 
     problems: list[Problem] = []
-    for entry in find_sessions(dm.basepath, warn=False):
+    for entry in dm._entries(warn=False):
         try:
             with entry.open(safe=True) as reader:
                 problems.extend(Problem(path, msg) for path, msg in _check(reader))
@@ -132,7 +132,7 @@ def migrate(dm: DataManager) -> list[str]:
         session is removed and the shelf stays in use.
     """
     migrated = []
-    for entry in find_sessions(dm.basepath, warn=False):
+    for entry in dm._entries(warn=False):
         if not entry.legacy:
             continue
         with entry.open(dm.safe) as shelf:

@@ -7,19 +7,20 @@ unchanged (issue #2).
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import collate
-from .collate import Match, SessionEntry, SessionReader, merge_values
-from .errors import CorruptSessionError, DataManagerWarning
+from ._descriptors import reader_budget
+from .collate import Match, SessionEntry, SessionReader, check_match, merge_values
+from .errors import CorruptSessionError, warn_caller
 from .locking import LockingSession
 from .provenance import computer_name
-from .session import SESSION_SUFFIX, Session, validate_session_name
+from .session import SESSION_SUFFIX, Session, _check_key, validate_session_name
 
 if TYPE_CHECKING:
     import pandas
@@ -28,6 +29,7 @@ __all__ = ["DataManager", "Problem"]
 
 T = TypeVar("T")
 _MISSING = object()
+#: Readers iter_sessions keeps open at most, however many descriptors are free.
 _MAX_OPEN = 256
 
 
@@ -52,6 +54,9 @@ class DataManager:
         (``name`` may contain ``/`` to nest it).  It is created on first write.
     datapath : str, optional
         Folder holding the data directory (default: the working directory).
+        Reading from a datapath that does not exist raises FileNotFoundError
+        (a typo must not look like an empty data set); a data directory not
+        written yet reads as empty.
     safe : bool, optional
         If true, collation refuses to unpickle anything but builtin values and
         numpy arrays/scalars, so no code stored in the directory can run.
@@ -81,15 +86,23 @@ class DataManager:
         self.journal_mode = journal_mode
         self.computer_name = computer_name()
         self.computer_session_filename = self.session_filename(self.computer_name)
+        # The folder whose absence makes reading an error rather than empty.
+        self._needed = self.datapath or os.curdir
 
     @classmethod
     def from_path(cls, basepath: str, **kwargs: Any) -> DataManager:
-        """Return the DataManager of an existing ``<name>.data`` directory."""
+        """Return the DataManager of an existing ``<name>.data`` directory.
+
+        Reading raises FileNotFoundError while *basepath* does not exist (a
+        typo'd path is not an empty data set); writing creates it.
+        """
         basepath = os.path.normpath(os.fspath(basepath))
         head, tail = os.path.split(basepath)
         if not tail.endswith(".data"):
             raise ValueError(f"a data directory's name ends with '.data': {basepath!r}")
-        return cls(tail[: -len(".data")], head, **kwargs)
+        dm = cls(tail[: -len(".data")], head, **kwargs)
+        dm._needed = dm.basepath
+        return dm
 
     def __repr__(self) -> str:
         return f"DataManager({self.name!r}, {self.datapath!r})"
@@ -131,10 +144,21 @@ class DataManager:
 
     # -- finding and opening sessions (the read side) --
 
-    def _skip(self, entry: SessionEntry, exc: Exception, strict: bool) -> None:
+    def _entries(self, warn: bool = True) -> list[SessionEntry]:
+        """The sessions of the data directory; FileNotFoundError where it cannot exist."""
+        entries = collate.find_sessions(self.basepath, warn)
+        if not entries and not os.path.isdir(self._needed):
+            what = ("no such data directory" if self._needed == self.basepath
+                    else f"no such folder to hold {self.name}.data")  # fmt: skip
+            raise FileNotFoundError(errno.ENOENT, what, self._needed)
+        return entries
+
+    def _skip(self, entry: SessionEntry, exc: CorruptSessionError, strict: bool) -> None:
         if strict:
             raise exc
-        warnings.warn(f"skipping session {entry.path}: {exc}", DataManagerWarning, stacklevel=4)
+        # The reason alone: str(exc) would name the session a second time.
+        where = f" (key {exc.key!r})" if exc.key is not None else ""
+        warn_caller(f"skipping corrupt session {entry.path}{where}: {exc.reason}")
 
     def _ordered(
         self, read: Callable[[SessionReader], T], strict: bool
@@ -145,7 +169,7 @@ class DataManager:
         twice on the same data gives the same order.
         """
         found = []
-        for entry in collate.find_sessions(self.basepath):
+        for entry in self._entries():
             try:
                 with entry.open(self.safe) as reader:
                     found.append((reader.created, entry.name, entry, read(reader)))
@@ -164,12 +188,14 @@ class DataManager:
         ``[dict(r.items()) for r in dm.iter_sessions()]`` leaves nothing open;
         a reader kept after breaking out of the loop is the caller's to close
         (or use it as a context manager).  Sessions that cannot be read are
-        skipped with a warning, or raise with ``strict=True``.
+        skipped with a warning, or raise with ``strict=True``.  A process out
+        of file descriptors gets ``OSError(EMFILE)``, never a skipped session.
         """
-        entries = collate.find_sessions(self.basepath)
-        # Up to _MAX_OPEN readers stay open from the pass that orders them, so
-        # each session is opened once; beyond that, file descriptors run short.
-        keep = len(entries) <= _MAX_OPEN
+        entries = self._entries()
+        # Readers stay open from the pass that orders them, so each session is
+        # opened once, as long as the process has descriptors to spare (see
+        # reader_budget); otherwise each is opened again when its turn comes.
+        keep = len(entries) <= reader_budget(_MAX_OPEN)
         found: list[tuple[float, str, SessionEntry, SessionReader | None]] = []
         try:
             for entry in entries:
@@ -209,6 +235,7 @@ class DataManager:
 
     def get(self, key: str, strict: bool = False) -> dict[str, Any]:
         """Return ``{session name: value}`` for every session holding *key*."""
+        _check_key(key)
         found = self._collect(lambda r: r.get(key, _MISSING), strict)
         return {name: value for name, value in found if value is not _MISSING}
 
@@ -222,6 +249,7 @@ class DataManager:
         return merge_values(key, list(self.get(key, strict).items()))
 
     def _matching(self, match: Match, strict: bool) -> dict[str, dict[str, Any]]:
+        check_match(match)
         # One pass: each session is opened once for all the matching keys,
         # not once per key as Brian's implementation did.
         found = self._collect(lambda r: dict(r.items(r.matching(match))), strict)

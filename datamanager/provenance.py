@@ -32,7 +32,10 @@ def computer_name() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry, e.g. in a container
         user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-    return f"{user}.{platform.node() or 'localhost'}"
+    name = f"{user}.{platform.node() or 'localhost'}"
+    # $USER in another encoding reaches Python as surrogates, which no session
+    # name may hold: such bytes become U+FFFD instead.
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def script_directory() -> str:

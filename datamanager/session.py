@@ -87,7 +87,14 @@ def validate_session_name(name: Any) -> str:
         raise InvalidNameError(name, "contains '..'")
     if name.startswith("."):
         raise InvalidNameError(name, "must not start with '.' (hidden files are not sessions)")
-    if len(name.encode("utf-8", "surrogateescape")) > 200:
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate is no text: it comes from a file name in another
+        # encoding (os.listdir keeps such bytes with surrogateescape) and
+        # neither an export nor another machine could store or show it.
+        raise InvalidNameError(name, "cannot be encoded as UTF-8") from None
+    if len(encoded) > 200:
         raise InvalidNameError(name, "is longer than 200 bytes")
     return name
 

@@ -273,7 +273,7 @@ def run_tasks(
         raise ValueError(f"name must be a non-empty str, not {name!r}")
     qualname = f"{getattr(task, '__module__', None)}.{getattr(task, '__qualname__', name)}"
     spec = Spec(dm, task, name, qualname, uuid.uuid4().hex)
-    stored = set(dm.keys()) if resume else set()
+    stored = _stored_keys(dm) if resume else set()
     todo, skipped, rejected = _plan(items, name, key, stored)
     items_by_index = {index: item for index, _k, item in todo}
     failures: list[TaskFailure] = []
@@ -308,7 +308,7 @@ def run_tasks(
             error = describe(exc)
             # A worker that died mid-chunk may have committed part of it:
             # those items are done, and only the rest become failures.
-            stored = set(dm.keys())
+            stored = _stored_keys(dm)
             lost_items = [c for c in chunk if f"{name}/{c[1]}" not in stored]
             acks = local.store([(i, k, item, None, error) for i, k, item in lost_items])
             ran, seconds, session = len(chunk), 0.0, local.session.name
@@ -374,6 +374,31 @@ def run_tasks(
     return summary()
 
 
+def _stored_keys(dm: DataManager) -> set[str]:
+    """Every key in *dm*; none where nothing was written yet (not even its folder)."""
+    try:
+        return set(dm.keys())
+    except FileNotFoundError:  # the first result will create the folder
+        return set()
+
+
+def _sweep_names(keys: Iterable[str]) -> set[str]:
+    """The names of the sweeps that stored anything (a result or a failure) among *keys*."""
+    names = set()
+    for k in keys:
+        for marker in (".items/", ".failures/"):
+            name, sep, _ = k.partition(marker)
+            if sep:
+                names.add(name)
+    return names
+
+
+def _unknown_sweep(dm: DataManager, name: str, keys: Iterable[str]) -> KeyError:
+    """The error for a sweep *name* that stored nothing in *dm*, naming those that did."""
+    known = ", ".join(repr(n) for n in sorted(_sweep_names(keys))) or "none"
+    return KeyError(f"no sweep named {name!r} in {dm.basepath} (sweeps stored there: {known})")
+
+
 def task_results(dm: DataManager, task: Callable[..., Any] | str) -> list[tuple[Any, Any]]:
     """Return the ``(item, result)`` pairs a sweep stored, one per item.
 
@@ -389,16 +414,27 @@ def task_results(dm: DataManager, task: Callable[..., Any] | str) -> list[tuple[
     list of (item, result)
         In session creation order; an item stored more than once (by
         ``resume=False``, or by a Dask worker lost after storing a chunk)
-        appears once, with its newest result.
+        appears once, with its newest result.  Empty for a sweep whose every
+        item failed so far.
+
+    Raises
+    ------
+    KeyError
+        If no sweep of that name stored anything, neither a result nor a
+        failure (a typo); the message lists the sweeps that did.
     """
     name = _task_name(task)
-    prefix, found = name + "/", {}
+    prefix, found, keys = name + "/", {}, set()
     for reader in dm.iter_sessions():
         with reader:
-            for k in reader.keys():  # noqa: SIM118 (a list, read once)
+            names = reader.keys()
+            keys.update(names)
+            for k in names:
                 if k.startswith(prefix):
                     digest = k[len(prefix) :]
                     found[digest] = (reader.get(f"{name}.items/{digest}"), reader[k])
+    if not found and name not in _sweep_names(keys):
+        raise _unknown_sweep(dm, name, keys)
     return list(found.values())
 
 
@@ -422,6 +458,12 @@ def task_failures(
     -------
     list of TaskFailure
         In session creation order.
+
+    Raises
+    ------
+    KeyError
+        If *task* is given and no sweep of that name stored anything (a
+        typo); the message lists the sweeps that did.
     """
     marker = ".failures/"
     wanted = None if task is None else _task_name(task)
@@ -439,4 +481,6 @@ def task_failures(
                         name, digest, rec.get("item"), rec.get("error", ""),
                         rec.get("traceback", ""), rec.get("worker", ""), reader.name,
                     )  # fmt: skip
+    if wanted is not None and wanted not in _sweep_names(keys):
+        raise _unknown_sweep(dm, wanted, keys)
     return [f for (name, digest), f in records.items() if f"{name}/{digest}" not in keys]

@@ -46,8 +46,13 @@ def load_recording(path: PathLike) -> list[Recording]:
     Raises
     ------
     RecordingFormatError
-        If the content is neither, or is malformed.
+        If the content is neither, or is malformed, or *path* is a directory.
+    FileNotFoundError
+        If *path* does not exist.
     """
+    if os.path.isdir(path):
+        raise RecordingFormatError(os.fspath(path), None, "a recording file",
+                                   "a directory (import_recordings reads folders)")  # fmt: skip
     kind = sniff(path)
     if kind == "atf":
         return [load_atf(path)]

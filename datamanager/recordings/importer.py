@@ -148,7 +148,9 @@ def import_recordings(
     -------
     ImportSummary
         imported / unchanged / skipped (not a recording) / failed (with the
-        error). One bad file never stops the others.
+        error). One bad file never stops the others. Where nothing is
+        imported, nothing is written: a folder without recordings leaves
+        no session and no data directory behind.
 
     Raises
     ------
@@ -210,9 +212,5 @@ def import_recordings(
             flush()
             held = 0
     flush()
-    if not index:
-        # Record the folder even when nothing was imported, so the session
-        # says where it came from.
-        session.update_metadata({"source_folder": root, _INDEX: index})
     session.close()
     return summary
