@@ -31,7 +31,7 @@ for i in range(int(sys.argv[2])):
 
 @pytest.mark.stress
 def test_blob_folder_never_exists_without_its_session(dm):
-    n = stress_size(full=40, ci=10)
+    n = stress_size(full=40, ci=8)
     os.makedirs(dm.basepath)
     bases = [os.path.join(dm.basepath, f"s{i}") for i in range(n)]
     bare, warned, listings = set(), [], 0
@@ -76,7 +76,7 @@ def test_listing_while_sessions_are_created_warns_about_nothing(dm):
     os.makedirs(dm.basepath)
     for i in range(1500):
         open(os.path.join(dm.basepath, f"p{i}.sqlite"), "w").close()
-    n = stress_size(full=150, ci=50)
+    n = stress_size(full=150, ci=30)
     warned, listings = [], 0
     child = start_python(NEW_SESSIONS, dm.datapath, str(n))
     try:
