@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def test_transaction_that_fills_the_disk_stores_nothing(disk, journal_mode):
     for error in (first.value, at_exit.value):
         assert isinstance(error, TransactionAbortedError) and error.errno == errno.ENOSPC
         assert "none of its writes were stored" in str(error)
+    copy = pickle.loads(pickle.dumps(at_exit.value))  # as it leaves a worker process
+    assert (copy.errno, copy.path, str(copy)) == (errno.ENOSPC, s.path, str(at_exit.value))
     assert_unchanged(dm, s)
     os.unlink(disk / "filler")
     s["after"] = 1  # the session is usable again once there is room
