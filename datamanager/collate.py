@@ -27,9 +27,11 @@ from .session import (
     SESSION_SUFFIX,
     blob_dir,
     decode,
+    is_side_name,
     load_side_file,
     read_metadata,
     read_value,
+    side_path,
 )
 
 __all__ = ["SessionEntry", "SessionReader", "find_sessions", "merge_values"]
@@ -88,7 +90,7 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
             continue
         elif name.endswith(_COMPANIONS):
             stem = name[: name.rindex(SESSION_SUFFIX if not is_dir else BLOB_SUFFIX)]
-            if stem not in native:
+            if stem not in native and _orphaned(basepath, name, stem + SESSION_SUFFIX):
                 stray.append(name)
         else:
             stem, ext = os.path.splitext(name)
@@ -226,7 +228,7 @@ class SessionReader:
                     yield key, decode(data, self.path, self.name, key, self.safe)
                     continue
                 try:
-                    path = os.path.join(blob_dir(self.path), side)
+                    path = side_path(self.path, side, key)
                     yield key, load_side_file(path, side_size, self.name, key)
                 except FileNotFoundError:  # replaced meanwhile: read it again
                     value = self.get(key, _GONE)
@@ -260,9 +262,14 @@ class SessionReader:
         return total
 
     def side_files(self) -> list[tuple[str, str, int]]:
-        """``(key, side file path, expected size)`` for values kept beside the database."""
+        """``(key, side file path, expected size)`` for values kept beside the database.
+
+        Keys whose side-file name is not one of this session's (see
+        :func:`~datamanager.session.is_side_name`) are left out: reading them
+        raises :class:`~datamanager.errors.CorruptSessionError`.
+        """
         rows = self._query("SELECT key, side, side_size FROM items WHERE side IS NOT NULL")
-        return [(k, os.path.join(blob_dir(self.path), s), n) for k, s, n in rows]
+        return [(k, side_path(self.path, s, k), n) for k, s, n in rows if is_side_name(s)]
 
     def raw_values(self) -> Iterator[tuple[str, bytes]]:
         """Yield ``(key, pickled bytes)`` for the values stored inline."""
@@ -295,6 +302,19 @@ def _uri(path: str, query: str) -> str:
     # Percent-encoding the bytes (not the str) keeps an undecodable name,
     # e.g. one copied from a Latin-1 machine, pointing at the same file.
     return f"file:{urllib.parse.quote(os.fsencode(path))}?{query}"
+
+
+def _orphaned(basepath: str, name: str, owner: str) -> bool:
+    """Whether file *name* of *basepath* still exists and its *owner* still does not.
+
+    A directory listing is not a snapshot: a session created during it can
+    show its ``-wal`` file or blob folder but not its ``.sqlite`` file, and a
+    session removed during it the reverse.  Asked after the listing, these
+    two questions name only real strays.
+    """
+    return os.path.lexists(os.path.join(basepath, name)) and not os.path.lexists(
+        os.path.join(basepath, owner)
+    )
 
 
 def _is_sqlite(path: str) -> bool:

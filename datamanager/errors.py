@@ -24,6 +24,7 @@ __all__ = [
     "ExportError",
     "InvalidNameError",
     "RecordingFormatError",
+    "TransactionAbortedError",
     "UnsafeValueError",
     "UnstorableValueError",
     "UnsupportedValueError",
@@ -83,6 +84,29 @@ class CorruptSessionError(DataManagerError, OSError):
     def __str__(self) -> str:
         where = f" (key {self.key!r})" if self.key is not None else ""
         return f"corrupt session {self.path}{where}: {self.reason}"
+
+
+class TransactionAbortedError(DataManagerError, OSError):
+    """A transaction undone as a whole by a fault, such as a full disk.
+
+    None of the block's writes were stored.  The block can write no more: each
+    later write in it, and the end of the block, raise this error again, so
+    that a block which catches it cannot store later values one by one as if
+    they were still part of the transaction.  ``errno`` tells why
+    (``errno.ENOSPC`` for a full disk).
+    """
+
+    def __init__(self, code: int | None, reason: str, path: str) -> None:
+        # The OSError argument order, so that errno, strerror and filename are set.
+        super().__init__(code, reason, path)
+        self.reason = reason
+        self.path = path
+
+    def __str__(self) -> str:
+        return (
+            f"transaction on session {self.path} rolled back ({self.reason}): none of "
+            "its writes were stored, and its block can write no more"
+        )
 
 
 class UnsafeValueError(DataManagerError, pickle.UnpicklingError):

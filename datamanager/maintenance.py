@@ -13,7 +13,7 @@ import numpy as np
 
 from .collate import SessionReader
 from .errors import CorruptSessionError, DataManagerError
-from .session import blob_dir
+from .session import BLOB_SUFFIX, SESSION_SUFFIX, blob_dir, is_side_name
 
 if TYPE_CHECKING:
     from .manager import DataManager, Problem
@@ -30,12 +30,20 @@ def verify(dm: DataManager) -> list[Problem]:
     shelves can be read.  Also reports side files that no key refers to and
     that are older than :data:`ORPHAN_AGE` seconds: a writer killed between
     writing a large array and committing its key leaves one; it holds no
-    key's value and can be deleted.  Nothing is modified.
+    key's value and can be deleted.  A blob folder of no session, as old, is
+    reported likewise.  Side-file names in a session's tables that are not
+    names of its own side files (a damaged or hostile file) are reported;
+    writers never delete such files.  Nothing is modified.
     """
     from .manager import Problem
 
-    problems: list[Problem] = []
-    for entry in dm._entries(warn=False):
+    entries = dm._entries(warn=False)
+    problems = [
+        Problem(path, "blob folder of no session (its writer was killed before it created "
+                      "the session file?); it holds no value and can be deleted")
+        for path in _orphan_folders(dm.basepath)
+    ]  # fmt: skip
+    for entry in entries:
         try:
             with entry.open(safe=True) as reader:
                 problems.extend(Problem(path, msg) for path, msg in _check(reader))
@@ -50,6 +58,7 @@ def _check(reader: SessionReader) -> list[tuple[str, str]]:
         status = [r[0] for r in reader._query("PRAGMA quick_check")]
         if status != ["ok"]:
             found.append((reader.path, "integrity check failed: " + "; ".join(status[:5])))
+    found.extend(_bad_side_names(reader))
     referenced = set()
     for key, path, size in reader.side_files():
         referenced.add(os.path.basename(path))
@@ -70,9 +79,49 @@ def _check(reader: SessionReader) -> list[tuple[str, str]]:
     return found
 
 
+def _bad_side_names(reader: SessionReader) -> list[tuple[str, str]]:
+    if reader._conn is None:
+        return []
+    found = [
+        (reader.path, f"key {key!r}: side file name {side!r} is not a file of this "
+                      "session's blob folder; the value cannot be read")
+        for key, side in reader._query("SELECT key, side FROM items WHERE side IS NOT NULL")
+        if not is_side_name(side)
+    ]  # fmt: skip
+    found.extend(
+        (reader.path, f"garbage table lists {side!r}, not a file of this session's blob "
+                      "folder; writers leave it alone")
+        for (side,) in reader._query("SELECT side FROM garbage")
+        if not is_side_name(side)
+    )  # fmt: skip
+    return found
+
+
 #: Seconds after which verify() reports a side file no key refers to; younger
 #: ones may belong to a write that has not committed its key yet.
 ORPHAN_AGE = 60.0
+
+
+def _orphan_folders(basepath: str) -> list[str]:
+    """The blob folders in *basepath* whose session file is missing, and old."""
+    try:
+        with os.scandir(basepath) as it:
+            folders = sorted(e.path for e in it if e.name.endswith(BLOB_SUFFIX)
+                             and not e.name.startswith(".") and e.is_dir())  # fmt: skip
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    now, old = time.time(), []
+    for folder in folders:
+        if os.path.lexists(folder[: -len(BLOB_SUFFIX)] + SESSION_SUFFIX):
+            continue
+        try:
+            with os.scandir(folder) as it:
+                newest = max([os.stat(folder).st_mtime, *(e.stat().st_mtime for e in it)])
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        if now - newest > ORPHAN_AGE:
+            old.append(folder)
+    return old
 
 
 def _orphans(directory: str, referenced: set[str]) -> list[str]:

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import pickle
+import re
 import shutil
 import sqlite3
 import threading
@@ -27,7 +28,12 @@ from typing import Any
 import numpy as np
 
 from . import safepickle
-from .errors import CorruptSessionError, InvalidNameError, UnsafeValueError
+from .errors import (
+    CorruptSessionError,
+    InvalidNameError,
+    TransactionAbortedError,
+    UnsafeValueError,
+)
 from .filesystem import choose_journal_mode
 from .provenance import session_metadata
 
@@ -41,6 +47,11 @@ SIDE_FILE_THRESHOLD = 1 << 20
 PAGE_SIZE = 2048
 #: How long a writer waits for another process holding the same session.
 BUSY_TIMEOUT = 60.0
+#: The name of every side file: what _write_side makes, a uuid4 in hex.
+_SIDE_NAME = re.compile(r"[0-9a-f]{32}\.npy")
+#: SQLite's result code for a full disk (or an exceeded quota).
+_SQLITE_FULL = 13
+_NO_SPACE = os.strerror(errno.ENOSPC)
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS items (
@@ -102,6 +113,34 @@ def validate_session_name(name: Any) -> str:
 def blob_dir(path: str) -> str:
     """Return the side-file folder of the session stored at *path*."""
     return path[: -len(SESSION_SUFFIX)] + BLOB_SUFFIX
+
+
+def is_side_name(name: Any) -> bool:
+    """Whether *name* is a side-file name as the writer makes them.
+
+    A session's tables name its side files, and a session received from
+    elsewhere may name anything there: an absolute path, ``../..``.  Only
+    the exact form the writer uses (32 lowercase hex digits and ``.npy``)
+    is accepted, so a name can only ever mean one plain file inside the
+    session's own blob folder; being stricter than "no separator" costs no
+    genuine session anything.
+    """
+    return type(name) is str and _SIDE_NAME.fullmatch(name) is not None
+
+
+def side_path(path: str, side: Any, key: str) -> str:
+    """Return the path of side file *side* of key *key* of the session at *path*.
+
+    Raises
+    ------
+    CorruptSessionError
+        If *side* is not a side-file name (see :func:`is_side_name`).
+    """
+    if not is_side_name(side):
+        raise CorruptSessionError(
+            path, f"side file name {side!r} is not a file of this session's blob folder", key
+        )
+    return os.path.join(blob_dir(path), side)
 
 
 def _is_side_array(value: Any) -> bool:
@@ -169,6 +208,8 @@ class Session(MutableMapping):
         self._lock = threading.RLock()
         self._depth = 0  # nesting depth of transaction()
         self._new_sides: list[str] = []  # side files written by the open transaction
+        # TransactionAbortedError arguments while the open transaction is lost.
+        self._aborted: tuple[int | None, str, str] | None = None
 
     # -- pickling carries configuration, never a connection (STYLE habit 3) --
 
@@ -226,6 +267,9 @@ class Session(MutableMapping):
             self._collect_garbage(conn)  # left behind by a process killed mid-way
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if _disk_full(exc):  # not damage: say so, as any other write would
+                why = f"{_NO_SPACE}: cannot create or open the session"
+                raise OSError(errno.ENOSPC, why, self.path) from exc
             raise CorruptSessionError(self.path, str(exc)) from exc
         return conn
 
@@ -275,6 +319,13 @@ class Session(MutableMapping):
         same session file; on an exception every write of the block is undone.
         Blocks nest: only the outermost one commits.
 
+        A fault that loses the transaction (a full disk: SQLite then rolls it
+        back by itself) undoes the whole block: the write that met it raises
+        :class:`~datamanager.errors.TransactionAbortedError` (an ``OSError``,
+        ``errno.ENOSPC`` for a full disk), and so does every later write in
+        the block and the end of the block, even if the block caught the
+        first one.  Nothing of the block is stored.
+
         Examples
         --------
         >>> import os, tempfile
@@ -286,15 +337,23 @@ class Session(MutableMapping):
         """
         with self._lock:
             conn = self._connection(create=True)
+            assert conn is not None
+            if self._aborted is not None:
+                raise TransactionAbortedError(*self._aborted)  # a block nested in a lost one
             if self._depth == 0:
                 conn.execute("BEGIN IMMEDIATE")
             self._depth += 1
             try:
                 yield self
-            except BaseException:
+            except BaseException as exc:
+                # update() and update_metadata() write through the connection
+                # directly: their failures are first seen here.
+                failure = self._failure(conn, exc) if isinstance(exc, sqlite3.Error) else None
                 self._depth -= 1
                 if self._depth == 0:
                     self._finish(conn, commit=False)
+                if failure is not None:
+                    raise failure from exc
                 raise
             self._depth -= 1
             if self._depth == 0:
@@ -302,37 +361,100 @@ class Session(MutableMapping):
 
     def _finish(self, conn: sqlite3.Connection, commit: bool) -> None:
         new, self._new_sides = self._new_sides, []
+        aborted, self._aborted = self._aborted, None
+        if aborted is not None:  # already rolled back, its side files removed
+            if commit:
+                raise TransactionAbortedError(*aborted)
+            return
         try:
             conn.execute("COMMIT" if commit else "ROLLBACK")
-        except BaseException:
+        except sqlite3.Error as exc:
+            # Only a failed statement may remove the side files: after a
+            # COMMIT that returned, committed rows refer to them.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._unlink_sides(new)  # written for rows that were never committed
+            if _disk_full(exc):
+                raise TransactionAbortedError(errno.ENOSPC, _NO_SPACE, self.path) from exc
             raise
         if commit:
             self._collect_garbage(conn)
         else:
             self._unlink_sides(new)
 
+    def _failure(self, conn: sqlite3.Connection, exc: sqlite3.Error) -> Exception | None:
+        """The error to raise instead of *exc*, a failed write; None to raise *exc*.
+
+        SQLite may roll a whole transaction back by itself after an error (it
+        does on a full disk); a block that went on would then store each later
+        write alone.  So a transaction that met a full disk, or that is gone,
+        is rolled back whole and the block refuses every later write.
+        """
+        full = _disk_full(exc)
+        if self._depth and full:
+            return self._abort(conn, errno.ENOSPC, _NO_SPACE)
+        if self._depth and not conn.in_transaction:
+            return self._abort(conn, None, str(exc))
+        if full:
+            return OSError(errno.ENOSPC, f"{_NO_SPACE}: the write was not stored", self.path)
+        return None
+
+    def _abort(
+        self, conn: sqlite3.Connection, code: int | None, reason: str
+    ) -> TransactionAbortedError:
+        """Roll the open transaction back whole and refuse writes until its block ends."""
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        new, self._new_sides = self._new_sides, []
+        self._unlink_sides(new)
+        self._aborted = (code, reason, self.path)
+        return TransactionAbortedError(*self._aborted)
+
     def _unlink_sides(self, names: list[str]) -> None:
         for name in names:
             try:
                 os.unlink(os.path.join(blob_dir(self.path), name))
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # gone already; any other failure leaves an orphan verify() lists
 
     def _collect_garbage(self, conn: sqlite3.Connection) -> None:
-        """Delete the side files that committed writes left unreferenced."""
-        if conn.execute("SELECT 1 FROM garbage LIMIT 1").fetchone() is None:
+        """Delete the side files that committed writes left unreferenced.
+
+        Only names that :func:`is_side_name` accepts are deleted: a session
+        received from elsewhere can list any path in its ``garbage`` table.
+        Other names stay listed, unused, so that ``verify()`` keeps reporting
+        them instead of a writer wiping out the trace of the damage.
+        """
+        if not any(is_side_name(r[0]) for r in conn.execute("SELECT side FROM garbage")):
             return
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            # Files go before their rows: a crash in between leaves names of
-            # missing files (skipped next time), never an unlisted orphan.
-            self._unlink_sides([r[0] for r in conn.execute("SELECT side FROM garbage")])
-            conn.execute("DELETE FROM garbage")
-        finally:
-            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                listed = conn.execute("SELECT rowid, side FROM garbage").fetchall()
+                rows = [(rowid, side) for rowid, side in listed if is_side_name(side)]
+                # Files go before their rows: a crash in between leaves names of
+                # missing files (skipped next time), never an unlisted orphan.
+                self._unlink_sides([side for _, side in rows])
+                conn.executemany("DELETE FROM garbage WHERE rowid = ?", [(r,) for r, _ in rows])
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            # The write that made the garbage is committed, so it must not
+            # look failed (on a full disk, or when another writer holds the
+            # session too long): what is left is collected next time.
+            pass
+
+    def _writable(self) -> sqlite3.Connection:
+        """The connection to write with, opened (and the file created) if need be."""
+        if self._aborted is not None:
+            raise TransactionAbortedError(*self._aborted)
+        conn = self._conn
+        if conn is None or self._pid != os.getpid():
+            conn = self._connection(create=True)
+            assert conn is not None
+        return conn
 
     def _write(self, sql: str, params: tuple[Any, ...], new_side: str | None = None) -> int:
         """Run one writing statement, alone or inside the open transaction.
@@ -340,16 +462,18 @@ class Session(MutableMapping):
         Returns the number of rows it changed (not counting trigger rows).
         """
         with self._lock:
-            conn = self._conn
-            if conn is None or self._pid != os.getpid():
-                conn = self._connection(create=True)
-                assert conn is not None
-            before = conn.total_changes
+            conn = None
             try:
+                conn = self._writable()
+                before = conn.total_changes
                 changed = conn.execute(sql, params).rowcount
-            except BaseException:
+            except BaseException as exc:
                 if new_side is not None:
                     self._unlink_sides([new_side])
+                failed = isinstance(exc, sqlite3.Error) and conn is not None
+                failure = self._failure(conn, exc) if failed else None
+                if failure is not None:
+                    raise failure from exc
                 raise
             if new_side is not None and self._depth:
                 self._new_sides.append(new_side)
@@ -375,7 +499,8 @@ class Session(MutableMapping):
         Takes what :meth:`dict.update` takes. Small values go to SQLite in
         one batch, several times faster than one ``s[key] = value`` each.
         Inside an enclosing :meth:`transaction`, that block decides: it keeps
-        what was written if it catches the error and goes on.
+        what was written if it catches the error and goes on (unless the error
+        is a :class:`~datamanager.errors.TransactionAbortedError`).
 
         Examples
         --------
@@ -407,24 +532,34 @@ class Session(MutableMapping):
             conn.executemany(_UPSERT, rows)
 
     def _write_side(self, key: str, array: np.ndarray) -> tuple[str, int]:
+        with self._lock:
+            # The session file, with its tables, exists before any side file:
+            # a writer killed in between leaves an empty session, never a
+            # blob folder that belongs to no session.
+            conn = self._writable()
         directory = blob_dir(self.path)
-        os.makedirs(directory, exist_ok=True)
         name = uuid.uuid4().hex + ".npy"
-        path = os.path.join(directory, name)
         try:
-            with open(path, "xb") as f:
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, name), "xb") as f:
                 np.save(f, array, allow_pickle=False)
                 size = f.tell()
         except BaseException as exc:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            if isinstance(exc, OSError) and exc.errno is None:
+            self._unlink_sides([name])
+            if not isinstance(exc, OSError):
+                raise
+            code = exc.errno
+            if code is None:
                 # numpy reports a short write without an errno; say what it means.
                 full = shutil.disk_usage(directory).free < array.nbytes
-                code, why = (errno.ENOSPC, "no space left on device") if full else (
-                    errno.EIO, "short write")
+                code = errno.ENOSPC if full else errno.EIO
+            with self._lock:
+                if code == errno.ENOSPC and self._depth:
+                    # A full disk loses the whole transaction, as when SQLite meets it.
+                    raise self._abort(conn, code, _NO_SPACE) from exc
+            if exc.errno is None:
+                why = _NO_SPACE if code == errno.ENOSPC else "short write"
+                path = os.path.join(directory, name)
                 raise OSError(code, f"cannot store key {key!r}: {why} ({exc})", path) from exc
             raise
         return name, size
@@ -490,6 +625,14 @@ def _check_key(key: Any) -> None:
         raise TypeError(f"session keys must be str, not {type(key).__name__} ({key!r})")
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """Whether an SQLite error reports a full disk (SQLITE_FULL)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is None:
+        return "disk is full" in str(exc)  # SQLite's own message for SQLITE_FULL
+    return code & 0xFF == _SQLITE_FULL
+
+
 def _retry_locked(operation: Any, attempts: int = 200) -> Any:
     for attempt in range(attempts):
         try:
@@ -519,7 +662,7 @@ def read_value(
         if side is None:
             return decode(data, path, session, key, safe)
         try:
-            return load_side_file(os.path.join(blob_dir(path), side), side_size, session, key)
+            return load_side_file(side_path(path, side, key), side_size, session, key)
         except FileNotFoundError:
             # A writer may have replaced the value and removed its old side
             # file between our two reads: read the row again.
