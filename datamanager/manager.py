@@ -7,6 +7,7 @@ unchanged (issue #2).
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 import warnings
@@ -131,7 +132,7 @@ class DataManager:
 
     # -- finding and opening sessions (the read side) --
 
-    def _skip(self, entry: SessionEntry, exc: Exception, strict: bool) -> None:
+    def _skip(self, entry: SessionEntry | SessionReader, exc: Exception, strict: bool) -> None:
         if strict:
             raise exc
         warnings.warn(f"skipping session {entry.path}: {exc}", DataManagerWarning, stacklevel=4)
@@ -224,7 +225,11 @@ class DataManager:
     def _matching(self, match: Match, strict: bool) -> dict[str, dict[str, Any]]:
         # One pass: each session is opened once for all the matching keys,
         # not once per key as Brian's implementation did.
-        found = self._collect(lambda r: dict(r.items(r.matching(match))), strict)
+        def read(reader: SessionReader) -> dict[str, Any]:
+            skip = functools.partial(self._skip, reader, strict=strict)
+            return dict(reader.items(reader.matching(match), skip))
+
+        found = self._collect(read, strict)
         result: dict[str, dict[str, Any]] = {}
         for key in sorted({k for _, values in found for k in values}):
             result[key] = {name: values[key] for name, values in found if key in values}
@@ -257,7 +262,8 @@ class DataManager:
         """Yield every ``(key, value)`` of every session, one at a time."""
         for reader in self.iter_sessions(strict):
             with reader:
-                yield from reader.items()
+                skip = functools.partial(self._skip, reader, strict=strict)
+                yield from reader.items(on_error=skip)
 
     def itervalues(self, strict: bool = False) -> Iterator[Any]:
         """Yield every value of every session, one at a time."""
