@@ -19,6 +19,7 @@ import math
 import pickle
 import re
 import reprlib
+import sys
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ _TYPESTR = re.compile(r"[biufcOSUVMm][0-9]{1,10}")
 _TIME_UNITS = frozenset(
     ["Y", "M", "W", "D", "h", "m", "s", "ms", "us", "μs", "ns", "ps", "fs", "as", "generic"]
 )
+_SWAPPED = ">" if sys.byteorder == "little" else "<"
 _ALIGNED_STRUCT = 0x80  # NPY_ALIGNED_STRUCT in a dtype pickle's flags
 _UNSET = object()
 
@@ -113,7 +115,8 @@ class DtypeStandIn(StandIn):
                 raise Malformed(f"numpy dtype {base} with an item size of {short(elsize)}")
             if base.kind in "Mm" and metadata is not None:
                 base, metadata = _datetime(base, metadata)
-            result = base.newbyteorder(endian) if endian in "<>" else base
+            swapped = endian == _SWAPPED  # numpy reads '<' on little-endian as native
+            result = base.newbyteorder(endian) if swapped else base
         if metadata is not None:
             if type(metadata) is not dict:
                 raise Malformed(f"numpy dtype metadata {short(metadata)}")
@@ -195,7 +198,7 @@ def _from_bytes(
         raise Malformed(f"numpy {dtype} data of shape {shape} in {len(data)} bytes")
     if copy and type(data) is bytes:
         data = bytearray(data)
-    if dtype.itemsize == 0:
+    if count == 0 or dtype.itemsize == 0:  # nothing to read (frombuffer refuses)
         return np.empty(shape, dtype, order)
     return np.frombuffer(data, dtype, count).reshape(shape, order=order)
 
