@@ -566,7 +566,8 @@ def decode(data: bytes, path: str, session: str, key: str, safe: bool) -> Any:
         reason = safepickle.malformed(data) if type(data) is bytes else "not bytes"
         if reason is None:
             raise
-        raise CorruptSessionError(path, f"cannot unpickle the value: {reason}", key) from exc
+        reason = f"cannot unpickle the value (MemoryError from a malformed pickle: {reason})"
+        raise CorruptSessionError(path, reason, key) from exc
     except Exception as exc:
         reason = f"cannot unpickle the value ({type(exc).__name__}: {exc})"
         raise CorruptSessionError(path, reason, key) from exc

@@ -220,7 +220,7 @@ import sys
 from datamanager import DataManager, CorruptSessionError
 dm = DataManager("sweep", sys.argv[1], safe=True)
 try:
-    dm.get("x", strict=True)
+    print("loaded:", dm.get("x", strict=True))  # repr reads the objects
 except CorruptSessionError as exc:
     print("refused:", exc)
 """
