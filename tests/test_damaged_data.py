@@ -165,3 +165,12 @@ def test_a_damaged_npy_header_is_a_corrupt_value(damaged, capsys):
     assert problem.path.endswith(name) and "not a valid .npy file" in problem.message
     assert main(["show", dm.basepath, "big"]) == 1
     assert capsys.readouterr().err.startswith("Error: corrupt session")
+
+
+def test_show_summarises_a_value_nested_a_hundred_thousand_deep(damaged, capsys):
+    # A few bytes of pickle: EMPTY_LIST pushed 100,000 times, then APPENDed
+    # into each other.  Loading it is fine; printing it must not recurse.
+    deep = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."
+    _sql(damaged, "UPDATE items SET value = ? WHERE key = 'params'", deep)
+    assert main(["show", damaged.basepath, "params"]) == 0
+    assert "[[[[[[...]]]]]]" in capsys.readouterr().out

@@ -26,9 +26,16 @@ VALUES = {
     "big-endian": np.arange(5, dtype=">i4"),
     "structured": np.zeros(3, dtype=[("a", "i4"), ("b", ">f8", (2,))]),
     "aligned struct": np.ones(2, dtype=np.dtype([("a", "i1"), ("b", "f8")], align=True)),
-    "titled fields": np.zeros(2, dtype={"names": ["a", "b"], "formats": ["i4", "f8"],
-                                        "offsets": [0, 8], "titles": ["A", None],
-                                        "itemsize": 24}),
+    "titled fields": np.zeros(
+        2,
+        dtype={
+            "names": ["a", "b"],
+            "formats": ["i4", "f8"],
+            "offsets": [0, 8],
+            "titles": ["A", None],
+            "itemsize": 24,
+        },
+    ),
     "datetime64[ms]": np.array(["2020-01-01", "2021-05-03T10:00"], dtype="M8[ms]"),
     "timedelta64[2s]": np.array([1, 2], dtype="m8[2s]"),
     "generic datetime": np.array([], dtype="M8"),
@@ -68,10 +75,14 @@ def _same(a, b) -> bool:
         return False
     if isinstance(a, np.ndarray):
         same_layout = a.shape == b.shape and (a.strides == b.strides or a.size == 0)
-        return (a.dtype == b.dtype and a.dtype.metadata == b.dtype.metadata and same_layout
-                and a.flags.writeable == b.flags.writeable
-                and _same(a.tolist(), b.tolist())
-                and (a.dtype.hasobject or a.tobytes("A") == b.tobytes("A")))  # not pointers
+        return (
+            a.dtype == b.dtype
+            and a.dtype.metadata == b.dtype.metadata
+            and same_layout
+            and a.flags.writeable == b.flags.writeable
+            and _same(a.tolist(), b.tolist())
+            and (a.dtype.hasobject or a.tobytes("A") == b.tobytes("A"))
+        )  # not pointers
     if isinstance(a, (np.generic, np.dtype)):  # dtype and raw bytes
         return pickle.dumps(a, 2) == pickle.dumps(b, 2)
     if isinstance(a, (list, tuple)):
@@ -112,10 +123,16 @@ _PY2_STATE = b"(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
 _PY2_F8 = b"cnumpy\ndtype\nU\x02f8K\x00K\x01\x87R" + _PY2_STATE
 _PY2_I4 = b"cnumpy\ndtype\nU\x02i4K\x00K\x01\x87R" + _PY2_STATE
 _PY2_NEW = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
-_PY2_ARRAY = (_PY2_NEW + b"(K\x01K\x03\x85" + _PY2_F8 + b"\x89U\x18" + np.arange(3.0).tobytes()
-              + b"tb.")
-_PY2_SCALAR = (b"\x80\x02cnumpy.core.multiarray\nscalar\n" + _PY2_F8 + b"U\x08"
-               + np.float64(2.5).tobytes() + b"\x86R.")
+_PY2_ARRAY = (
+    _PY2_NEW + b"(K\x01K\x03\x85" + _PY2_F8 + b"\x89U\x18" + np.arange(3.0).tobytes() + b"tb."
+)
+_PY2_SCALAR = (
+    b"\x80\x02cnumpy.core.multiarray\nscalar\n"
+    + _PY2_F8
+    + b"U\x08"
+    + np.float64(2.5).tobytes()
+    + b"\x86R."
+)
 _PY2_RECORDS = (_PY2_NEW + b"(K\x01K\x02\x85cnumpy\ndtype\nU\x03V12K\x00K\x01\x87R"
                 b"(K\x03U\x01|NU\x01a"
                 b"U\x01b\x86}(U\x01a" + _PY2_I4 + b"K\x00\x86U\x01b" + _PY2_F8 + b"K\x04\x86uK\x0c"
@@ -168,30 +185,40 @@ def _struct(fields: dict, flags: int = 16) -> _Reduce:
     """numpy's pickle of an 8-byte structured dtype with *fields* as given."""
     return _Reduce(np.dtype, ("V8", False, True),
                    (3, "|", None, tuple(fields), fields, 8, 1, flags))  # fmt: skip
+
+
 _F8_STATE = b"(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"
 
 CRAFTED = {
     "object array of raw bytes": _crafted_object_array(),
     "object array, flags intact": pickle.dumps(_array(_dtype("O"), b"\x41" * 16), 3),
     "object field of raw bytes": pickle.dumps(
-        _array(_struct({"a": (_dtype("O"), 0)}, flags=0), b"\x41" * 16), 3),
+        _array(_struct({"a": (_dtype("O"), 0)}, flags=0), b"\x41" * 16), 3
+    ),
     "object dtype in protocol 5": pickle.dumps(
-        _Reduce(_FROMBUFFER, (bytearray(16), _dtype("O", flags=0), (2,), "C")), 5),
+        _Reduce(_FROMBUFFER, (bytearray(16), _dtype("O", flags=0), (2,), "C")), 5
+    ),
     "object scalar": pickle.dumps(_Reduce(_SCALAR, (_dtype("O"), b"A" * 8)), 3),
     "item size beyond the data": pickle.dumps(_array(_dtype("V8", elsize=1 << 20), b"\0" * 16), 3),
     "field beyond the item": pickle.dumps(
-        _array(_struct({"a": (_dtype("f8"), 4096)}), b"\0" * 16), 3),
+        _array(_struct({"a": (_dtype("f8"), 4096)}), b"\0" * 16), 3
+    ),
     "subarray larger than the item": pickle.dumps(
-        _array(_dtype("V8", subarray=(_dtype("f8"), (1000,))), b"\0" * 16), 3),
+        _array(_dtype("V8", subarray=(_dtype("f8"), (1000,))), b"\0" * 16), 3
+    ),
     "bad byte order": pickle.dumps(_array(_dtype("f8", byteorder="x"), b"\0" * 16), 3),
     "data shorter than the shape": pickle.dumps(_array(_dtype("f8"), b"\0" * 8, (1000,)), 3),
     "negative shape": pickle.dumps(_array(_dtype("f8"), b"", (-1,)), 3),
     "structured type code": pickle.dumps(_array(_Reduce(np.dtype, ("f8,O", False, True)), b""), 3),
     "state given twice": b"\x80\x03cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R"
-    + _F8_STATE + b"b" + _F8_STATE + b"b.",
+    + _F8_STATE
+    + b"b"
+    + _F8_STATE
+    + b"b.",
     "ndarray called": pickle.dumps(_Reduce(np.ndarray, ((1 << 20,), "f8")), 3),
     "datetime unit": pickle.dumps(
-        _array(_dtype("M8[s]", metadata=(None, (b"zz", 1, 1, 1))), b"\0" * 16), 3),
+        _array(_dtype("M8[s]", metadata=(None, (b"zz", 1, 1, 1))), b"\0" * 16), 3
+    ),
 }
 
 
