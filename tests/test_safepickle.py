@@ -298,6 +298,8 @@ def _memo_blowup(data: bytes) -> bool:
 def mutated_pickles(draw) -> bytes:
     data = bytearray(draw(st.sampled_from(FUZZ_BASES)))
     for _ in range(draw(st.integers(1, 3))):
+        if len(data) < 2:
+            break
         at = draw(st.integers(0, len(data) - 1))
         action = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
         if action == "flip":
