@@ -32,6 +32,7 @@ from ._h5schema import (
     numeric,
     unescape_name,
 )
+from ._npyheader import read_npy_header
 from .errors import UnsupportedValueError
 
 # Bytes of a side file mapped at a time: never more than the array itself,
@@ -350,24 +351,16 @@ class NpyFile:
     @classmethod
     def open(cls, path: str, size: int) -> NpyFile | None:
         """Read the header; None for anything unusual (the caller then loads normally)."""
-        from numpy.lib import format as npy
-
         try:
             with open(path, "rb") as fh:
-                version = npy.read_magic(fh)
-                if version == (1, 0):
-                    shape, fortran, dtype = npy.read_array_header_1_0(fh)
-                elif version in ((2, 0), (3, 0)):
-                    shape, fortran, dtype = npy.read_array_header_2_0(fh)
-                else:
-                    return None
-                offset = fh.tell()
+                header = read_npy_header(fh)
         except (OSError, ValueError):
             return None
-        nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-        if fortran or not numeric(dtype) or not shape or offset + nbytes != size:
+        if header.fortran_order or not numeric(header.dtype) or not header.shape:
             return None
-        return cls(path, tuple(shape), dtype, offset)
+        if header.size != size:  # changed since the reader listed it
+            return None
+        return cls(path, header.shape, header.dtype, header.offset)
 
     def load(self) -> np.ndarray:
         return np.load(self.path, allow_pickle=False)

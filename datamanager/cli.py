@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import reprlib
 import sys
 import warnings
 from typing import Any, Callable, Sequence
@@ -51,13 +52,17 @@ def _summary(value: Any) -> tuple[str, str, str]:
     if isinstance(value, np.ndarray):
         return f"ndarray[{value.dtype}]", str(value.shape), ""
     if isinstance(value, (list, tuple, dict, set, frozenset, str, bytes)):
-        preview = repr(value)
-        preview = preview if len(preview) <= 40 else preview[:37] + "..."
-        return kind, f"len {len(value)}", preview
+        return kind, f"len {len(value)}", _preview(value)
     if hasattr(value, "shape") and hasattr(value, "columns"):  # a Recording
         return kind, str(tuple(value.shape)), ", ".join(map(str, value.columns))[:40]
-    preview = repr(value)
-    return kind, "", preview if len(preview) <= 40 else preview[:37] + "..."
+    return kind, "", _preview(value)
+
+
+def _preview(value: Any) -> str:
+    # reprlib stops after a few levels and items: a stored list of a million
+    # items costs nothing, and one nested a million deep cannot recurse.
+    preview = reprlib.repr(value)
+    return preview if len(preview) <= 40 else preview[:37] + "..."
 
 
 # -- commands ------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .session import (
     SESSION_SUFFIX,
     blob_dir,
     decode,
+    decode_created,
     is_side_name,
     load_side_file,
     read_metadata,
@@ -37,6 +38,7 @@ from .session import (
 __all__ = ["SessionEntry", "SessionReader", "find_sessions", "merge_values"]
 
 Match = Union[str, Callable[[str], bool]]
+OnError = Callable[[CorruptSessionError], None]
 
 _COMPANIONS = (SESSION_SUFFIX + "-wal", SESSION_SUFFIX + "-shm", SESSION_SUFFIX + "-journal",
                SESSION_SUFFIX + ".lock", BLOB_SUFFIX)  # fmt: skip
@@ -133,7 +135,13 @@ class SessionReader:
         except sqlite3.DatabaseError as exc:
             row = self._open_unready(exc)
         # A session killed before its first commit is an empty file: no keys.
-        self.created = float(row[0]) if row else os.path.getmtime(self.path)
+        try:
+            self.created = (
+                decode_created(row[0], self.path) if row else os.path.getmtime(self.path)
+            )
+        except CorruptSessionError:
+            self.close()  # the caller never gets this reader to close
+            raise
 
     def _open_unready(self, exc: sqlite3.DatabaseError) -> Any:
         """Handle a file without our tables: a session being created, or not ours."""
@@ -173,7 +181,7 @@ class SessionReader:
         if self._conn is None:
             return {"created": self.created}
         try:
-            return read_metadata(self._conn)
+            return read_metadata(self._conn, self.path)
         except sqlite3.DatabaseError as exc:
             raise CorruptSessionError(self.path, str(exc)) from exc
 
@@ -203,40 +211,55 @@ class SessionReader:
         except KeyError:
             return default
 
-    def items(self, keys: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+    def items(
+        self, keys: list[str] | None = None, on_error: OnError | None = None
+    ) -> Iterator[tuple[str, Any]]:
         """Yield ``(key, value)`` pairs one at a time (all keys, or *keys*).
 
         All keys are read in batches of rows, one query each, so memory stays
         near one batch and no read transaction stays open while the caller
         works on a value (a long one would keep the writer's WAL growing).
+        A value that cannot be decoded raises :class:`CorruptSessionError`;
+        given *on_error*, the error is passed to it instead and the value
+        left out, so that one damaged value does not hide the others.
         """
         if keys is None:
-            yield from self._all_items()
+            yield from self._all_items(on_error)
             return
         for key in keys:
             try:
-                yield key, self[key]
+                value = self[key]
             except KeyError:  # deleted by a writer meanwhile
                 continue
+            except CorruptSessionError as exc:
+                _report(exc, on_error)
+                continue
+            yield key, value
 
-    def _all_items(self, batch: int = 64) -> Iterator[tuple[str, Any]]:
+    def _all_items(self, on_error: OnError | None, batch: int = 64) -> Iterator[tuple[str, Any]]:
         last = 0
         while True:
             rows = self._query(_BATCH, (last, batch))
             for _, key, data, side, side_size in rows:
-                if side is None:
-                    yield key, decode(data, self.path, self.name, key, self.safe)
-                    continue
                 try:
-                    path = side_path(self.path, side, key)
-                    yield key, load_side_file(path, side_size, self.name, key)
-                except FileNotFoundError:  # replaced meanwhile: read it again
-                    value = self.get(key, _GONE)
-                    if value is not _GONE:
-                        yield key, value
+                    value = self._row_value(key, data, side, side_size)
+                except CorruptSessionError as exc:
+                    _report(exc, on_error)
+                    continue
+                if value is not _GONE:
+                    yield key, value
             if len(rows) < batch:
                 return
             last = rows[-1][0]
+
+    def _row_value(self, key: str, data: Any, side: Any, side_size: Any) -> Any:
+        if side is None:
+            return decode(data, self.path, self.name, key, self.safe)
+        try:
+            path = side_path(self.path, side, key)
+            return load_side_file(path, side_size, self.name, key)
+        except FileNotFoundError:  # replaced meanwhile: read it again
+            return self.get(key, _GONE)
 
     def matching(self, match: Match) -> list[str]:
         """The keys that match *match* (a prefix, or a callable taking the key)."""
@@ -315,6 +338,12 @@ def _orphaned(basepath: str, name: str, owner: str) -> bool:
     return os.path.lexists(os.path.join(basepath, name)) and not os.path.lexists(
         os.path.join(basepath, owner)
     )
+
+
+def _report(exc: CorruptSessionError, on_error: OnError | None) -> None:
+    if on_error is None:
+        raise exc
+    on_error(exc)
 
 
 def _is_sqlite(path: str) -> bool:
@@ -414,8 +443,8 @@ class ShelfReader(SessionReader):
         except Exception as exc:
             raise CorruptSessionError(self.path, f"cannot read the value ({exc})", key) from exc
 
-    def _all_items(self, batch: int = 64) -> Iterator[tuple[str, Any]]:
-        return self.items(self.keys())
+    def _all_items(self, on_error: OnError | None, batch: int = 64) -> Iterator[tuple[str, Any]]:
+        return self.items(self.keys(), on_error)
 
     def raw_values(self) -> Iterator[tuple[str, bytes]]:
         for key in self._index:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
-import pickletools
 import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._npyheader import read_npy_header
 from .collate import SessionReader
-from .errors import CorruptSessionError, DataManagerError
-from .session import BLOB_SUFFIX, SESSION_SUFFIX, blob_dir, is_side_name
+from .errors import CorruptSessionError, DataManagerError, UnsafeValueError
+from .safepickle import malformed
+from .session import BLOB_SUFFIX, SESSION_SUFFIX, blob_dir, decode, is_side_name
 
 if TYPE_CHECKING:
     from .manager import DataManager, Problem
@@ -24,10 +26,13 @@ __all__ = ["migrate", "verify"]
 def verify(dm: DataManager) -> list[Problem]:
     """Check every session of *dm* and return the problems found.
 
-    Checks the SQLite store (``PRAGMA quick_check``), that every side file is
-    present, whole and a valid ``.npy`` file, that every stored pickle is well
-    formed (parsed with :mod:`pickletools`, never executed), and that legacy
-    shelves can be read.  Also reports side files that no key refers to and
+    Checks the SQLite store (``PRAGMA quick_check``), the metadata, that
+    every side file is present, whole and a valid ``.npy`` file, that every
+    stored pickle is well formed (parsed with :mod:`pickletools`) and decodes
+    in safe mode (which runs no stored code; values of classes safe mode
+    refuses are not unpickled), and that legacy shelves can be read.  A
+    session that cannot be checked is reported, never raised.  Also reports
+    side files that no key refers to and
     that are older than :data:`ORPHAN_AGE` seconds: a writer killed between
     writing a large array and committing its key leaves one; it holds no
     key's value and can be deleted.  A blob folder of no session, as old, is
@@ -49,6 +54,11 @@ def verify(dm: DataManager) -> list[Problem]:
                 problems.extend(Problem(path, msg) for path, msg in _check(reader))
         except CorruptSessionError as exc:
             problems.append(Problem(entry.path, exc.reason))
+        except Exception as exc:  # a check that fails is a finding, never a crash
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise  # this process is out of descriptors: nothing was checked
+            reason = f"cannot be checked ({type(exc).__name__}: {exc})"
+            problems.append(Problem(entry.path, reason))
     return problems
 
 
@@ -70,12 +80,14 @@ def _check(reader: SessionReader) -> list[tuple[str, str]]:
                "committed the key?); it holds no value and can be deleted")
         for path in _orphans(blob_dir(reader.path), referenced)
     )  # fmt: skip
+    try:
+        _ = reader.metadata
+    except CorruptSessionError as exc:
+        found.append((reader.path, exc.reason))
     for key, data in reader.raw_values():
-        try:
-            for _ in pickletools.genops(data):
-                pass
-        except Exception as exc:  # genops raises ValueError or others on damage
-            found.append((reader.path, f"key {key!r}: malformed pickle ({exc})"))
+        message = _check_value(reader, key, data)
+        if message:
+            found.append((reader.path, f"key {key!r}: {message}"))
     return found
 
 
@@ -95,6 +107,22 @@ def _bad_side_names(reader: SessionReader) -> list[tuple[str, str]]:
         if not is_side_name(side)
     )  # fmt: skip
     return found
+
+
+def _check_value(reader: SessionReader, key: str, data: Any) -> str | None:
+    """Why one stored pickle is damaged, or None: parsed, then safely unpickled."""
+    if type(data) is not bytes:
+        return f"holds {type(data).__name__}, not a pickle"
+    reason = malformed(data)
+    if reason:
+        return f"malformed pickle ({reason})"
+    try:
+        decode(data, reader.path, reader.name, key, safe=True)
+    except UnsafeValueError:
+        pass  # well formed; checking it further would run its code
+    except CorruptSessionError as exc:
+        return exc.reason
+    return None
 
 
 #: Seconds after which verify() reports a side file no key refers to; younger
@@ -143,17 +171,13 @@ def _orphans(directory: str, referenced: set[str]) -> list[str]:
 
 def _check_npy(path: str, expected_size: int) -> str | None:
     try:
-        size = os.path.getsize(path)
-        if size != expected_size:
-            return f"{size} bytes, expected {expected_size}"
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)  # fmt: skip
-            shape, _, dtype = read_header(f)
-            needed = f.tell() + int(np.prod(shape)) * dtype.itemsize
-        if needed != size:
-            return f"{size} bytes, but its header describes {needed}"
+            size = os.fstat(f.fileno()).st_size
+            if size != expected_size:
+                return f"{size} bytes, expected {expected_size}"
+            header = read_npy_header(f)
+        if header.size != size:
+            return f"{size} bytes, but its header describes {header.size}"
     except FileNotFoundError:
         return "missing"
     except (OSError, ValueError) as exc:

@@ -8,6 +8,7 @@ unchanged (issue #2).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -153,7 +154,9 @@ class DataManager:
             raise FileNotFoundError(errno.ENOENT, what, self._needed)
         return entries
 
-    def _skip(self, entry: SessionEntry, exc: CorruptSessionError, strict: bool) -> None:
+    def _skip(
+        self, entry: SessionEntry | SessionReader, exc: CorruptSessionError, strict: bool
+    ) -> None:
         if strict:
             raise exc
         # The reason alone: str(exc) would name the session a second time.
@@ -252,7 +255,11 @@ class DataManager:
         check_match(match)
         # One pass: each session is opened once for all the matching keys,
         # not once per key as Brian's implementation did.
-        found = self._collect(lambda r: dict(r.items(r.matching(match))), strict)
+        def read(reader: SessionReader) -> dict[str, Any]:
+            skip = functools.partial(self._skip, reader, strict=strict)
+            return dict(reader.items(reader.matching(match), skip))
+
+        found = self._collect(read, strict)
         result: dict[str, dict[str, Any]] = {}
         for key in sorted({k for _, values in found for k in values}):
             result[key] = {name: values[key] for name, values in found if key in values}
@@ -285,7 +292,8 @@ class DataManager:
         """Yield every ``(key, value)`` of every session, one at a time."""
         for reader in self.iter_sessions(strict):
             with reader:
-                yield from reader.items()
+                skip = functools.partial(self._skip, reader, strict=strict)
+                yield from reader.items(on_error=skip)
 
     def itervalues(self, strict: bool = False) -> Iterator[Any]:
         """Yield every value of every session, one at a time."""

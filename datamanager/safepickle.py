@@ -2,42 +2,82 @@
 
 Safe mode exists because a pickle can run any code when it is loaded: a data
 directory received from somebody else must be readable without that risk.  In
-safe mode only the globals below may be looked up while unpickling, which is
-enough for builtin values, numpy arrays and scalars, and the library's own
-:class:`~datamanager.recordings.recording.Recording`.
+safe mode a pickle may name only the globals below, which is enough for
+builtin values, numpy arrays, dtypes and scalars, and the library's own
+:class:`~datamanager.recordings.recording.Recording`.  None of them is numpy's
+own unpickling code, which trusts what it is given: numpy values are rebuilt
+by the checked stand-ins of :mod:`datamanager._safenumpy`.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
-from typing import Any
+import pickletools
+import sys
+from typing import Any, Callable
 
+from . import _safenumpy as sn
 from .errors import UnsafeValueError, UnstorableValueError
 
-__all__ = ["PROTOCOL", "dumps", "loads"]
+__all__ = ["PROTOCOL", "dumps", "loads", "malformed"]
 
 PROTOCOL = 5
 
-_SAFE_GLOBALS = frozenset(
-    [("builtins", name) for name in ("complex", "set", "frozenset", "bytearray", "slice", "range")]
-    + [
-        (module, name)
-        # numpy 1.x pickles name numpy.core, numpy 2.x numpy._core.
-        for module in (
-            "numpy.core.multiarray",
-            "numpy._core.multiarray",
-            "numpy.core.numeric",
-            "numpy._core.numeric",
-        )
-        for name in ("_reconstruct", "scalar", "_frombuffer")
-    ]
-    + [
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("datamanager.recordings.recording", "Recording"),
-    ]
-)
+# numpy 1.x pickles name numpy.core, numpy 2.x numpy._core.
+_NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray",
+               "numpy.core.numeric", "numpy._core.numeric")  # fmt: skip
+
+
+def _items(kind: type) -> Callable[..., Any]:
+    def make(items: Any = ()) -> Any:
+        # Only materialised items: set(range(10**12)) would never finish.
+        if type(items) not in (list, tuple):
+            raise sn.Malformed(f"{kind.__name__} of {type(items).__name__}")
+        return kind(items)
+
+    return make
+
+
+def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
+    # bytearray(10**12) would fill memory: only pickled contents (protocol 2
+    # writes them as latin-1 text).
+    if type(data) is bytes and encoding is None:
+        return bytearray(data)
+    if type(data) is str and encoding in ("latin-1", "latin1"):
+        return bytearray(data, "latin-1")
+    raise sn.Malformed(f"bytearray of {type(data).__name__}")
+
+
+def _encode(text: Any, encoding: Any) -> bytes:
+    # How protocol 2 pickles written by Python 3 hold bytes.
+    if type(text) is not str or encoding not in ("latin-1", "latin1"):
+        raise sn.Malformed(f"_codecs.encode of {type(text).__name__}, {sn.short(encoding)}")
+    return text.encode("latin-1")
+
+
+def _recording(*args: Any) -> Any:
+    from .recordings.recording import Recording
+
+    return Recording(*sn.resolve_all(args))  # its data may be an object array stand-in
+
+
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("builtins", "complex"): complex,
+    ("builtins", "slice"): slice,
+    ("builtins", "range"): range,
+    ("builtins", "set"): _items(set),
+    ("builtins", "frozenset"): _items(frozenset),
+    ("builtins", "bytearray"): _bytearray,
+    ("builtins", "bytes"): lambda: b"",  # how protocol 2 writes b""
+    ("_codecs", "encode"): _encode,
+    ("numpy", "ndarray"): sn.NDARRAY,
+    ("numpy", "dtype"): sn.DtypeStandIn,
+    ("datamanager.recordings.recording", "Recording"): _recording,
+    **{(module, "_reconstruct"): sn.reconstruct for module in _NUMPY_CORE},
+    **{(module, "_frombuffer"): sn.frombuffer for module in _NUMPY_CORE},
+    **{(module, "scalar"): sn.scalar for module in _NUMPY_CORE},
+}
 
 
 class _UnsafeGlobal(pickle.UnpicklingError):
@@ -47,13 +87,39 @@ class _UnsafeGlobal(pickle.UnpicklingError):
 
 
 class _SafeUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        self.made: list[sn.StandIn] = []  # every stand-in this load created
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS or (
-            # numpy dtypes pickle as numpy.dtype[float64] etc. in numpy >= 2.
-            module == "numpy" and name.startswith("dtype[")
-        ):
-            return super().find_class(module, name)
-        raise _UnsafeGlobal(f"{module}.{name}")
+        if module == "numpy" and name.startswith("dtype["):
+            name = "dtype"  # numpy >= 2 may name a dtype's class numpy.dtype[float64]
+        elif module == "__builtin__":  # Python 2's name, also in protocol 2 pickles
+            module, name = "builtins", "range" if name == "xrange" else name
+        found = _SAFE_GLOBALS.get((module, name))
+        if found is None:
+            raise _UnsafeGlobal(f"{module}.{name}")
+        if found is not sn.DtypeStandIn and found is not sn.reconstruct:
+            return found
+
+        def track(*args: Any) -> Any:
+            made = found(*args)
+            self.made.append(made)
+            return made
+
+        return track
+
+
+def _referenced(objects: list[Any]) -> bool:
+    """Whether anything besides the list *objects* holds one of its items.
+
+    A probe that only the list holds gives the baseline, measured the same
+    way, so the interpreter's own reference-counting conventions cancel out.
+    """
+    objects.append(object())
+    counts = [sys.getrefcount(item) for item in objects]
+    objects.pop()
+    return max(counts) > counts[-1]
 
 
 def dumps(key: str, value: Any) -> bytes:
@@ -70,10 +136,49 @@ def loads(data: bytes, *, safe: bool, session: str, key: str) -> Any:
 
     ``encoding='latin1'`` lets pickles written by Python 2 (legacy Brian data)
     load, numpy arrays included; it does not change Python 3 pickles.
+
+    Raises
+    ------
+    UnsafeValueError
+        In safe mode, for a pickle that names any other class or function.
+    Exception
+        Whatever damaged data makes the unpickler raise; in safe mode that
+        includes ``pickle.UnpicklingError`` for numpy values numpy never writes.
     """
     if not safe:
         return pickle.loads(data, encoding="latin1")
+    unpickler = _SafeUnpickler(data)
     try:
-        return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+        value = unpickler.load()
     except _UnsafeGlobal as exc:
         raise UnsafeValueError(session, key, exc.class_name) from None
+    finally:
+        unpickler.memo.clear()
+    made = unpickler.made
+    del unpickler
+    # Stand-ins that numpy values consumed are gone; those still held are
+    # inside the value (a dtype stored as a value, an array of an old
+    # pickle) and are replaced by walking it.  Only then is it known whether
+    # one was used before the pickle gave it its state: it is still held.
+    if _referenced(made):
+        value = sn.resolve_all(value)
+    sn.release_all(made)  # unresolved ones may hold others in their arguments
+    if _referenced(made):
+        raise sn.Malformed("a numpy value is used before it is complete")
+    return value
+
+
+_PUTS = frozenset(["PUT", "BINPUT", "LONG_BINPUT"])
+
+
+def malformed(data: bytes) -> str | None:
+    """Why *data* is not a well-formed pickle, or None; parsed, never executed."""
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            # A memo index beyond the pickle's length names no earlier item;
+            # the unpickler would allocate a memo that large.
+            if opcode.name in _PUTS and arg > len(data):
+                return f"memo index {arg} in a pickle of {len(data)} bytes"
+    except Exception as exc:  # genops raises ValueError and others on damage
+        return str(exc) or type(exc).__name__
+    return None

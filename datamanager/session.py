@@ -13,8 +13,8 @@ from __future__ import annotations
 import errno
 import itertools
 import json
+import math
 import os
-import pickle
 import re
 import shutil
 import sqlite3
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import safepickle
+from ._npyheader import read_npy_header
 from .errors import (
     CorruptSessionError,
     InvalidNameError,
@@ -152,16 +153,24 @@ def _is_side_array(value: Any) -> bool:
 
 
 def load_side_file(path: str, expected_size: int | None, session: str, key: str) -> Any:
-    """Load one side file, checking it is whole."""
-    try:
-        size = os.path.getsize(path)
+    """Load one side file, checking it is whole and its header describes it."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         if expected_size is not None and size != expected_size:
             raise CorruptSessionError(
                 session, f"side file {path} has {size} bytes, expected {expected_size}", key
             )
-        return np.load(path, allow_pickle=False)
-    except (ValueError, EOFError) as exc:
-        raise CorruptSessionError(session, f"side file {path}: {exc}", key) from exc
+        try:
+            header = read_npy_header(f)
+            if header.size != size:
+                raise ValueError(f"{size} bytes, but its header describes {header.size}")
+            count = math.prod(header.shape)
+            array = np.fromfile(f, header.dtype, count)
+            if array.size != count:
+                raise ValueError(f"{array.size} of {count} items could be read")
+        except ValueError as exc:
+            raise CorruptSessionError(session, f"side file {path}: {exc}", key) from exc
+    return array.reshape(header.shape, order="F" if header.fortran_order else "C")
 
 
 class Session(MutableMapping):
@@ -611,7 +620,7 @@ class Session(MutableMapping):
         """The session's metadata: who wrote it, when, where, with what."""
         with self._lock:
             conn = self._connection(create=False)
-            return {} if conn is None else read_metadata(conn)
+            return {} if conn is None else read_metadata(conn, self.path)
 
 
 _KEYS = "SELECT key FROM items ORDER BY rowid"
@@ -644,10 +653,29 @@ def _retry_locked(operation: Any, attempts: int = 200) -> Any:
     return None  # pragma: no cover - the loop returns or raises
 
 
-def read_metadata(conn: sqlite3.Connection) -> dict[str, Any]:
+def read_metadata(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
     """Return the metadata table of an open session connection as a dict."""
     rows = conn.execute("SELECT name, value FROM meta")
-    return {name: json.loads(value) for name, value in rows}
+    return {name: decode_metadata(name, value, path) for name, value in rows}
+
+
+def decode_metadata(name: Any, text: Any, path: str) -> Any:
+    """Parse one metadata entry (JSON text), or raise CorruptSessionError."""
+    if type(name) is not str or type(text) is not str:
+        found = type(text if type(name) is str else name).__name__
+        raise CorruptSessionError(path, f"metadata entry {name!r:.40} holds {found}, not text")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptSessionError(path, f"metadata entry {name!r} is not JSON ({exc})") from exc
+
+
+def decode_created(text: Any, path: str) -> float:
+    """The creation time of a session from its metadata entry 'created'."""
+    created = decode_metadata("created", text, path)
+    if type(created) not in (int, float):
+        raise CorruptSessionError(path, f"metadata entry 'created' is {created!r:.40}, not a time")
+    return float(created)
 
 
 def read_value(
@@ -671,10 +699,25 @@ def read_value(
 
 
 def decode(data: bytes, path: str, session: str, key: str, safe: bool) -> Any:
-    """Unpickle one stored value, turning damaged bytes into CorruptSessionError."""
+    """Unpickle one stored value, turning damaged bytes into CorruptSessionError.
+
+    Unpickling damaged bytes can raise almost any exception type (and in
+    unsafe mode so can the code a pickle runs): each becomes a
+    CorruptSessionError naming the key and the original error.  A
+    MemoryError does only when the pickle is malformed (a damaged length or
+    memo index asks for absurd sizes); from a well-formed pickle it means
+    the value does not fit in the memory left, and stays a MemoryError.
+    """
     try:
         return safepickle.loads(data, safe=safe, session=session, key=key)
     except UnsafeValueError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, IndexError, OverflowError) as exc:
-        raise CorruptSessionError(path, f"cannot unpickle the value: {exc}", key) from exc
+    except MemoryError as exc:
+        reason = safepickle.malformed(data) if type(data) is bytes else "not bytes"
+        if reason is None:
+            raise
+        reason = f"cannot unpickle the value (MemoryError from a malformed pickle: {reason})"
+        raise CorruptSessionError(path, reason, key) from exc
+    except Exception as exc:
+        reason = f"cannot unpickle the value ({type(exc).__name__}: {exc})"
+        raise CorruptSessionError(path, reason, key) from exc
