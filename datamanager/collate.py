@@ -48,6 +48,9 @@ _BATCH = (
 )
 _GONE = object()
 _CREATED = "SELECT value FROM meta WHERE name = 'created'"
+#: Metadata entry of a session migrated from a legacy shelf, written once every
+#: value was read back and compared; only then does the session hide its shelf.
+MIGRATION_VERIFIED = "migration_verified"
 _PREFIXED = "SELECT key FROM items WHERE substr(key, 1, ?) = ? ORDER BY rowid"
 
 
@@ -58,6 +61,9 @@ class SessionEntry:
     name: str
     path: str
     legacy: bool = False
+    #: For a legacy shelf: why the native session of the same name (its
+    #: twin) does not replace it, so that collation reads the shelf instead.
+    twin_problem: str | None = None
 
     def open(self, safe: bool = False) -> SessionReader:
         """Open the session read-only."""
@@ -69,7 +75,10 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
 
     Files that belong to no session are skipped with one
     :class:`~datamanager.errors.DataManagerWarning` each.  A legacy shelf whose
-    name also has a native session (it was migrated) is left out.
+    name also has a native session is left out only if that twin records a
+    verified migration; otherwise the twin is left out, with one warning (a
+    killed ``migrate()`` leaves an empty or partial twin, and hiding the shelf
+    behind it would hide all its keys).
     """
     try:
         with os.scandir(basepath) as it:
@@ -96,17 +105,22 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
                           if name.endswith(s) and name[: -len(s)] in names), None)  # fmt: skip
             legacy.setdefault(owner or (stem if ext in _DBM_SUFFIXES else name), []).append(name)
     for stem, files in sorted(legacy.items()):
-        if stem in native:
-            continue  # migrated: the native session replaces it
         path = os.path.join(basepath, stem)
+        problem = None
+        if stem in native:
+            problem = _twin_problem(path, path + SESSION_SUFFIX)
+            if problem is None:
+                continue  # migrated and verified: the native session replaces it
         try:
             kind = dbm.whichdb(path) or _is_sqlite(path)
         except OSError:
             kind = None
         if kind:
-            entries.append(SessionEntry(stem, path, legacy=True))
-        else:
+            entries.append(SessionEntry(stem, path, legacy=True, twin_problem=problem))
+        elif stem not in native:
             stray.extend(files)
+    unverified = {e.name for e in entries if e.twin_problem}
+    entries = [e for e in entries if e.legacy or e.name not in unverified]
     if warn:
         for name in sorted(stray):
             warnings.warn(
@@ -114,7 +128,31 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
                 DataManagerWarning,
                 stacklevel=3,
             )
+        for entry in entries:
+            if entry.twin_problem:
+                warnings.warn(f"{entry.path}{SESSION_SUFFIX}: {entry.twin_problem}",
+                              DataManagerWarning, stacklevel=3)  # fmt: skip
     return entries
+
+
+def _twin_problem(shelf: str, twin: str) -> str | None:
+    """Why the native session *twin* does not replace the legacy *shelf*, or None.
+
+    Only a twin whose metadata records a verified migration replaces its
+    shelf: ``migrate()`` writes that entry in its last commit, after reading
+    every value back.
+    """
+    try:
+        with SessionEntry(os.path.basename(shelf), twin).open(safe=True) as reader:
+            if MIGRATION_VERIFIED in reader.metadata:
+                return None
+        why = "it records no verified copy (migrate() was interrupted, or is still running)"
+    except (OSError, ValueError) as exc:  # CorruptSessionError, or a damaged metadata cell
+        why = f"it cannot be read ({getattr(exc, 'reason', exc)})"
+    return (
+        f"incomplete migration of legacy shelf {shelf}: {why}; collation reads "
+        "the shelf meanwhile; run migrate() again"
+    )
 
 
 class SessionReader:

@@ -6,14 +6,15 @@ import os
 import pickle
 import pickletools
 import shutil
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .collate import SessionReader, find_sessions
+from .collate import MIGRATION_VERIFIED, SessionReader, find_sessions
 from .errors import CorruptSessionError, DataManagerError
-from .session import blob_dir
+from .session import SESSION_SUFFIX, Session, blob_dir
 
 if TYPE_CHECKING:
     from .manager import DataManager, Problem
@@ -27,15 +28,19 @@ def verify(dm: DataManager) -> list[Problem]:
     Checks the SQLite store (``PRAGMA quick_check``), that every side file is
     present, whole and a valid ``.npy`` file, that every stored pickle is well
     formed (parsed with :mod:`pickletools`, never executed), and that legacy
-    shelves can be read.  Also reports side files that no key refers to and
-    that are older than :data:`ORPHAN_AGE` seconds: a writer killed between
-    writing a large array and committing its key leaves one; it holds no
-    key's value and can be deleted.  Nothing is modified.
+    shelves can be read.  Reports the native session of an interrupted
+    :func:`migrate` (collation reads its shelf instead), and side files that
+    no key refers to and that are older than :data:`ORPHAN_AGE` seconds: a
+    writer killed between writing a large array and committing its key
+    leaves one; it holds no key's value and can be deleted.  Nothing is
+    modified.
     """
     from .manager import Problem
 
     problems: list[Problem] = []
     for entry in find_sessions(dm.basepath, warn=False):
+        if entry.twin_problem:
+            problems.append(Problem(entry.path + SESSION_SUFFIX, entry.twin_problem))
         try:
             with entry.open(safe=True) as reader:
                 problems.extend(Problem(path, msg) for path, msg in _check(reader))
@@ -115,10 +120,14 @@ def _check_npy(path: str, expected_size: int) -> str | None:
 def migrate(dm: DataManager) -> list[str]:
     """Convert every legacy shelf of *dm* into a native session of the same name.
 
-    Each value is copied, then the new session is read back and compared
-    with the shelf value by value; only then does the session count as
-    migrated.  The shelf files are never deleted or changed: once its native
-    twin exists, collation reads the native session and ignores the shelf.
+    Each value is copied in one transaction, then the new session is read
+    back and compared with the shelf value by value; only then does a last
+    commit record the migration as verified (metadata ``migration_verified``,
+    beside ``migrated_from``).  Collation reads the native session and
+    ignores the shelf once, and only once, that record exists: a migration
+    killed at any point leaves the shelf in use, with a warning that names
+    the incomplete native session, which :func:`verify` reports too and the
+    next ``migrate()`` replaces.  The shelf files are never deleted or changed.
 
     Returns
     -------
@@ -130,13 +139,18 @@ def migrate(dm: DataManager) -> list[str]:
     DataManagerError
         If a value read back differs from the original; the partial native
         session is removed and the shelf stays in use.
+    CorruptSessionError
+        If an incomplete native session is damaged beyond what SQLite
+        recovers: it is left in place for the user to move away.
     """
     migrated = []
     for entry in find_sessions(dm.basepath, warn=False):
         if not entry.legacy:
             continue
+        target = dm.session(entry.name)
+        if entry.twin_problem and not _discard_unverified(target):
+            continue  # verified after all: the reader could not tell, the writer can
         with entry.open(dm.safe) as shelf:
-            target = dm.session(entry.name)
             try:
                 with target.transaction():
                     for key, value in shelf.items():
@@ -144,12 +158,35 @@ def migrate(dm: DataManager) -> list[str]:
                     target.update_metadata({"created": shelf.created, "migrated_from": entry.path})
                 target.close()
                 _compare(shelf, target.path, dm.safe)
+                target.update_metadata({MIGRATION_VERIFIED: time.time()})
             except BaseException:
                 target.close()
                 _remove_session(target.path)
                 raise
+            target.close()
         migrated.append(entry.name)
     return migrated
+
+
+def _discard_unverified(twin: Session) -> bool:
+    """Remove *twin* unless it records a verified migration; return whether it was removed.
+
+    Opened as a writer, which rolls back what a killed transaction left
+    (a hot journal makes a read-only reader fail), so the answer is sure.
+    """
+    try:
+        with twin:
+            if MIGRATION_VERIFIED in twin.metadata:
+                return False
+    except (CorruptSessionError, sqlite3.DatabaseError, ValueError) as exc:
+        raise CorruptSessionError(
+            twin.path,
+            f"unreadable native session of an unverified migration "
+            f"({getattr(exc, 'reason', exc)}); move it "
+            "away and run migrate() again",
+        ) from exc
+    _remove_session(twin.path)
+    return True
 
 
 def _compare(shelf: SessionReader, path: str, safe: bool) -> None:
@@ -182,9 +219,12 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _remove_session(path: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    # The database goes last, so that a kill part way leaves no companion
+    # without it: a stale -wal or -journal would be replayed into the next
+    # session of that name, and a lone side folder would be a stray.
+    shutil.rmtree(blob_dir(path), ignore_errors=True)
+    for suffix in ("-wal", "-shm", "-journal", ""):
         try:
             os.unlink(path + suffix)
         except FileNotFoundError:
             pass
-    shutil.rmtree(blob_dir(path), ignore_errors=True)

@@ -1,0 +1,193 @@
+"""Migrating legacy shelves: a migrate() killed at any moment hides no shelf key."""
+
+from __future__ import annotations
+
+import dbm.dumb
+import os
+import random
+import shelve
+import shutil
+import sqlite3
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamanager import CorruptSessionError, DataManager, DataManagerWarning
+from datamanager.session import blob_dir
+
+from conftest import IN_CI, start_python, stress_size
+
+MIGRATOR = """
+import sys
+from datamanager import DataManager
+dm = DataManager("sweep", sys.argv[1], journal_mode=sys.argv[2])
+print("migrating", flush=True)
+print(dm.migrate(), flush=True)
+"""
+#: Kills that must land while the native twin exists unverified, per journal mode.
+WANTED = 1 if IN_CI else 2
+MAX_ATTEMPTS = 20
+
+
+def _shelf_values(n: int) -> dict:
+    values = {f"k/{i:05d}": [i, i / 7] for i in range(n)}
+    values["big"] = np.arange(150_000.0)  # over the side-file threshold: <name>.blobs/
+    return values
+
+
+def _run(base: Path, journal_mode: str, kill_after: int | None) -> tuple[int, int | None]:
+    """Migrate *base* in a child; SIGKILL it *kill_after* polls after the twin appears.
+
+    Returns the number of polls from the twin's appearance to the child's exit
+    (when not killed) and its exit status.
+    """
+    twin = base / "old.sqlite"
+    proc = start_python(MIGRATOR, str(base.parent), journal_mode)
+    try:
+        assert proc.stdout.readline() == "migrating\n", proc.stderr.read()
+        while not twin.exists() and proc.poll() is None:
+            pass
+        polls = 0
+        # Polling the directory is the randomised amount of work that moves
+        # the kill along the migration: no clock decides where it lands.
+        while proc.poll() is None and (kill_after is None or polls < kill_after):
+            twin.exists()
+            polls += 1
+        proc.kill()
+        _, err = proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode in (0, -9), err
+    return polls, proc.returncode
+
+
+def _verified(twin: Path) -> bool:
+    """Whether *twin* records a verified migration, read straight from SQLite."""
+    try:
+        conn = sqlite3.connect(f"file:{twin}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT 1 FROM meta WHERE name = 'migration_verified'")
+            return row.fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:  # a hot journal, or no table yet: not verified
+        return False
+
+
+def _snapshot(base: Path) -> dict:
+    # Readers of a WAL file take their read locks in its -shm index: it may change.
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+            for p in base.rglob("*") if not p.name.endswith("-shm")}  # fmt: skip
+
+
+def _check_after_kill(base: Path, values: dict) -> bool:
+    """Every shelf key readable with its value; return whether the twin is unverified."""
+    dm = DataManager.from_path(str(base))
+    twin = base / "old.sqlite"
+    incomplete = twin.exists() and not _verified(twin)
+    before = _snapshot(base)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keys = dm.keys()
+        count = dm.itemcount()
+        items = dict(dm.items())
+        files = dm.session_filenames()
+        problems = dm.verify()
+    assert _snapshot(base) == before  # reading never writes
+    assert keys == sorted(values)
+    assert count == len(values)  # the twin is read instead of the shelf, never beside it
+    assert items.keys() == values.keys()
+    assert all(items[k] == v for k, v in values.items() if k != "big")
+    np.testing.assert_array_equal(items["big"], values["big"])
+    messages = [str(w.message) for w in caught]
+    if incomplete:
+        assert files == [str(base / "old")]
+        assert len(messages) == 4, messages  # one per collation call
+        assert all(m.startswith(f"{twin}: incomplete migration") for m in messages), messages
+        [problem] = problems
+        assert problem.path == str(twin) and "incomplete migration" in problem.message
+        assert issubclass(caught[0].category, DataManagerWarning)
+    else:  # no twin (killed while discarding one), or a verified one
+        read = twin if twin.exists() else base / "old"
+        assert (files, messages, problems) == ([str(read)], [], [])
+    return incomplete
+
+
+@pytest.mark.stress
+def test_killed_migrate_hides_no_shelf_key(tmp_path):
+    values = _shelf_values(stress_size(full=20_000, ci=1_000))
+    template = tmp_path / "template" / "sweep.data"
+    template.mkdir(parents=True)
+    with shelve.Shelf(dbm.dumb.open(str(template / "old"), "c")) as sh:
+        sh.update(values)
+    # One migration left to finish gives the length of the window in polls.
+    done = tmp_path / "done" / "sweep.data"
+    shutil.copytree(template, done)
+    span, status = _run(done, "wal", kill_after=None)
+    assert status == 0
+
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    hits = {"wal": 0, "delete": 0}
+    base = None
+    for attempt in range(MAX_ATTEMPTS):
+        # Stop once each journal mode had its kills in the window, with the
+        # last kill leaving an incomplete twin for migrate() to replace.
+        if min(hits.values()) >= WANTED and base is not None:
+            break
+        mode = ("wal", "delete")[attempt % 2]
+        if base is None:
+            base = tmp_path / f"kill{attempt}" / "sweep.data"
+            shutil.copytree(template, base)
+        # A base kept from the last attempt holds an incomplete twin: this
+        # migration first discards it, and may be killed doing so.
+        _run(base, mode, kill_after=rng.randrange(span + 1))
+        if _check_after_kill(base, values):
+            hits[mode] += 1
+        else:
+            base = None
+    assert min(hits.values()) >= WANTED and base, f"kills in the window: {hits} (seed {seed})"
+
+    dm = DataManager.from_path(str(base))
+    assert dm.migrate() == ["old"]
+    assert not _check_after_kill(base, values)
+    # The side files of killed copies went with the twin they belonged to.
+    assert len(os.listdir(blob_dir(str(base / "old.sqlite")))) == 1
+    assert dm.migrate() == []
+    assert not _check_after_kill(done, values)  # the migration left to finish
+
+
+def test_unverified_twin_neither_hides_nor_doubles_the_shelf(dm):
+    os.makedirs(dm.basepath)
+    shelf = os.path.join(dm.basepath, "old")
+    with shelve.Shelf(dbm.dumb.open(shelf, "c")) as sh:
+        sh.update({"a": [1], "b": [2]})
+    with dm.session("old") as twin:  # what a migration killed part way leaves
+        twin["a"] = [1]
+    match = "incomplete migration of legacy shelf .*old: it records no verified copy"
+    with pytest.warns(DataManagerWarning, match=match) as caught:
+        assert dm.get_merged("a") == [1] and dm.get("b") == {"old": [2]}
+    assert len(caught) == 2  # one per collation call
+    [problem] = dm.verify()
+    assert problem.path == twin.path and "run migrate() again" in problem.message
+    assert dm.migrate() == ["old"]
+    assert dm.session_filenames() == [twin.path] and dm.verify() == []
+    assert dm.get_merged("b") == [2]
+
+
+def test_migrate_leaves_an_unreadable_twin_to_the_user(dm):
+    os.makedirs(dm.basepath)
+    with shelve.Shelf(dbm.dumb.open(os.path.join(dm.basepath, "old"), "c")) as sh:
+        sh["a"] = [1]
+    twin = os.path.join(dm.basepath, "old.sqlite")
+    with open(twin, "wb") as f:
+        f.write(b"not a database at all" * 100)
+    with pytest.warns(DataManagerWarning, match="it cannot be read"):
+        assert dm.get("a") == {"old": [1]}
+    with pytest.raises(CorruptSessionError, match="move it away"):
+        dm.migrate()
+    assert os.path.getsize(twin) == 2100  # nothing deleted that could not be read
