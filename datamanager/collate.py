@@ -13,7 +13,7 @@ import os
 import sqlite3
 import urllib.parse
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -32,7 +32,7 @@ from .session import (
     read_value,
 )
 
-__all__ = ["SessionEntry", "SessionReader", "find_sessions", "merge_values"]
+__all__ = ["SessionEntry", "SessionReader", "find_sessions", "merge_values", "twin_state"]
 
 Match = Union[str, Callable[[str], bool]]
 
@@ -61,8 +61,8 @@ class SessionEntry:
     name: str
     path: str
     legacy: bool = False
-    #: For a legacy shelf: why the native session of the same name (its
-    #: twin) does not replace it, so that collation reads the shelf instead.
+    #: For a legacy shelf beside a native session of the same name (its
+    #: twin) that does not replace it: why not.  Collation reads the shelf.
     twin_problem: str | None = None
 
     def open(self, safe: bool = False) -> SessionReader:
@@ -76,9 +76,9 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
     Files that belong to no session are skipped with one
     :class:`~datamanager.errors.DataManagerWarning` each.  A legacy shelf whose
     name also has a native session is left out only if that twin records a
-    verified migration; otherwise the twin is left out, with one warning (a
-    killed ``migrate()`` leaves an empty or partial twin, and hiding the shelf
-    behind it would hide all its keys).
+    verified migration (see :func:`twin_state`); otherwise the shelf is read,
+    with one warning, and the twin too unless an interrupted ``migrate()``
+    left it (it then holds nothing the shelf does not).
     """
     try:
         with os.scandir(basepath) as it:
@@ -104,23 +104,24 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
             owner = next((name[: -len(s)] for s in _SQLITE_COMPANIONS  # a dbm.sqlite3
                           if name.endswith(s) and name[: -len(s)] in names), None)  # fmt: skip
             legacy.setdefault(owner or (stem if ext in _DBM_SUFFIXES else name), []).append(name)
+    incomplete: set[str] = set()
     for stem, files in sorted(legacy.items()):
         path = os.path.join(basepath, stem)
-        problem = None
-        if stem in native:
-            problem = _twin_problem(path, path + SESSION_SUFFIX)
-            if problem is None:
-                continue  # migrated and verified: the native session replaces it
         try:
             kind = dbm.whichdb(path) or _is_sqlite(path)
         except OSError:
             kind = None
-        if kind:
-            entries.append(SessionEntry(stem, path, legacy=True, twin_problem=problem))
-        elif stem not in native:
-            stray.extend(files)
-    unverified = {e.name for e in entries if e.twin_problem}
-    entries = [e for e in entries if e.legacy or e.name not in unverified]
+        if not kind:
+            if stem not in native:
+                stray.extend(files)
+            continue
+        state, problem = _twin_state(path) if stem in native else ("", None)
+        if state == "verified":
+            continue  # migrated: the native session replaces it
+        if state == "incomplete":
+            incomplete.add(stem)
+        entries.append(SessionEntry(stem, path, legacy=True, twin_problem=problem))
+    entries = [e for e in entries if e.legacy or e.name not in incomplete]
     if warn:
         for name in sorted(stray):
             warnings.warn(
@@ -135,24 +136,43 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
     return entries
 
 
-def _twin_problem(shelf: str, twin: str) -> str | None:
-    """Why the native session *twin* does not replace the legacy *shelf*, or None.
+def twin_state(metadata: Mapping[str, Any], keys: int) -> str:
+    """Classify the native session that shares its name with a legacy shelf.
 
-    Only a twin whose metadata records a verified migration replaces its
-    shelf: ``migrate()`` writes that entry in its last commit, after reading
-    every value back.
+    Returns ``'verified'`` for a migration whose every value was read back
+    and compared: it replaces the shelf.  ``'incomplete'`` for what an
+    interrupted ``migrate()`` leaves, no keys yet or a copy not yet verified:
+    the shelf is read instead.  ``'other'`` for a session of its own (Brian
+    named computer sessions as :meth:`DataManager.computer_session` does):
+    both are read.
     """
+    if MIGRATION_VERIFIED in metadata:
+        return "verified"
+    if keys == 0 or "migrated_from" in metadata:
+        return "incomplete"
+    return "other"
+
+
+_TWIN_PROBLEMS = {
+    "incomplete": "incomplete migration of legacy shelf {shelf} (migrate() was interrupted, "
+    "or is still running): collation reads the shelf meanwhile; run migrate() again",
+    "other": "shares its name with legacy shelf {shelf} but is no migration of it: both are "
+    "read, under one name; rename the shelf's files to tell them apart",
+}
+
+
+def _twin_state(shelf: str) -> tuple[str, str | None]:
+    """The :func:`twin_state` of the native session named like *shelf*, and its problem."""
+    twin = shelf + SESSION_SUFFIX
     try:
         with SessionEntry(os.path.basename(shelf), twin).open(safe=True) as reader:
-            if MIGRATION_VERIFIED in reader.metadata:
-                return None
-        why = "it records no verified copy (migrate() was interrupted, or is still running)"
+            state = twin_state(reader.metadata, len(reader))
     except (OSError, ValueError) as exc:  # CorruptSessionError, or a damaged metadata cell
-        why = f"it cannot be read ({getattr(exc, 'reason', exc)})"
-    return (
-        f"incomplete migration of legacy shelf {shelf}: {why}; collation reads "
-        "the shelf meanwhile; run migrate() again"
-    )
+        return "unreadable", (
+            f"cannot be read ({getattr(exc, 'reason', exc)}), so it shows no verified "
+            f"migration of legacy shelf {shelf}: collation reads the shelf; run migrate() again"
+        )
+    return state, (None if state == "verified" else _TWIN_PROBLEMS[state].format(shelf=shelf))
 
 
 class SessionReader:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .collate import MIGRATION_VERIFIED, SessionReader, find_sessions
+from .collate import MIGRATION_VERIFIED, SessionReader, find_sessions, twin_state
 from .errors import CorruptSessionError, DataManagerError
 from .session import SESSION_SUFFIX, Session, blob_dir
 
@@ -127,7 +127,10 @@ def migrate(dm: DataManager) -> list[str]:
     ignores the shelf once, and only once, that record exists: a migration
     killed at any point leaves the shelf in use, with a warning that names
     the incomplete native session, which :func:`verify` reports too and the
-    next ``migrate()`` replaces.  The shelf files are never deleted or changed.
+    next ``migrate()`` replaces.  A native session of a shelf's name that is
+    no migration of it (Brian named computer sessions as this library does)
+    is left alone, and so is that shelf.  The shelf files are never deleted
+    or changed.
 
     Returns
     -------
@@ -139,8 +142,10 @@ def migrate(dm: DataManager) -> list[str]:
     DataManagerError
         If a value read back differs from the original; the partial native
         session is removed and the shelf stays in use.
+        The same if the native session of an interrupted migration holds keys
+        the shelf does not (written into it since): it is left in place.
     CorruptSessionError
-        If an incomplete native session is damaged beyond what SQLite
+        If a native session of a shelf's name is damaged beyond what SQLite
         recovers: it is left in place for the user to move away.
     """
     migrated = []
@@ -148,9 +153,9 @@ def migrate(dm: DataManager) -> list[str]:
         if not entry.legacy:
             continue
         target = dm.session(entry.name)
-        if entry.twin_problem and not _discard_unverified(target):
-            continue  # verified after all: the reader could not tell, the writer can
         with entry.open(dm.safe) as shelf:
+            if entry.twin_problem and not _discard_incomplete(target, shelf):
+                continue  # verified after all, or a session of its own
             try:
                 with target.transaction():
                     for key, value in shelf.items():
@@ -168,23 +173,31 @@ def migrate(dm: DataManager) -> list[str]:
     return migrated
 
 
-def _discard_unverified(twin: Session) -> bool:
-    """Remove *twin* unless it records a verified migration; return whether it was removed.
+def _discard_incomplete(twin: Session, shelf: SessionReader) -> bool:
+    """Remove *twin* if an interrupted migration of *shelf* left it; say whether it did.
 
-    Opened as a writer, which rolls back what a killed transaction left
-    (a hot journal makes a read-only reader fail), so the answer is sure.
+    Opened as a writer, which recovers what a killed transaction left (a hot
+    journal stops a read-only reader), so the answer is sure.  A verified
+    twin or a session of its own stays, and so does a twin holding keys the
+    shelf does not (written into it since): that is no mere copy.
     """
     try:
         with twin:
-            if MIGRATION_VERIFIED in twin.metadata:
-                return False
+            state = twin_state(twin.metadata, len(twin))
+            extra = sorted(set(twin) - set(shelf.keys()))
     except (CorruptSessionError, sqlite3.DatabaseError, ValueError) as exc:
         raise CorruptSessionError(
             twin.path,
-            f"unreadable native session of an unverified migration "
-            f"({getattr(exc, 'reason', exc)}); move it "
-            "away and run migrate() again",
+            f"cannot tell whether it is a migration of {shelf.path} "
+            f"({getattr(exc, 'reason', exc)}); move it away and run migrate() again",
         ) from exc
+    if state != "incomplete":
+        return False
+    if extra:
+        raise DataManagerError(
+            f"migration of {shelf.path}: {twin.path} holds {len(extra)} keys the shelf "
+            f"does not ({extra[0]!r}, ...); move it away and run migrate() again"
+        )
     _remove_session(twin.path)
     return True
 

@@ -120,19 +120,20 @@ def _check_after_kill(base: Path, values: dict) -> bool:
     np.testing.assert_array_equal(big["old"], values["big"])
     np.testing.assert_array_equal(items["big"], values["big"])
     messages = [str(w.message) for w in caught]
-    # A writer killed while closing a verified twin may leave a hot journal,
-    # which a read-only reader may not know how to recover: it must then read
-    # the shelf, as for an incomplete twin.
-    hot = os.path.exists(f"{twin}-journal") and messages
-    if incomplete or hot:
+    assert all(w.category is DataManagerWarning and str(twin) in str(w.message) for w in caught)
+    # A killed writer may leave a hot journal, which a read-only reader may
+    # not know how to recover: it must then read the shelf all the same.
+    unreadable = any("cannot be read" in m for m in messages)
+    assert not unreadable or os.path.exists(f"{twin}-journal"), messages
+    if incomplete or unreadable:
         assert files == [str(base / "old")]
+        assert problems and {p.path for p in problems} == {str(twin)}
+    if incomplete and not unreadable:
         assert len(messages) == 4, messages  # one per collation call
         assert all(m.startswith(f"{twin}: incomplete migration") for m in messages), messages
-        assert incomplete or all("it cannot be read" in m for m in messages), messages
         [problem] = problems
-        assert problem.path == str(twin) and "incomplete migration" in problem.message
-        assert issubclass(caught[0].category, DataManagerWarning)
-    else:  # no twin (killed while discarding one), or a verified one
+        assert "incomplete migration" in problem.message
+    elif not incomplete and not unreadable:  # no twin (killed removing it), or a verified one
         read = twin if twin.exists() else base / "old"
         assert (files, messages, problems) == ([str(read)], [], [])
     return incomplete
@@ -182,33 +183,53 @@ def test_killed_migrate_hides_no_shelf_key(tmp_path):
     assert not _check_after_kill(done, values)  # the migration left to finish
 
 
-def test_unverified_twin_neither_hides_nor_doubles_the_shelf(dm):
+def _shelf_and_twin(dm, twin_meta=None):
     os.makedirs(dm.basepath)
     shelf = os.path.join(dm.basepath, "old")
     with shelve.Shelf(dbm.dumb.open(shelf, "c")) as sh:
         sh.update({"a": [1], "b": [2]})
-    with dm.session("old") as twin:  # what a migration killed part way leaves
+    with dm.session("old") as twin:
         twin["a"] = [1]
-    match = "incomplete migration of legacy shelf .*old: it records no verified copy"
+        if twin_meta:
+            twin.update_metadata(twin_meta)
+    return shelf, twin.path
+
+
+def test_unverified_twin_neither_hides_nor_doubles_the_shelf(dm):
+    # What a migration killed between its copy and the end of its check leaves.
+    _, twin = _shelf_and_twin(dm, {"migrated_from": "old"})
+    match = "incomplete migration of legacy shelf .*old .migrate.. was interrupted"
     with pytest.warns(DataManagerWarning, match=match) as caught:
         assert dm.get_merged("a") == [1] and dm.get("b") == {"old": [2]}
     assert len(caught) == 2  # one per collation call
     [problem] = dm.verify()
-    assert problem.path == twin.path and "run migrate() again" in problem.message
+    assert problem.path == twin and "run migrate() again" in problem.message
     assert dm.migrate() == ["old"]
-    assert dm.session_filenames() == [twin.path] and dm.verify() == []
+    assert dm.session_filenames() == [twin] and dm.verify() == []
     assert dm.get_merged("b") == [2]
 
 
+def test_a_session_of_its_own_named_like_a_shelf_hides_neither(dm):
+    # Brian named its computer sessions <user>.<host>, as computer_session() does.
+    shelf, twin = _shelf_and_twin(dm)
+    with pytest.warns(DataManagerWarning, match="is no migration of it") as caught:
+        assert dm.get_merged("b") == [2] and dm.get("a") == {"old": [1]}
+        assert sorted(dm.session_filenames()) == [shelf, twin]
+    assert len(caught) == 3
+    [problem] = dm.verify()
+    assert problem.path == twin and "rename the shelf's files" in problem.message
+    assert dm.migrate() == []  # leaves both alone
+    assert sorted(os.listdir(dm.basepath)) == ["old.bak", "old.dat", "old.dir", "old.sqlite"]
+
+
 def test_migrate_leaves_an_unreadable_twin_to_the_user(dm):
-    os.makedirs(dm.basepath)
-    with shelve.Shelf(dbm.dumb.open(os.path.join(dm.basepath, "old"), "c")) as sh:
-        sh["a"] = [1]
-    twin = os.path.join(dm.basepath, "old.sqlite")
+    _, twin = _shelf_and_twin(dm)
     with open(twin, "wb") as f:
         f.write(b"not a database at all" * 100)
-    with pytest.warns(DataManagerWarning, match="it cannot be read"):
-        assert dm.get("a") == {"old": [1]}
+    with pytest.warns(DataManagerWarning, match="old.sqlite") as caught:
+        assert dm.get("b") == {"old": [2]}
+    assert ["cannot be read" in str(w.message) for w in caught] == [True, False]
+    assert {p.path for p in dm.verify()} == {twin}
     with pytest.raises(CorruptSessionError, match="move it away"):
         dm.migrate()
     assert os.path.getsize(twin) == 2100  # nothing deleted that could not be read
