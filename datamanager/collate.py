@@ -136,19 +136,23 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
     return entries
 
 
-def twin_state(metadata: Mapping[str, Any], keys: int) -> str:
+def twin_state(
+    metadata: Mapping[str, Any], keys: list[str], shelf_keys: Callable[[], list[str]]
+) -> str:
     """Classify the native session that shares its name with a legacy shelf.
 
-    Returns ``'verified'`` for a migration whose every value was read back
-    and compared: it replaces the shelf.  ``'incomplete'`` for what an
-    interrupted ``migrate()`` leaves, no keys yet or a copy not yet verified:
-    the shelf is read instead.  ``'other'`` for a session of its own (Brian
-    named computer sessions as :meth:`DataManager.computer_session` does):
-    both are read.
+    Takes the session's *metadata* and *keys*, and a callable returning the
+    shelf's keys (read only when needed).  Returns ``'verified'`` for a
+    migration whose every value was read back and compared: it replaces the
+    shelf.  ``'incomplete'`` for what an interrupted ``migrate()`` leaves, no
+    keys yet or an unverified copy of the shelf's keys: the shelf is read
+    instead.  ``'other'`` for a session holding data of its own (Brian named
+    computer sessions as :meth:`DataManager.computer_session` does): both are
+    read.
     """
     if MIGRATION_VERIFIED in metadata:
         return "verified"
-    if keys == 0 or "migrated_from" in metadata:
+    if not keys or ("migrated_from" in metadata and set(keys) <= set(shelf_keys())):
         return "incomplete"
     return "other"
 
@@ -156,23 +160,31 @@ def twin_state(metadata: Mapping[str, Any], keys: int) -> str:
 _TWIN_PROBLEMS = {
     "incomplete": "incomplete migration of legacy shelf {shelf} (migrate() was interrupted, "
     "or is still running): collation reads the shelf meanwhile; run migrate() again",
-    "other": "shares its name with legacy shelf {shelf} but is no migration of it: both are "
-    "read, under one name; rename the shelf's files to tell them apart",
+    "other": "shares its name with legacy shelf {shelf} but holds data of its own: both "
+    "are read, under one name; rename the shelf's files to tell them apart",
 }
 
 
 def _twin_state(shelf: str) -> tuple[str, str | None]:
     """The :func:`twin_state` of the native session named like *shelf*, and its problem."""
-    twin = shelf + SESSION_SUFFIX
+    twin, name = shelf + SESSION_SUFFIX, os.path.basename(shelf)
     try:
-        with SessionEntry(os.path.basename(shelf), twin).open(safe=True) as reader:
-            state = twin_state(reader.metadata, len(reader))
+        with SessionEntry(name, twin).open(safe=True) as reader:
+            state = twin_state(reader.metadata, reader.keys(), lambda: _shelf_keys(name, shelf))
     except (OSError, ValueError) as exc:  # CorruptSessionError, or a damaged metadata cell
         return "unreadable", (
             f"cannot be read ({getattr(exc, 'reason', exc)}), so it shows no verified "
             f"migration of legacy shelf {shelf}: collation reads the shelf; run migrate() again"
         )
     return state, (None if state == "verified" else _TWIN_PROBLEMS[state].format(shelf=shelf))
+
+
+def _shelf_keys(name: str, path: str) -> list[str]:
+    try:
+        with SessionEntry(name, path, legacy=True).open(safe=True) as shelf:
+            return shelf.keys()
+    except CorruptSessionError:
+        return []  # reported where the shelf itself is read
 
 
 class SessionReader:

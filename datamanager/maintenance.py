@@ -28,12 +28,12 @@ def verify(dm: DataManager) -> list[Problem]:
     Checks the SQLite store (``PRAGMA quick_check``), that every side file is
     present, whole and a valid ``.npy`` file, that every stored pickle is well
     formed (parsed with :mod:`pickletools`, never executed), and that legacy
-    shelves can be read.  Reports the native session of an interrupted
-    :func:`migrate` (collation reads its shelf instead), and side files that
-    no key refers to and that are older than :data:`ORPHAN_AGE` seconds: a
-    writer killed between writing a large array and committing its key
-    leaves one; it holds no key's value and can be deleted.  Nothing is
-    modified.
+    shelves can be read.  Reports a native session that shares a shelf's
+    name without replacing it (an interrupted :func:`migrate` leaves one),
+    and side files that no key refers to and that are older than
+    :data:`ORPHAN_AGE` seconds: a writer killed between writing a large
+    array and committing its key leaves one; it holds no key's value and
+    can be deleted.  Nothing is modified.
     """
     from .manager import Problem
 
@@ -127,10 +127,10 @@ def migrate(dm: DataManager) -> list[str]:
     ignores the shelf once, and only once, that record exists: a migration
     killed at any point leaves the shelf in use, with a warning that names
     the incomplete native session, which :func:`verify` reports too and the
-    next ``migrate()`` replaces.  A native session of a shelf's name that is
-    no migration of it (Brian named computer sessions as this library does)
-    is left alone, and so is that shelf.  The shelf files are never deleted
-    or changed.
+    next ``migrate()`` replaces.  A native session of a shelf's name that
+    holds data of its own (Brian named computer sessions as this library
+    does) is left alone, and so is that shelf.  The shelf files are never
+    deleted or changed.
 
     Returns
     -------
@@ -142,8 +142,6 @@ def migrate(dm: DataManager) -> list[str]:
     DataManagerError
         If a value read back differs from the original; the partial native
         session is removed and the shelf stays in use.
-        The same if the native session of an interrupted migration holds keys
-        the shelf does not (written into it since): it is left in place.
     CorruptSessionError
         If a native session of a shelf's name is damaged beyond what SQLite
         recovers: it is left in place for the user to move away.
@@ -178,13 +176,11 @@ def _discard_incomplete(twin: Session, shelf: SessionReader) -> bool:
 
     Opened as a writer, which recovers what a killed transaction left (a hot
     journal stops a read-only reader), so the answer is sure.  A verified
-    twin or a session of its own stays, and so does a twin holding keys the
-    shelf does not (written into it since): that is no mere copy.
+    twin, or one holding data of its own, stays.
     """
     try:
         with twin:
-            state = twin_state(twin.metadata, len(twin))
-            extra = sorted(set(twin) - set(shelf.keys()))
+            state = twin_state(twin.metadata, list(twin), shelf.keys)
     except (CorruptSessionError, sqlite3.DatabaseError, ValueError) as exc:
         raise CorruptSessionError(
             twin.path,
@@ -193,11 +189,6 @@ def _discard_incomplete(twin: Session, shelf: SessionReader) -> bool:
         ) from exc
     if state != "incomplete":
         return False
-    if extra:
-        raise DataManagerError(
-            f"migration of {shelf.path}: {twin.path} holds {len(extra)} keys the shelf "
-            f"does not ({extra[0]!r}, ...); move it away and run migrate() again"
-        )
     _remove_session(twin.path)
     return True
 

@@ -212,7 +212,7 @@ def test_unverified_twin_neither_hides_nor_doubles_the_shelf(dm):
 def test_a_session_of_its_own_named_like_a_shelf_hides_neither(dm):
     # Brian named its computer sessions <user>.<host>, as computer_session() does.
     shelf, twin = _shelf_and_twin(dm)
-    with pytest.warns(DataManagerWarning, match="is no migration of it") as caught:
+    with pytest.warns(DataManagerWarning, match="holds data of its own") as caught:
         assert dm.get_merged("b") == [2] and dm.get("a") == {"old": [1]}
         assert sorted(dm.session_filenames()) == [shelf, twin]
     assert len(caught) == 3
@@ -220,6 +220,16 @@ def test_a_session_of_its_own_named_like_a_shelf_hides_neither(dm):
     assert problem.path == twin and "rename the shelf's files" in problem.message
     assert dm.migrate() == []  # leaves both alone
     assert sorted(os.listdir(dm.basepath)) == ["old.bak", "old.dat", "old.dir", "old.sqlite"]
+
+
+def test_keys_written_into_an_unverified_twin_stay_visible(dm):
+    shelf, twin = _shelf_and_twin(dm, {"migrated_from": "old"})
+    with dm.session("old") as s:
+        s["c"] = [3]  # a computer session of that name, after a killed migration
+    assert dm.migrate() == []  # a copy no more: left alone
+    with pytest.warns(DataManagerWarning, match="holds data of its own"):
+        assert dm.get("c") == {"old": [3]} and dm.get_merged("b") == [2]
+        assert sorted(dm.session_filenames()) == [shelf, twin]
 
 
 def test_migrate_leaves_an_unreadable_twin_to_the_user(dm):
