@@ -107,20 +107,19 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
     incomplete: set[str] = set()
     for stem, files in sorted(legacy.items()):
         path = os.path.join(basepath, stem)
+        state, problem = _twin_state(path) if stem in native else ("", None)
+        if state == "verified":
+            continue  # migrated: the native session replaces it
         try:
             kind = dbm.whichdb(path) or _is_sqlite(path)
         except OSError:
             kind = None
-        if not kind:
-            if stem not in native:
-                stray.extend(files)
-            continue
-        state, problem = _twin_state(path) if stem in native else ("", None)
-        if state == "verified":
-            continue  # migrated: the native session replaces it
-        if state == "incomplete":
-            incomplete.add(stem)
-        entries.append(SessionEntry(stem, path, legacy=True, twin_problem=problem))
+        if kind:
+            entries.append(SessionEntry(stem, path, legacy=True, twin_problem=problem))
+            if state == "incomplete":
+                incomplete.add(stem)
+        elif stem not in native:
+            stray.extend(files)
     entries = [e for e in entries if e.legacy or e.name not in incomplete]
     if warn:
         for name in sorted(stray):
