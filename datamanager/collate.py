@@ -12,7 +12,7 @@ import dbm
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -35,7 +35,7 @@ from .session import (
     side_path,
 )
 
-__all__ = ["SessionEntry", "SessionReader", "find_sessions", "merge_values"]
+__all__ = ["SessionEntry", "SessionReader", "find_sessions", "merge_values", "twin_state"]
 
 Match = Union[str, Callable[[str], bool]]
 OnError = Callable[[CorruptSessionError], None]
@@ -52,6 +52,9 @@ _BATCH = (
 )
 _GONE = object()
 _CREATED = "SELECT value FROM meta WHERE name = 'created'"
+#: Metadata entry of a session migrated from a legacy shelf, written once every
+#: value was read back and compared; only then does the session hide its shelf.
+MIGRATION_VERIFIED = "migration_verified"
 _PREFIXED = "SELECT key FROM items WHERE substr(key, 1, ?) = ? ORDER BY rowid"
 
 
@@ -62,6 +65,9 @@ class SessionEntry:
     name: str
     path: str
     legacy: bool = False
+    #: For a legacy shelf beside a native session of the same name (its
+    #: twin) that does not replace it: why not.  Collation reads the shelf.
+    twin_problem: str | None = None
 
     def open(self, safe: bool = False) -> SessionReader:
         """Open the session read-only."""
@@ -73,7 +79,10 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
 
     Files that belong to no session are skipped with one
     :class:`~datamanager.errors.DataManagerWarning` each.  A legacy shelf whose
-    name also has a native session (it was migrated) is left out.
+    name also has a native session is left out only if that twin records a
+    verified migration (see :func:`twin_state`); otherwise the shelf is read,
+    with one warning, and the twin too unless an interrupted ``migrate()``
+    left it (it then holds nothing the shelf does not).
     """
     try:
         with os.scandir(basepath) as it:
@@ -99,22 +108,81 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
             owner = next((name[: -len(s)] for s in _SQLITE_COMPANIONS  # a dbm.sqlite3
                           if name.endswith(s) and name[: -len(s)] in names), None)  # fmt: skip
             legacy.setdefault(owner or (stem if ext in _DBM_SUFFIXES else name), []).append(name)
+    incomplete: set[str] = set()
     for stem, files in sorted(legacy.items()):
-        if stem in native:
-            continue  # migrated: the native session replaces it
         path = os.path.join(basepath, stem)
+        state, problem = _twin_state(path) if stem in native else ("", None)
+        if state == "verified":
+            continue  # migrated: the native session replaces it
         try:
             kind = dbm.whichdb(path) or _is_sqlite(path)
         except OSError:
             kind = None
         if kind:
-            entries.append(SessionEntry(stem, path, legacy=True))
-        else:
+            entries.append(SessionEntry(stem, path, legacy=True, twin_problem=problem))
+            if state == "incomplete":
+                incomplete.add(stem)
+        elif stem not in native:
             stray.extend(files)
+    entries = [e for e in entries if e.legacy or e.name not in incomplete]
     if warn:
         for name in sorted(stray):
             warn_caller(f"ignoring {os.path.join(basepath, name)}: not a datamanager session")
+        for entry in entries:
+            if entry.twin_problem:
+                warn_caller(f"{entry.path}{SESSION_SUFFIX}: {entry.twin_problem}")
     return entries
+
+
+def twin_state(
+    metadata: Mapping[str, Any], keys: list[str], shelf_keys: Callable[[], list[str]]
+) -> str:
+    """Classify the native session that shares its name with a legacy shelf.
+
+    Takes the session's *metadata* and *keys*, and a callable returning the
+    shelf's keys (read only when needed).  Returns ``'verified'`` for a
+    migration whose every value was read back and compared: it replaces the
+    shelf.  ``'incomplete'`` for what an interrupted ``migrate()`` leaves, no
+    keys yet or an unverified copy of the shelf's keys: the shelf is read
+    instead.  ``'other'`` for a session holding data of its own (Brian named
+    computer sessions as :meth:`DataManager.computer_session` does): both are
+    read.
+    """
+    if MIGRATION_VERIFIED in metadata:
+        return "verified"
+    if not keys or ("migrated_from" in metadata and set(keys) <= set(shelf_keys())):
+        return "incomplete"
+    return "other"
+
+
+_TWIN_PROBLEMS = {
+    "incomplete": "incomplete migration of legacy shelf {shelf} (migrate() was interrupted, "
+    "or is still running): collation reads the shelf meanwhile; run migrate() again",
+    "other": "shares its name with legacy shelf {shelf} but holds data of its own: both "
+    "are read, under one name; rename the shelf's files to tell them apart",
+}
+
+
+def _twin_state(shelf: str) -> tuple[str, str | None]:
+    """The :func:`twin_state` of the native session named like *shelf*, and its problem."""
+    twin, name = shelf + SESSION_SUFFIX, os.path.basename(shelf)
+    try:
+        with SessionEntry(name, twin).open(safe=True) as reader:
+            state = twin_state(reader.metadata, reader.keys(), lambda: _shelf_keys(name, shelf))
+    except (OSError, ValueError) as exc:  # CorruptSessionError, or a damaged metadata cell
+        return "unreadable", (
+            f"cannot be read ({getattr(exc, 'reason', exc)}), so it shows no verified "
+            f"migration of legacy shelf {shelf}: collation reads the shelf; run migrate() again"
+        )
+    return state, (None if state == "verified" else _TWIN_PROBLEMS[state].format(shelf=shelf))
+
+
+def _shelf_keys(name: str, path: str) -> list[str]:
+    try:
+        with SessionEntry(name, path, legacy=True).open(safe=True) as shelf:
+            return shelf.keys()
+    except CorruptSessionError:
+        return []  # reported where the shelf itself is read
 
 
 class SessionReader:

@@ -6,16 +6,17 @@ import errno
 import os
 import pickle
 import shutil
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._npyheader import read_npy_header
-from .collate import SessionReader
+from .collate import MIGRATION_VERIFIED, SessionReader, twin_state
 from .errors import CorruptSessionError, DataManagerError, UnsafeValueError
 from .safepickle import malformed
-from .session import BLOB_SUFFIX, SESSION_SUFFIX, blob_dir, decode, is_side_name
+from .session import BLOB_SUFFIX, SESSION_SUFFIX, Session, blob_dir, decode, is_side_name
 
 if TYPE_CHECKING:
     from .manager import DataManager, Problem
@@ -31,9 +32,10 @@ def verify(dm: DataManager) -> list[Problem]:
     stored pickle is well formed (parsed with :mod:`pickletools`) and decodes
     in safe mode (which runs no stored code; values of classes safe mode
     refuses are not unpickled), and that legacy shelves can be read.  A
-    session that cannot be checked is reported, never raised.  Also reports
-    side files that no key refers to and
-    that are older than :data:`ORPHAN_AGE` seconds: a writer killed between
+    session that cannot be checked is reported, never raised.  Reports a
+    native session that shares a shelf's name without replacing it (an
+    interrupted :func:`migrate` leaves one), and side files that no key
+    refers to and that are older than :data:`ORPHAN_AGE` seconds: a writer killed between
     writing a large array and committing its key leaves one; it holds no
     key's value and can be deleted.  A blob folder of no session, as old, is
     reported likewise.  Side-file names in a session's tables that are not
@@ -49,6 +51,8 @@ def verify(dm: DataManager) -> list[Problem]:
         for path in _orphan_folders(dm.basepath)
     ]  # fmt: skip
     for entry in entries:
+        if entry.twin_problem:
+            problems.append(Problem(entry.path + SESSION_SUFFIX, entry.twin_problem))
         try:
             with entry.open(safe=True) as reader:
                 problems.extend(Problem(path, msg) for path, msg in _check(reader))
@@ -188,10 +192,17 @@ def _check_npy(path: str, expected_size: int) -> str | None:
 def migrate(dm: DataManager) -> list[str]:
     """Convert every legacy shelf of *dm* into a native session of the same name.
 
-    Each value is copied, then the new session is read back and compared
-    with the shelf value by value; only then does the session count as
-    migrated.  The shelf files are never deleted or changed: once its native
-    twin exists, collation reads the native session and ignores the shelf.
+    Each value is copied in one transaction, then the new session is read
+    back and compared with the shelf value by value; only then does a last
+    commit record the migration as verified (metadata ``migration_verified``,
+    beside ``migrated_from``).  Collation reads the native session and
+    ignores the shelf once, and only once, that record exists: a migration
+    killed at any point leaves the shelf in use, with a warning that names
+    the incomplete native session, which :func:`verify` reports too and the
+    next ``migrate()`` replaces.  A native session of a shelf's name that
+    holds data of its own (Brian named computer sessions as this library
+    does) is left alone, and so is that shelf.  The shelf files are never
+    deleted or changed.
 
     Returns
     -------
@@ -203,13 +214,18 @@ def migrate(dm: DataManager) -> list[str]:
     DataManagerError
         If a value read back differs from the original; the partial native
         session is removed and the shelf stays in use.
+    CorruptSessionError
+        If a native session of a shelf's name is damaged beyond what SQLite
+        recovers: it is left in place for the user to move away.
     """
     migrated = []
     for entry in dm._entries(warn=False):
         if not entry.legacy:
             continue
+        target = dm.session(entry.name)
         with entry.open(dm.safe) as shelf:
-            target = dm.session(entry.name)
+            if entry.twin_problem and not _discard_incomplete(target, shelf):
+                continue  # verified after all, or a session of its own
             try:
                 with target.transaction():
                     for key, value in shelf.items():
@@ -217,12 +233,36 @@ def migrate(dm: DataManager) -> list[str]:
                     target.update_metadata({"created": shelf.created, "migrated_from": entry.path})
                 target.close()
                 _compare(shelf, target.path, dm.safe)
+                target.update_metadata({MIGRATION_VERIFIED: time.time()})
             except BaseException:
                 target.close()
                 _remove_session(target.path)
                 raise
+            target.close()
         migrated.append(entry.name)
     return migrated
+
+
+def _discard_incomplete(twin: Session, shelf: SessionReader) -> bool:
+    """Remove *twin* if an interrupted migration of *shelf* left it; say whether it did.
+
+    Opened as a writer, which recovers what a killed transaction left (a hot
+    journal stops a read-only reader), so the answer is sure.  A verified
+    twin, or one holding data of its own, stays.
+    """
+    try:
+        with twin:
+            state = twin_state(twin.metadata, list(twin), shelf.keys)
+    except (CorruptSessionError, sqlite3.DatabaseError, ValueError) as exc:
+        raise CorruptSessionError(
+            twin.path,
+            f"cannot tell whether it is a migration of {shelf.path} "
+            f"({getattr(exc, 'reason', exc)}); move it away and run migrate() again",
+        ) from exc
+    if state != "incomplete":
+        return False
+    _remove_session(twin.path)
+    return True
 
 
 def _compare(shelf: SessionReader, path: str, safe: bool) -> None:
@@ -255,9 +295,12 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _remove_session(path: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    # The database goes last, so that a kill part way leaves no companion
+    # without it: a stale -wal or -journal would be replayed into the next
+    # session of that name, and a lone side folder would be a stray.
+    shutil.rmtree(blob_dir(path), ignore_errors=True)
+    for suffix in ("-wal", "-shm", "-journal", ""):
         try:
             os.unlink(path + suffix)
         except FileNotFoundError:
             pass
-    shutil.rmtree(blob_dir(path), ignore_errors=True)
