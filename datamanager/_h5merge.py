@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import mmap
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -104,10 +104,19 @@ class _Stack:
 class Exporter:
     """One export: the open temporary file, the options and the report."""
 
-    def __init__(self, f: Any, dm: Any, options: dict[str, Any], report: Any) -> None:
+    def __init__(
+        self,
+        f: Any,
+        dm: Any,
+        options: dict[str, Any],
+        report: Any,
+        checkpoint: Callable[[], None],
+    ) -> None:
         self.f = f
         self.dm = dm
         self.report = report
+        # Called between writes, where a held-back Ctrl-C may be raised.
+        self.checkpoint = checkpoint
         self.on_unsupported = options["on_unsupported"]
         self.writer = Writer(options["compression"], self.on_unsupported)
         self.merged = options["merged"]
@@ -149,7 +158,7 @@ class Exporter:
         before = len(self.writer.pickled)
         try:
             if type(value) is NpyFile:
-                value.write(group, name, self.writer.compression)
+                value.write(group, name, self.writer.compression, self.checkpoint)
             else:
                 self.writer.write(group, name, value)
         except Unsupported as exc:
@@ -240,6 +249,7 @@ class Exporter:
             value = part if kind == "ndarray" else items_from_array(part, items, kind)
             self.report.values -= 1  # counted again by write_value
             self.write_value(self.sessions[session], unescape_name(session), key, value)
+            self.checkpoint()
         if stack.dataset is not None:
             del self.f["merged"][escape_name(key)]
 
@@ -281,8 +291,10 @@ class Exporter:
                 indexes[rows] = name
             self.report.merged.append(key)
             self.report.stacked.append(key)
+            self.checkpoint()
         for key, sessions in self.demoted.items():
             self.merge_from_file(group, key, sessions)
+            self.checkpoint()
 
     def merge_from_file(self, group: Any, key: str, sessions: list[str]) -> None:
         name = escape_name(key)
@@ -308,6 +320,7 @@ class Exporter:
                 if stop > start:
                     out[start:stop] = o[()]
                 start = stop
+                self.checkpoint()
             self.report.merged.append(key)
             return
         try:
@@ -372,7 +385,9 @@ class NpyFile:
     def load(self) -> np.ndarray:
         return np.load(self.path, allow_pickle=False)
 
-    def write(self, parent: Any, name: str, compression: str | None) -> None:
+    def write(
+        self, parent: Any, name: str, compression: str | None, checkpoint: Callable[[], None]
+    ) -> None:
         """Copy the array into a new dataset ``parent[name]``, window by window.
 
         HDF5 writes straight from a read-only mapping of the file, so the data
@@ -405,3 +420,4 @@ class NpyFile:
                 ds.id.write(h5s.create_simple(part.shape), fspace, part)
                 del part  # the mapping cannot close while an array uses it
                 view.close()
+                checkpoint()

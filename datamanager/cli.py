@@ -1,8 +1,9 @@
 """The ``datamanager`` command line (also ``python -m datamanager``).
 
 ``main(argv) -> int``: 0 on success, 1 for an error (printed as ``Error: ...``
-on stderr), 2 for a usage error.  Data directories are read in safe mode (no
-code stored in them runs) unless ``--unsafe`` is given (issue 4).
+on stderr), 2 for a usage error, 130 when stopped by Ctrl-C.  Data directories
+are read in safe mode (no code stored in them runs) unless ``--unsafe`` is
+given (issue 4).
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (0, 1 error, 2 usage)."""
+    """Run the command line; return the exit status (0, 1 error, 2 usage, 130 Ctrl-C)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -286,4 +287,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT: what shells report for a command stopped by Ctrl-C
     return 1

@@ -43,6 +43,7 @@ from ._h5schema import (
     read,
     unescape_name,
 )
+from ._interrupts import DeferredInterrupt
 from .errors import ExportError
 
 __all__ = [
@@ -313,30 +314,35 @@ def export_hdf5(
     started = time.perf_counter()
     report = ExportReport(path=path)
     options = {"compression": compression, "on_unsupported": on_unsupported, "merged": merged}
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
-    os.close(fd)
-    try:
-        f = h5py.File(tmp, "w", track_order=True)
+    # Ctrl-C is held until a point between values: raised inside h5py it
+    # would be dropped, and it must not cut the clean-up below short.
+    with DeferredInterrupt() as interrupt:
+        prefix = f".{os.path.basename(path)}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=folder)
+        os.close(fd)
         try:
-            _write_file(f, dm, selected, options, report, progress)
-        except BaseException:
+            f = h5py.File(tmp, "w", track_order=True)
             try:
-                f.close()
-            except Exception:
-                pass  # closing a file that failed to grow fails too: report the cause
+                _write_file(f, dm, selected, options, report, progress, interrupt.checkpoint)
+            except BaseException:
+                try:
+                    f.close()
+                except Exception:
+                    pass  # closing a file that failed to grow fails too: report the cause
+                raise
+            f.close()
+            if fsync:
+                _fsync(tmp)
+            interrupt.checkpoint()  # the last moment at which nothing appears
+            _publish(tmp, path, overwrite, fsync)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and not isinstance(exc, ExportError):
+                raise ExportError(path, f"{type(exc).__name__}: {exc}") from exc
             raise
-        f.close()
-        if fsync:
-            _fsync(tmp)
-        _publish(tmp, path, overwrite, fsync)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and not isinstance(exc, ExportError):
-            raise ExportError(path, f"{type(exc).__name__}: {exc}") from exc
-        raise
     report.nbytes = os.path.getsize(path)
     report.seconds = time.perf_counter() - started
     return report
@@ -370,6 +376,7 @@ def _write_file(
     options: dict[str, Any],
     report: ExportReport,
     progress: bool | None,
+    checkpoint: Callable[[], None],
 ) -> None:
     try:
         from . import __version__ as version
@@ -380,13 +387,14 @@ def _write_file(
     f.attrs["export_time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["merged"] = bool(options["merged"])
-    exporter = Exporter(f, dm, options, report)
+    exporter = Exporter(f, dm, options, report, checkpoint)
     for reader in _progress(dm, progress):
         try:
             group = exporter.session(reader.name, reader.metadata or {})
             for key, value in _values(reader, selected):
                 exporter.add(group, reader.name, key, value)
                 del value  # streaming: hold one value at a time
+                checkpoint()
             report.sessions += 1
         finally:
             close = getattr(reader, "close", None)
