@@ -523,6 +523,69 @@ def test_sigkill_mid_export(tmp_path: Path):
     load_hdf5(target)
 
 
+# Both ways to export, given DATADIR and OUT after these arguments.
+INTERRUPTIBLE = {
+    "library": ["-c", "import sys\nfrom datamanager import DataManager, export_hdf5\n"
+                "dm = DataManager.from_path(sys.argv[1])\n"
+                "export_hdf5(dm, sys.argv[2], compression='gzip')"],
+    "cli": ["-m", "datamanager", "export", "--compression", "gzip"],
+}  # fmt: skip
+
+
+def _part_bytes(folder: Path) -> int:
+    total = 0
+    for part in folder.glob("*.part"):
+        try:
+            total += part.stat().st_size
+        except FileNotFoundError:  # published or removed meanwhile
+            pass
+    return total
+
+
+@pytest.fixture(scope="module")
+def side_file_arrays(tmp_path_factory: pytest.TempPathFactory) -> DataManager:
+    """Sessions of one 4 MB array each, kept in side files."""
+    dm = DataManager("big", str(tmp_path_factory.mktemp("side")))
+    fill(dm, [{"a": np.random.default_rng(i).random(500_000)} for i in range(8)])
+    return dm
+
+
+@pytest.mark.parametrize("how, status", [("library", -signal.SIGINT), ("cli", 130)])
+def test_ctrl_c_stops_export_and_leaves_nothing(
+    side_file_arrays: DataManager, tmp_path: Path, how: str, status: int
+):
+    # Compressed side-file arrays: the export spends its time inside HDF5
+    # writes, after which h5py runs weakref callbacks, where a pending
+    # KeyboardInterrupt was dropped ("Exception ignored in ...").
+    dm = side_file_arrays
+    target = tmp_path / "x.h5"
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, *INTERRUPTIBLE[how], dm.basepath, str(target)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            # Signal once the first array is being written.
+            while proc.poll() is None and _part_bytes(tmp_path) < 1 << 20:
+                assert time.monotonic() < deadline, "the export did not start"
+                time.sleep(0.001)
+            proc.send_signal(signal.SIGINT)  # nothing if it has already exited
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.communicate()
+        if not (target.exists() and "Exception ignored" not in err):
+            break
+        target.unlink()  # the export finished before the signal came: again
+    else:
+        pytest.fail("every export finished before it could be interrupted")
+    assert "Exception ignored" not in err, err
+    assert proc.returncode == status, err
+    assert ("KeyboardInterrupt" if how == "library" else "Error: interrupted") in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------
 # Foreign readers.
 
