@@ -2,7 +2,8 @@
 
 The file needs neither datamanager nor pickle to be read: every value maps to
 plain HDF5 datasets and groups (the schema in README.rst and
-:mod:`datamanager._h5schema`, issue 4).  :func:`load_hdf5` reverses it exactly.
+:mod:`datamanager._h5schema`, issue 4).  :func:`load_hdf5` reverses it exactly
+(:mod:`datamanager._h5read`).
 
 Layout of an export::
 
@@ -33,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 import numpy as np
 
 from ._h5merge import METADATA_ATTR, SESSION_TYPE_ATTR, Exporter, NpyFile
+from ._h5read import decoding, malformed, member, members, read, required
 from ._h5schema import (
     ITEMS_ATTR,
     TYPE_ATTR,
@@ -40,7 +42,6 @@ from ._h5schema import (
     escape_name,
     get_attrs,
     items_from_array,
-    read,
     unescape_name,
 )
 from ._interrupts import DeferredInterrupt
@@ -84,33 +85,55 @@ def load_hdf5(
         dtypes and shapes that were exported (a list stays a list).  With
         ``merged=True`` the key order inside a session may differ from the
         original.
+
+    Raises
+    ------
+    ExportFormatError
+        The file is HDF5 but not as :func:`export_hdf5` writes it: a missing
+        or misplaced group, a value that does not decode, or any link other
+        than one hard link per object.  Soft and external links are refused
+        without being followed (the writer makes neither), so a crafted file
+        cannot send the reader round a cycle or into another file.
+    OSError
+        The file cannot be opened or read as HDF5.
     """
     import h5py
 
     with h5py.File(path, "r") as f:
         sessions: dict[str, dict[str, Any]] = {}
         meta: dict[str, dict[str, Any]] = {}
-        for gname, group in f["sessions"].items():
+        for gname, group in members(required(f, "sessions", h5py.Group), h5py.Group):
             name = unescape_name(gname)
-            sessions[name] = {unescape_name(k): read(v, unpickle) for k, v in group.items()}
-            meta[name] = (
-                json.loads(group.attrs[METADATA_ATTR])
-                if METADATA_ATTR in group.attrs
-                else get_attrs(group)  # schema version 1
-            )
+            sessions[name] = {unescape_name(k): read(v, unpickle) for k, v in members(group)}
+            meta[name] = _metadata(group)
         out: dict[str, Any] = {"sessions": sessions}
-        if "merged" in f:
+        stacked = member(f, "merged", h5py.Group)
+        if stacked is not None:
             merged = out["merged"] = {}
-            index = f.get("merged_index", {})
-            for dname, obj in f["merged"].items():
+            index = member(f, "merged_index", h5py.Group)
+            for dname, obj in members(stacked):
                 key = unescape_name(dname)
                 merged[key] = read(obj, unpickle)
-                if dname in index:
-                    _unstack(obj, index[dname][()], key, sessions)
+                rows = None if index is None else member(index, dname, h5py.Dataset, shared=True)
+                if rows is not None:
+                    with decoding(rows):
+                        _unstack(obj, rows[()], key, sessions)
         if metadata:
             out["metadata"] = meta
-            out["attrs"] = get_attrs(f)
+            with decoding(f):
+                out["attrs"] = get_attrs(f)
     return out
+
+
+def _metadata(group: Any) -> dict[str, Any]:
+    with decoding(group):
+        if METADATA_ATTR not in group.attrs:
+            return get_attrs(group)  # schema version 1
+        found = json.loads(group.attrs[METADATA_ATTR])
+    if not isinstance(found, dict):
+        raise malformed(group, group.name, f"a JSON object in attribute {METADATA_ATTR!r}",
+                        f"a JSON {type(found).__name__}")  # fmt: skip
+    return found
 
 
 def _unstack(obj: Any, rows: np.ndarray, key: str, sessions: dict[str, dict[str, Any]]) -> None:

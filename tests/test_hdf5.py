@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -21,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from datamanager import DataManager, ExportError, UnsupportedValueError
-from datamanager._h5schema import Writer, read
+from datamanager import DataManager, ExportError, ExportFormatError, UnsupportedValueError
+from datamanager._h5read import read
+from datamanager._h5schema import Writer
 from datamanager.hdf5 import (
     PickledValue,
     escape_name,
@@ -413,6 +416,113 @@ def test_unsupported_skip_and_pickle(dm: DataManager, tmp_path: Path):
     assert loaded == [Opaque(1), 2]
     with h5py.File(tmp_path / "p.h5", "r") as f:
         assert f[f"sessions/{name}/bad/deep/0"].attrs["python_type"] == "pickle"
+
+
+# ---------------------------------------------------------------------------
+# Crafted files: load_hdf5 refuses what the writer never makes.
+
+
+def crafted(dm: DataManager, path: Path, change: Any) -> str:
+    """Export two sessions, then ``change(file, first session group)``; its HDF5 path."""
+    if not dm.session_filenames():
+        fill(dm, [{"a": np.arange(3.0), "d": {"x": 1, "l": [1, "a"]}, "m": "s"}] * 2)
+    export_hdf5(dm, path, merged=True)
+    with h5py.File(path, "a") as f:
+        group = f["sessions"][next(iter(f["sessions"]))]
+        session = group.name
+        change(f, group)
+    return session
+
+
+def shared_groups(f: h5py.File, g: h5py.Group) -> None:
+    # 40 levels, each with two hard links to the next: 2**40 paths, no cycle.
+    level = g.create_group("bomb")
+    for _ in range(40):
+        below = level.create_group("0")
+        level["1"] = below
+        level = below
+
+
+# What to write into the first session group; the link refused; what was found.
+LINK_ATTACKS = {
+    "soft cycle": (lambda f, g: g.__setitem__("loop", h5py.SoftLink(g.name)),
+                   "{s}/loop", "a soft link to {s}"),
+    "hard cycle": (lambda f, g: g.__setitem__("loop", g), "{s}", "2 hard links"),
+    "root cycle": (lambda f, g: g["d"].__setitem__("up", f["/"]), "{s}/d/up", "2 hard links"),
+    "soft inside": (lambda f, g: g.__setitem__("again", h5py.SoftLink(g.name + "/m")),
+                    "{s}/again", "a soft link to {s}/m"),
+    "external": (lambda f, g: g.__setitem__("ext", h5py.ExternalLink("other.h5", "/secret")),
+                 "{s}/ext", "an external link to /secret in other.h5"),
+    "shared groups": (shared_groups, "{s}/bomb/0", "2 hard links"),
+}  # fmt: skip
+
+
+def test_links_other_than_one_hard_link_are_refused(dm: DataManager, tmp_path: Path):
+    with h5py.File(tmp_path / "other.h5", "w") as other:
+        other["secret"] = np.arange(5)
+    files = [tmp_path / f"{attack}.h5" for attack in LINK_ATTACKS]
+    for path, (change, *_) in zip(files, LINK_ATTACKS.values()):
+        session = crafted(dm, path, change)
+    # In a fresh process with a time limit: following these links used to
+    # recurse without end, or read another file.
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from datamanager import load_hdf5
+        for path in sys.argv[1:]:
+            try:
+                load_hdf5(path)
+                print(json.dumps(["loaded"]))
+            except Exception as exc:
+                print(json.dumps([type(exc).__name__, isinstance(exc, OSError),
+                                  getattr(exc, "h5path", None), str(exc)]))
+        """
+    )
+    proc = run_python(code, *map(str, files), cwd=str(tmp_path), timeout=60)
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    for (attack, (_, h5path, found)), result in zip(LINK_ATTACKS.items(), results):
+        assert result[:3] == ["ExportFormatError", True, h5path.format(s=session)], attack
+        assert found.format(s=session) in result[3], (attack, result[3])
+    assert len(results) == len(LINK_ATTACKS)
+
+
+def retyped(f: h5py.File, g: h5py.Group, name: str, data: Any = 1) -> None:
+    del f[name]
+    f[name] = data
+
+
+# How a file is changed; the object named; what was found.
+DAMAGES = {
+    "no sessions": (lambda f, g: f.__delitem__("sessions"), "/sessions", "nothing"),
+    "sessions a dataset": (lambda f, g: retyped(f, g, "sessions"), "/sessions", "a dataset"),
+    "session a dataset": (lambda f, g: retyped(f, g, g.name), "{s}", "a dataset"),
+    "merged a dataset": (lambda f, g: retyped(f, g, "merged"), "/merged", "a dataset"),
+    "index of numbers": (lambda f, g: retyped(f, g, "merged_index/a", [0, 3]),
+                         "/merged_index/a", "TypeError"),
+    "unknown type": (lambda f, g: g["d"].attrs.__setitem__("python_type", "nonsense"),
+                     "{s}/d", "unknown python_type 'nonsense'"),
+    "no items": (lambda f, g: f["merged/a"].attrs.__setitem__("python_type", "list"),
+                 "/merged/a", "KeyError"),
+    "list not numbered": (lambda f, g: g["d/l"].__setitem__("x", 1), "{s}/d/l", "ValueError"),
+    "metadata not JSON": (lambda f, g: g.attrs.__setitem__("metadata", "{"), "{s}",
+                          "JSONDecodeError"),
+    "metadata a list": (lambda f, g: g.attrs.__setitem__("metadata", "[]"), "{s}",
+                        "a JSON list"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_structure_is_a_clear_error(dm: DataManager, tmp_path: Path, damage: str):
+    change, h5path, found = DAMAGES[damage]
+    path = tmp_path / "x.h5"
+    session = crafted(dm, path, change)
+    with pytest.raises(ExportFormatError) as info:
+        load_hdf5(path, metadata=True)
+    err = info.value
+    assert isinstance(err, OSError) and err.path == str(path)
+    assert err.h5path == h5path.format(s=session)
+    assert found in err.found and str(path) in str(err)
+    assert pickle.loads(pickle.dumps(err)).h5path == err.h5path
 
 
 # ---------------------------------------------------------------------------
