@@ -47,30 +47,43 @@ def decoding(obj: Any) -> Iterator[None]:
         raise malformed(obj, obj.name, "a value as the export writes it", found) from None
 
 
-def member(
-    group: Any, name: str | bytes, kind: Any = None, *, shared: bool = False, listed: bool = False
-) -> Any:
-    """``group[name]`` if it is a ``kind`` object linked as the writer links it.
+def member(group: Any, name: str, kind: Any = None, *, shared: bool = False) -> Any:
+    """``group[name]`` checked by :func:`_linked`; None if there is no such link."""
+    raw = name.encode("utf-8")
+    return _linked(group, raw, kind, shared) if group.id.links.exists(raw) else None
 
-    None if there is no such link.  The writer makes only hard links and
-    links each object once (the tables of ``/merged_index``, which keys
-    share, are read with ``shared=True``).  Any other link is refused before
-    it is followed: a soft or hard link back to an ancestor would be read
-    forever, an external link opens another file, and an object linked many
-    times would be read as often.  Every hard-link cycle passes through an
-    object with two links.  ``listed``: the name comes from listing ``group``.
+
+def required(group: Any, name: str, kind: Any = None) -> Any:
+    """:func:`member`, or an ExportFormatError if there is no such link."""
+    obj = member(group, name, kind)
+    if obj is None:
+        raise _unexpected(group, name.encode("utf-8"), kind, "nothing")
+    return obj
+
+
+def members(group: Any, kind: Any = None) -> Iterator[tuple[str, Any]]:
+    """``(name, object)`` for each member of ``group``, each checked by :func:`_linked`."""
+    for raw in group.id:  # link names as stored, in the group's order
+        yield raw.decode("utf-8", "surrogateescape"), _linked(group, raw, kind, False)
+
+
+def _linked(group: Any, raw: bytes, kind: Any, shared: bool) -> Any:
+    """``group[raw]`` if it is a ``kind`` object linked as the writer links it.
+
+    The writer makes only hard links and links each object once (the tables
+    of ``/merged_index``, which keys share, are read with ``shared=True``).
+    Any other link is refused before it is followed: a soft or hard link back
+    to an ancestor would be read forever, an external link opens another
+    file, and an object linked many times would be read as often.  Every
+    hard-link cycle passes through an object with two links.
     """
     from h5py import h5l, h5o
 
-    raw = name if isinstance(name, bytes) else name.encode("utf-8")
-    if not (listed or group.id.links.exists(raw)):
-        return None
     ltype = group.id.links.get_info(raw).type
     if ltype == h5l.TYPE_HARD:
         obj = group[raw]
         links = h5o.get_info(obj.id).rc
-        kinds = _kinds(kind)
-        if not isinstance(obj, kinds):
+        if not isinstance(obj, _kinds(kind)):
             found = f"a {type(obj).__name__.lower()}"
         elif links != 1 and not shared:
             found = f"an object with {links} hard links (a link cycle or a shared object)"
@@ -84,20 +97,6 @@ def member(
     else:
         found = f"a user-defined link (type {ltype})"
     raise _unexpected(group, raw, kind, found)
-
-
-def required(group: Any, name: str, kind: Any = None) -> Any:
-    """:func:`member`, or an ExportFormatError if there is no such link."""
-    obj = member(group, name, kind)
-    if obj is None:
-        raise _unexpected(group, name.encode("utf-8"), kind, "nothing")
-    return obj
-
-
-def members(group: Any, kind: Any = None) -> Iterator[tuple[str, Any]]:
-    """``(name, object)`` for each member of ``group``, each checked by :func:`member`."""
-    for raw in group.id:  # link names as stored, in the group's order
-        yield raw.decode("utf-8", "surrogateescape"), member(group, raw, kind, listed=True)
 
 
 def _kinds(kind: Any) -> tuple[type, ...]:
