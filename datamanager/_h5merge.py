@@ -394,6 +394,8 @@ class NpyFile:
         is copied once (page cache to page cache) instead of being read into
         a buffer first; MAP_POPULATE maps each window in one call rather than
         one page fault per page.  Memory stays near one window (issue 4).
+        ``checkpoint`` runs after each window, so that Ctrl-C stops even the
+        copy of a large array promptly.
         """
         from h5py import h5s
 
