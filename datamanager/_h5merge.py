@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import mmap
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -105,10 +105,19 @@ class _Stack:
 class Exporter:
     """One export: the open temporary file, the options and the report."""
 
-    def __init__(self, f: Any, dm: Any, options: dict[str, Any], report: Any) -> None:
+    def __init__(
+        self,
+        f: Any,
+        dm: Any,
+        options: dict[str, Any],
+        report: Any,
+        checkpoint: Callable[[], None],
+    ) -> None:
         self.f = f
         self.dm = dm
         self.report = report
+        # Called between writes, where a held-back Ctrl-C may be raised.
+        self.checkpoint = checkpoint
         self.on_unsupported = options["on_unsupported"]
         self.writer = Writer(options["compression"], self.on_unsupported)
         self.merged = options["merged"]
@@ -150,7 +159,7 @@ class Exporter:
         before = len(self.writer.pickled)
         try:
             if type(value) is NpyFile:
-                value.write(group, name, self.writer.compression)
+                value.write(group, name, self.writer.compression, self.checkpoint)
             else:
                 self.writer.write(group, name, value)
         except Unsupported as exc:
@@ -241,6 +250,7 @@ class Exporter:
             value = part if kind == "ndarray" else items_from_array(part, items, kind)
             self.report.values -= 1  # counted again by write_value
             self.write_value(self.sessions[session], unescape_name(session), key, value)
+            self.checkpoint()
         if stack.dataset is not None:
             del self.f["merged"][escape_name(key)]
 
@@ -282,8 +292,10 @@ class Exporter:
                 indexes[rows] = name
             self.report.merged.append(key)
             self.report.stacked.append(key)
+            self.checkpoint()
         for key, sessions in self.demoted.items():
             self.merge_from_file(group, key, sessions)
+            self.checkpoint()
 
     def merge_from_file(self, group: Any, key: str, sessions: list[str]) -> None:
         name = escape_name(key)
@@ -309,6 +321,7 @@ class Exporter:
                 if stop > start:
                     out[start:stop] = o[()]
                 start = stop
+                self.checkpoint()
             self.report.merged.append(key)
             return
         try:
@@ -365,13 +378,17 @@ class NpyFile:
     def load(self) -> np.ndarray:
         return np.load(self.path, allow_pickle=False)
 
-    def write(self, parent: Any, name: str, compression: str | None) -> None:
+    def write(
+        self, parent: Any, name: str, compression: str | None, checkpoint: Callable[[], None]
+    ) -> None:
         """Copy the array into a new dataset ``parent[name]``, window by window.
 
         HDF5 writes straight from a read-only mapping of the file, so the data
         is copied once (page cache to page cache) instead of being read into
         a buffer first; MAP_POPULATE maps each window in one call rather than
         one page fault per page.  Memory stays near one window (issue 4).
+        ``checkpoint`` runs after each window, so that Ctrl-C stops even the
+        copy of a large array promptly.
         """
         from h5py import h5s
 
@@ -398,3 +415,4 @@ class NpyFile:
                 ds.id.write(h5s.create_simple(part.shape), fspace, part)
                 del part  # the mapping cannot close while an array uses it
                 view.close()
+                checkpoint()

@@ -2,8 +2,8 @@
 
 One value becomes one dataset or one group (README.rst, "Exporting to HDF5",
 issue 4).  Where the HDF5 object alone does not say which Python type it came
-from, the string attribute ``python_type`` does; :func:`read` reverses
-:class:`Writer` exactly.  Names go through :func:`escape_name`.
+from, the string attribute ``python_type`` does; :func:`datamanager._h5read.read`
+reverses :class:`Writer` exactly.  Names go through :func:`escape_name`.
 
 h5py is imported inside the functions: ``import datamanager`` must stay cheap
 for simulation processes that only write (issue 2).
@@ -28,7 +28,7 @@ ITEMS_ATTR = "items"
 
 _NUMERIC_KINDS = "biufc"
 _PY_SCALARS = {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}
-_SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
+SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 _RECORDING = ("datamanager.recordings.recording", "Recording")
 
 # ---------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def items_from_array(arr: np.ndarray, items: str, ptype: str) -> Any:
         seq = list(arr)
     else:
         seq = arr.tolist()
-    return _SEQUENCES[ptype](seq)
+    return SEQUENCES[ptype](seq)
 
 
 class Writer:
@@ -358,63 +358,3 @@ def get_attrs(obj: Any) -> dict[str, Any]:
             value = value.item()
         out[unescape_name(name)] = value
     return out
-
-
-# ---------------------------------------------------------------------------
-# HDF5 -> values
-
-
-def read(obj: Any, unpickle: bool = False) -> Any:
-    """Rebuild the Python value stored at ``obj`` (a dataset or a group)."""
-    import h5py
-
-    ptype = obj.attrs.get(TYPE_ATTR)
-    if isinstance(obj, h5py.Group):
-        if ptype is None or ptype == "dict":
-            return {unescape_name(k): read(v, unpickle) for k, v in obj.items()}
-        if ptype in _SEQUENCES:
-            members = sorted(obj, key=int)
-            return _SEQUENCES[ptype](read(obj[m], unpickle) for m in members)
-        if ptype == "Recording":
-            return _read_recording(obj, unpickle)
-        raise ValueError(f"{obj.name}: unknown {TYPE_ATTR} {ptype!r}")
-    if ptype is None:
-        # [...] keeps a 0-d array an array, in its stored byte order.
-        return obj[...] if obj.shape == () else obj[()]
-    data = obj[()]
-    if ptype in _SEQUENCES:
-        items = obj.attrs[ITEMS_ATTR]
-        return items_from_array(obj.asstr()[()] if items == "str" else data, items, ptype)
-    if ptype == "numpy.scalar":
-        return data
-    if ptype == "None":
-        return None
-    if ptype == "str":
-        if isinstance(data, np.void):
-            return data.tobytes().decode("utf-8", "surrogatepass")
-        return obj.asstr()[()]
-    if ptype in ("bytes", "bytearray"):
-        raw = b"" if isinstance(data, h5py.Empty) else data.tobytes()
-        return raw if ptype == "bytes" else bytearray(raw)
-    if ptype == "int":
-        return int(obj.asstr()[()]) if obj.dtype.kind == "O" else int(data)
-    if ptype in ("bool", "float", "complex"):
-        return {"bool": bool, "float": float, "complex": complex}[ptype](data)
-    if ptype == "pickle":
-        value = PickledValue(data.tobytes())
-        return value.load() if unpickle else value
-    raise ValueError(f"{obj.name}: unknown {TYPE_ATTR} {ptype!r}")
-
-
-def _read_recording(group: Any, unpickle: bool) -> Any:
-    from .recordings.recording import Recording
-
-    fields = get_attrs(group)
-    fields.pop(TYPE_ATTR, None)
-    data = read(group["data"], unpickle)
-    if isinstance(data, list):  # an object table stored column by column
-        table = np.empty((int(group["data"].attrs["rows"]), len(data)), dtype=object)
-        for j, column in enumerate(data):
-            table[:, j] = column
-        data = table
-    return Recording(data, **fields)

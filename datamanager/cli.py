@@ -2,9 +2,10 @@
 
 ``main(argv) -> int``: 0 on success, 1 for an error (printed as ``Error: ...``
 on stderr), 2 for a usage error (a bare ``datamanager`` is one: it prints the
-help on stderr).  Warnings, such as a session skipped as corrupt, are printed
-as one ``warning: ...`` line each on stderr.  Data directories are read in safe
-mode (no code stored in them runs) unless ``--unsafe`` is given (issue 4).
+help on stderr), 130 when stopped by Ctrl-C.  Warnings, such as a session
+skipped as corrupt, are printed as one ``warning: ...`` line each on stderr.
+Data directories are read in safe mode (no code stored in them runs) unless
+``--unsafe`` is given.
 """
 
 from __future__ import annotations
@@ -292,7 +293,7 @@ def _message(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (0, 1 error, 2 usage)."""
+    """Run the command line; return the exit status (0, 1 error, 2 usage, 130 Ctrl-C)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:  # a usage error; the whole help says more than "COMMAND is required"
@@ -329,4 +330,5 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Error: {_message(exc)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT: what shells report for a command stopped by Ctrl-C
     return 1

@@ -22,6 +22,7 @@ __all__ = [
     "DataManagerError",
     "DataManagerWarning",
     "ExportError",
+    "ExportFormatError",
     "InvalidNameError",
     "RecordingFormatError",
     "TransactionAbortedError",
@@ -185,6 +186,27 @@ class ExportError(DataManagerError, OSError):
 
     def __str__(self) -> str:
         return f"cannot export to {self.path}: {self.reason}"
+
+
+class ExportFormatError(DataManagerError, OSError):
+    """An HDF5 file that :func:`~datamanager.load_hdf5` refuses: not as an export writes it.
+
+    An ``OSError`` like h5py's own errors for files it cannot read, so one
+    ``except OSError`` covers every file that does not load.
+    """
+
+    def __init__(self, path: str, h5path: str, expected: str, found: str) -> None:
+        super().__init__(path, h5path, expected, found)
+        self.path = path
+        self.h5path = h5path
+        self.expected = expected
+        self.found = found
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path} is not a datamanager export: at {self.h5path}, "
+            f"expected {self.expected}, found {self.found}"
+        )
 
 
 class DataManagerWarning(UserWarning):

@@ -2,7 +2,8 @@
 
 The file needs neither datamanager nor pickle to be read: every value maps to
 plain HDF5 datasets and groups (the schema in README.rst and
-:mod:`datamanager._h5schema`, issue 4).  :func:`load_hdf5` reverses it exactly.
+:mod:`datamanager._h5schema`, issue 4).  :func:`load_hdf5` reverses it exactly
+(:mod:`datamanager._h5read`).
 
 Layout of an export::
 
@@ -33,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 import numpy as np
 
 from ._h5merge import METADATA_ATTR, SESSION_TYPE_ATTR, Exporter, NpyFile
+from ._h5read import decoding, malformed, member, members, read, required
 from ._h5schema import (
     ITEMS_ATTR,
     TYPE_ATTR,
@@ -40,9 +42,9 @@ from ._h5schema import (
     escape_name,
     get_attrs,
     items_from_array,
-    read,
     unescape_name,
 )
+from ._interrupts import DeferredInterrupt
 from .errors import ExportError
 
 __all__ = [
@@ -83,33 +85,55 @@ def load_hdf5(
         dtypes and shapes that were exported (a list stays a list).  With
         ``merged=True`` the key order inside a session may differ from the
         original.
+
+    Raises
+    ------
+    ExportFormatError
+        The file is HDF5 but not as :func:`export_hdf5` writes it: a missing
+        or misplaced group, a value that does not decode, or any link other
+        than one hard link per object.  Soft and external links are refused
+        without being followed (the writer makes neither), so a crafted file
+        cannot send the reader round a cycle or into another file.
+    OSError
+        The file cannot be opened or read as HDF5.
     """
     import h5py
 
     with h5py.File(path, "r") as f:
         sessions: dict[str, dict[str, Any]] = {}
         meta: dict[str, dict[str, Any]] = {}
-        for gname, group in f["sessions"].items():
+        for gname, group in members(required(f, "sessions", h5py.Group), h5py.Group):
             name = unescape_name(gname)
-            sessions[name] = {unescape_name(k): read(v, unpickle) for k, v in group.items()}
-            meta[name] = (
-                json.loads(group.attrs[METADATA_ATTR])
-                if METADATA_ATTR in group.attrs
-                else get_attrs(group)  # schema version 1
-            )
+            sessions[name] = {unescape_name(k): read(v, unpickle) for k, v in members(group)}
+            meta[name] = _metadata(group)
         out: dict[str, Any] = {"sessions": sessions}
-        if "merged" in f:
+        stacked = member(f, "merged", h5py.Group)
+        if stacked is not None:
             merged = out["merged"] = {}
-            index = f.get("merged_index", {})
-            for dname, obj in f["merged"].items():
+            index = member(f, "merged_index", h5py.Group)
+            for dname, obj in members(stacked):
                 key = unescape_name(dname)
                 merged[key] = read(obj, unpickle)
-                if dname in index:
-                    _unstack(obj, index[dname][()], key, sessions)
+                rows = None if index is None else member(index, dname, h5py.Dataset, shared=True)
+                if rows is not None:
+                    with decoding(rows):
+                        _unstack(obj, rows[()], key, sessions)
         if metadata:
             out["metadata"] = meta
-            out["attrs"] = get_attrs(f)
+            with decoding(f):
+                out["attrs"] = get_attrs(f)
     return out
+
+
+def _metadata(group: Any) -> dict[str, Any]:
+    with decoding(group):
+        if METADATA_ATTR not in group.attrs:
+            return get_attrs(group)  # schema version 1
+        found = json.loads(group.attrs[METADATA_ATTR])
+    if not isinstance(found, dict):
+        raise malformed(group, group.name, f"a JSON object in attribute {METADATA_ATTR!r}",
+                        f"a JSON {type(found).__name__}")  # fmt: skip
+    return found
 
 
 def _unstack(obj: Any, rows: np.ndarray, key: str, sessions: dict[str, dict[str, Any]]) -> None:
@@ -313,30 +337,35 @@ def export_hdf5(
     started = time.perf_counter()
     report = ExportReport(path=path)
     options = {"compression": compression, "on_unsupported": on_unsupported, "merged": merged}
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
-    os.close(fd)
-    try:
-        f = h5py.File(tmp, "w", track_order=True)
+    # Ctrl-C is held until a point between values: raised inside h5py it
+    # would be dropped, and it must not cut the clean-up below short.
+    with DeferredInterrupt() as interrupt:
+        prefix = f".{os.path.basename(path)}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=folder)
+        os.close(fd)
         try:
-            _write_file(f, dm, selected, options, report, progress)
-        except BaseException:
+            f = h5py.File(tmp, "w", track_order=True)
             try:
-                f.close()
-            except Exception:
-                pass  # closing a file that failed to grow fails too: report the cause
+                _write_file(f, dm, selected, options, report, progress, interrupt.checkpoint)
+            except BaseException:
+                try:
+                    f.close()
+                except Exception:
+                    pass  # closing a file that failed to grow fails too: report the cause
+                raise
+            f.close()
+            if fsync:
+                _fsync(tmp)
+            interrupt.checkpoint()  # the last moment at which nothing appears
+            _publish(tmp, path, overwrite, fsync)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and not isinstance(exc, ExportError):
+                raise ExportError(path, f"{type(exc).__name__}: {exc}") from exc
             raise
-        f.close()
-        if fsync:
-            _fsync(tmp)
-        _publish(tmp, path, overwrite, fsync)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and not isinstance(exc, ExportError):
-            raise ExportError(path, f"{type(exc).__name__}: {exc}") from exc
-        raise
     report.nbytes = os.path.getsize(path)
     report.seconds = time.perf_counter() - started
     return report
@@ -370,6 +399,7 @@ def _write_file(
     options: dict[str, Any],
     report: ExportReport,
     progress: bool | None,
+    checkpoint: Callable[[], None],
 ) -> None:
     try:
         from . import __version__ as version
@@ -380,13 +410,14 @@ def _write_file(
     f.attrs["export_time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["merged"] = bool(options["merged"])
-    exporter = Exporter(f, dm, options, report)
+    exporter = Exporter(f, dm, options, report, checkpoint)
     for reader in _progress(dm, progress):
         try:
             group = exporter.session(reader.name, reader.metadata or {})
             for key, value in _values(reader, selected):
                 exporter.add(group, reader.name, key, value)
                 del value  # streaming: hold one value at a time
+                checkpoint()
             report.sessions += 1
         finally:
             close = getattr(reader, "close", None)

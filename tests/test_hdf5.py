@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -21,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from datamanager import DataManager, ExportError, UnsupportedValueError
-from datamanager._h5schema import Writer, read
+from datamanager import DataManager, ExportError, ExportFormatError, UnsupportedValueError
+from datamanager._h5read import read
+from datamanager._h5schema import Writer
 from datamanager.hdf5 import (
     PickledValue,
     escape_name,
@@ -416,6 +419,113 @@ def test_unsupported_skip_and_pickle(dm: DataManager, tmp_path: Path):
 
 
 # ---------------------------------------------------------------------------
+# Crafted files: load_hdf5 refuses what the writer never makes.
+
+
+def crafted(dm: DataManager, path: Path, change: Any) -> str:
+    """Export two sessions, then ``change(file, first session group)``; its HDF5 path."""
+    if not dm.session_filenames():
+        fill(dm, [{"a": np.arange(3.0), "d": {"x": 1, "l": [1, "a"]}, "m": "s"}] * 2)
+    export_hdf5(dm, path, merged=True)
+    with h5py.File(path, "a") as f:
+        group = f["sessions"][next(iter(f["sessions"]))]
+        session = group.name
+        change(f, group)
+    return session
+
+
+def shared_groups(f: h5py.File, g: h5py.Group) -> None:
+    # 40 levels, each with two hard links to the next: 2**40 paths, no cycle.
+    level = g.create_group("bomb")
+    for _ in range(40):
+        below = level.create_group("0")
+        level["1"] = below
+        level = below
+
+
+# What to write into the first session group; the link refused; what was found.
+LINK_ATTACKS = {
+    "soft cycle": (lambda f, g: g.__setitem__("loop", h5py.SoftLink(g.name)),
+                   "{s}/loop", "a soft link to {s}"),
+    "hard cycle": (lambda f, g: g.__setitem__("loop", g), "{s}", "2 hard links"),
+    "root cycle": (lambda f, g: g["d"].__setitem__("up", f["/"]), "{s}/d/up", "2 hard links"),
+    "soft inside": (lambda f, g: g.__setitem__("again", h5py.SoftLink(g.name + "/m")),
+                    "{s}/again", "a soft link to {s}/m"),
+    "external": (lambda f, g: g.__setitem__("ext", h5py.ExternalLink("other.h5", "/secret")),
+                 "{s}/ext", "an external link to /secret in other.h5"),
+    "shared groups": (shared_groups, "{s}/bomb/0", "2 hard links"),
+}  # fmt: skip
+
+
+def test_links_other_than_one_hard_link_are_refused(dm: DataManager, tmp_path: Path):
+    with h5py.File(tmp_path / "other.h5", "w") as other:
+        other["secret"] = np.arange(5)
+    files = [tmp_path / f"{attack}.h5" for attack in LINK_ATTACKS]
+    for path, (change, *_) in zip(files, LINK_ATTACKS.values()):
+        session = crafted(dm, path, change)
+    # In a fresh process with a time limit: following these links used to
+    # recurse without end, or read another file.
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from datamanager import load_hdf5
+        for path in sys.argv[1:]:
+            try:
+                load_hdf5(path)
+                print(json.dumps(["loaded"]))
+            except Exception as exc:
+                print(json.dumps([type(exc).__name__, isinstance(exc, OSError),
+                                  getattr(exc, "h5path", None), str(exc)]))
+        """
+    )
+    proc = run_python(code, *map(str, files), cwd=str(tmp_path), timeout=60)
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    for (attack, (_, h5path, found)), result in zip(LINK_ATTACKS.items(), results):
+        assert result[:3] == ["ExportFormatError", True, h5path.format(s=session)], attack
+        assert found.format(s=session) in result[3], (attack, result[3])
+    assert len(results) == len(LINK_ATTACKS)
+
+
+def retyped(f: h5py.File, g: h5py.Group, name: str, data: Any = 1) -> None:
+    del f[name]
+    f[name] = data
+
+
+# How a file is changed; the object named; what was found.
+DAMAGES = {
+    "no sessions": (lambda f, g: f.__delitem__("sessions"), "/sessions", "nothing"),
+    "sessions a dataset": (lambda f, g: retyped(f, g, "sessions"), "/sessions", "a dataset"),
+    "session a dataset": (lambda f, g: retyped(f, g, g.name), "{s}", "a dataset"),
+    "merged a dataset": (lambda f, g: retyped(f, g, "merged"), "/merged", "a dataset"),
+    "index of numbers": (lambda f, g: retyped(f, g, "merged_index/a", [0, 3]),
+                         "/merged_index/a", "TypeError"),
+    "unknown type": (lambda f, g: g["d"].attrs.__setitem__("python_type", "nonsense"),
+                     "{s}/d", "unknown python_type 'nonsense'"),
+    "no items": (lambda f, g: f["merged/a"].attrs.__setitem__("python_type", "list"),
+                 "/merged/a", "KeyError"),
+    "list not numbered": (lambda f, g: g["d/l"].__setitem__("x", 1), "{s}/d/l", "ValueError"),
+    "metadata not JSON": (lambda f, g: g.attrs.__setitem__("metadata", "{"), "{s}",
+                          "JSONDecodeError"),
+    "metadata a list": (lambda f, g: g.attrs.__setitem__("metadata", "[]"), "{s}",
+                        "a JSON list"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_structure_is_a_clear_error(dm: DataManager, tmp_path: Path, damage: str):
+    change, h5path, found = DAMAGES[damage]
+    path = tmp_path / "x.h5"
+    session = crafted(dm, path, change)
+    with pytest.raises(ExportFormatError) as info:
+        load_hdf5(path, metadata=True)
+    err = info.value
+    assert isinstance(err, OSError) and err.path == str(path)
+    assert err.h5path == h5path.format(s=session)
+    assert found in err.found and str(path) in str(err)
+    assert pickle.loads(pickle.dumps(err)).h5path == err.h5path
+
+
+# ---------------------------------------------------------------------------
 # Atomic publication.
 
 
@@ -521,6 +631,69 @@ def test_sigkill_mid_export(tmp_path: Path):
             old = target.read_bytes()
     assert old is not None
     load_hdf5(target)
+
+
+# Both ways to export, given DATADIR and OUT after these arguments.
+INTERRUPTIBLE = {
+    "library": ["-c", "import sys\nfrom datamanager import DataManager, export_hdf5\n"
+                "dm = DataManager.from_path(sys.argv[1])\n"
+                "export_hdf5(dm, sys.argv[2], compression='gzip')"],
+    "cli": ["-m", "datamanager", "export", "--compression", "gzip"],
+}  # fmt: skip
+
+
+def _part_bytes(folder: Path) -> int:
+    total = 0
+    for part in folder.glob("*.part"):
+        try:
+            total += part.stat().st_size
+        except FileNotFoundError:  # published or removed meanwhile
+            pass
+    return total
+
+
+@pytest.fixture(scope="module")
+def side_file_arrays(tmp_path_factory: pytest.TempPathFactory) -> DataManager:
+    """Sessions of one 4 MB array each, kept in side files."""
+    dm = DataManager("big", str(tmp_path_factory.mktemp("side")))
+    fill(dm, [{"a": np.random.default_rng(i).random(500_000)} for i in range(8)])
+    return dm
+
+
+@pytest.mark.parametrize("how, status", [("library", -signal.SIGINT), ("cli", 130)])
+def test_ctrl_c_stops_export_and_leaves_nothing(
+    side_file_arrays: DataManager, tmp_path: Path, how: str, status: int
+):
+    # Compressed side-file arrays: the export spends its time inside HDF5
+    # writes, after which h5py runs weakref callbacks, where a pending
+    # KeyboardInterrupt was dropped ("Exception ignored in ...").
+    dm = side_file_arrays
+    target = tmp_path / "x.h5"
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, *INTERRUPTIBLE[how], dm.basepath, str(target)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            # Signal once the first array is being written.
+            while proc.poll() is None and _part_bytes(tmp_path) < 1 << 20:
+                assert time.monotonic() < deadline, "the export did not start"
+                time.sleep(0.001)
+            proc.send_signal(signal.SIGINT)  # nothing if it has already exited
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.communicate()
+        if not (target.exists() and "Exception ignored" not in err):
+            break
+        target.unlink()  # the export finished before the signal came: again
+    else:
+        pytest.fail("every export finished before it could be interrupted")
+    assert "Exception ignored" not in err, err
+    assert proc.returncode == status, err
+    assert ("KeyboardInterrupt" if how == "library" else "Error: interrupted") in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------
