@@ -3,7 +3,10 @@
 Reading never writes.  Native sessions are opened with SQLite's read-only
 mode, legacy shelves through ``dbm`` with flag ``'r'``; nothing in the data
 directory is created, truncated, locked against writers or modified, so
-collation can run while simulations are still writing (issue #2).
+collation can run while simulations are still writing (issue #2).  A session
+that SQLite cannot read in place without writing (a hot journal left by a
+killed writer, or a WAL-mode file without its ``-wal`` and ``-shm`` files) is
+read from a private copy whose files SQLite recovers (:mod:`._snapshot`).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import urllib.parse
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, TypeVar, Union
 
 import numpy as np
 
+from ._snapshot import CopyChanged, PrivateCopy, needs_copy, refused_recovery
 from .errors import CorruptSessionError, DataManagerWarning
 from .session import (
     _KEYS,
@@ -35,6 +39,7 @@ from .session import (
 __all__ = ["SessionEntry", "SessionReader", "find_sessions", "merge_values"]
 
 Match = Union[str, Callable[[str], bool]]
+T = TypeVar("T")
 
 _COMPANIONS = (SESSION_SUFFIX + "-wal", SESSION_SUFFIX + "-shm", SESSION_SUFFIX + "-journal",
                SESSION_SUFFIX + ".lock", BLOB_SUFFIX)  # fmt: skip
@@ -47,6 +52,8 @@ _BATCH = (
     "SELECT rowid, key, value, side, side_size FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?"
 )
 _GONE = object()
+# Tries at a private copy of a session whose files a writer keeps changing.
+_COPY_ATTEMPTS = 20
 _CREATED = "SELECT value FROM meta WHERE name = 'created'"
 _PREFIXED = "SELECT key FROM items WHERE substr(key, 1, ?) = ? ORDER BY rowid"
 
@@ -122,24 +129,68 @@ class SessionReader:
 
     Opened with SQLite's ``mode=ro``: it never creates, changes or locks the
     session against its writer, and sees each value whole or not at all.
+    Where a killed writer left what only a writer may recover, it reads the
+    last committed state from a private copy, removed by :meth:`close`.
     """
 
     def __init__(self, entry: SessionEntry, safe: bool = False) -> None:
         self.name, self.path, self.safe = entry.name, entry.path, safe
-        uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+        self._conn: sqlite3.Connection | None = None
+        self._copy: PrivateCopy | None = None
         try:
-            self._conn = sqlite3.connect(
-                uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            row = self._conn.execute(_CREATED).fetchone()
+            row = self._open()
         except sqlite3.DatabaseError as exc:
             row = self._open_unready(exc)
         # A session killed before its first commit is an empty file: no keys.
         self.created = float(row[0]) if row else os.path.getmtime(self.path)
 
+    def _open(self) -> Any:
+        """Connect and return the row of the creation time.
+
+        In place, with SQLite's read-only mode, where SQLite can read the file
+        without writing; else from a private copy (see :mod:`._snapshot`).
+        """
+        for _attempt in range(_COPY_ATTEMPTS):
+            self.close()
+            if not needs_copy(self.path):
+                uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+                self._conn = sqlite3.connect(
+                    uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None,
+                    check_same_thread=False,
+                )  # fmt: skip
+                try:
+                    return self._conn.execute(_CREATED).fetchone()
+                except sqlite3.OperationalError as exc:
+                    if not refused_recovery(exc):
+                        raise
+            try:
+                copy = PrivateCopy(self.path)
+            except CopyChanged:
+                continue  # a writer was at work: reading in place may work now
+            self.close()
+            self._copy, self._conn = copy, copy.connect()
+            return self._conn.execute(_CREATED).fetchone()
+        raise CorruptSessionError(
+            self.path, f"its files changed while being copied, {_COPY_ATTEMPTS} times in a row"
+        )
+
+    def _read(self, read: Callable[[sqlite3.Connection], T], key: str | None = None) -> T:
+        """Run *read* on the connection; a writer killed since we opened is recovered."""
+        assert self._conn is not None
+        try:
+            try:
+                return read(self._conn)
+            except sqlite3.OperationalError as exc:
+                if self._copy is not None or not refused_recovery(exc):
+                    raise
+            self._open()
+            return read(self._conn)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptSessionError(self.path, str(exc), key) from exc
+
     def _open_unready(self, exc: sqlite3.DatabaseError) -> Any:
         """Handle a file without our tables: a session being created, or not ours."""
-        conn = getattr(self, "_conn", None)
+        conn = self._conn
         if conn is not None and "no such table" in str(exc):
             try:
                 # One read transaction, so that both answers describe the same
@@ -147,8 +198,7 @@ class SessionReader:
                 conn.execute("BEGIN")
                 try:
                     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                        self._conn = None  # created but never committed: empty
-                        conn.close()
+                        self.close()  # created but never committed: empty
                         return None
                     return conn.execute(_CREATED).fetchone()  # committed meanwhile
                 finally:
@@ -156,27 +206,20 @@ class SessionReader:
                         conn.execute("COMMIT")
             except sqlite3.DatabaseError:
                 pass
-        if conn is not None:
-            conn.close()
+        self.close()
         raise CorruptSessionError(self.path, f"not a readable session ({exc})") from exc
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         if self._conn is None:
             return []
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise CorruptSessionError(self.path, str(exc)) from exc
+        return self._read(lambda conn: conn.execute(sql, params).fetchall())
 
     @property
     def metadata(self) -> dict[str, Any]:
         """The session's metadata (creation time, user, host, ...)."""
         if self._conn is None:
             return {"created": self.created}
-        try:
-            return read_metadata(self._conn)
-        except sqlite3.DatabaseError as exc:
-            raise CorruptSessionError(self.path, str(exc)) from exc
+        return self._read(read_metadata)
 
     def keys(self) -> list[str]:
         """The session's keys, in the order they were first written."""
@@ -193,10 +236,7 @@ class SessionReader:
     def __getitem__(self, key: str) -> Any:
         if self._conn is None:
             raise KeyError(key)
-        try:
-            return read_value(self._conn, self.path, self.name, key, self.safe)
-        except sqlite3.DatabaseError as exc:
-            raise CorruptSessionError(self.path, str(exc), key) from exc
+        return self._read(lambda conn: read_value(conn, self.path, self.name, key, self.safe), key)
 
     def get(self, key: str, default: Any = None) -> Any:
         try:
@@ -275,9 +315,12 @@ class SessionReader:
         yield from self._query("SELECT key, value FROM items WHERE side IS NULL")
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        copy, self._copy = self._copy, None
+        if copy is not None:
+            copy.remove()
 
     def __enter__(self) -> SessionReader:
         return self

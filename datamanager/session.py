@@ -6,6 +6,15 @@ key with its previous value or its new one, never half of either.  Large numpy
 arrays do not crawl through SQLite: they are written whole with ``np.save`` to
 a side file in ``<name>.blobs/`` first and only then referenced from the
 database, so a reader sees either no reference or a complete file (issue #2).
+
+On local disks a session is in SQLite's WAL mode while open and switched back
+to a rollback journal by :meth:`Session.close`, after every committed value was
+copied into the main file: a closed session is one self-contained file. On
+network filesystems it keeps the rollback journal (see
+:mod:`datamanager.filesystem`). A kill in the middle of a rollback-journal
+transaction, including the header change of either switch, leaves a hot
+``-journal``: the next writer rolls it back in place, readers in a private copy
+(:mod:`datamanager._snapshot`).
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ SIDE_FILE_THRESHOLD = 1 << 20
 PAGE_SIZE = 2048
 #: How long a writer waits for another process holding the same session.
 BUSY_TIMEOUT = 60.0
+#: How long close() waits for readers to leave the WAL it copies into the main file.
+CHECKPOINT_TIMEOUT = 10.0
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS items (
@@ -235,16 +246,29 @@ class Session(MutableMapping):
                 conn.execute("ROLLBACK")
                 self._depth = 0
             if self.journal_mode == "wal":
-                # Leave a closed session as one plain file, readable from
-                # read-only media and copyable alone: a reader of a WAL-mode
-                # file would otherwise create -wal and -shm files beside it.
-                # Another process still using it keeps WAL; we do not wait.
-                try:
-                    conn.execute("PRAGMA busy_timeout = 0")
-                    conn.execute("PRAGMA journal_mode=DELETE")
-                except sqlite3.OperationalError:
-                    pass
+                self._leave_whole(conn)
             conn.close()
+
+    def _leave_whole(self, conn: sqlite3.Connection) -> None:
+        """Leave the session as one self-contained file, back in rollback-journal mode.
+
+        Every committed value is first copied from the WAL into the main file:
+        another process holding the session open (a reader too) makes the
+        switch out of WAL fail, and the file must still be whole if copied
+        alone. Readers never hold a read transaction long, so the wait is
+        bounded; a writer still at work checkpoints when it closes in turn.
+        The switch spares later readers the ``-wal`` and ``-shm`` files that
+        a WAL-mode file needs (on read-only media too); it changes the header
+        through a rollback journal, which a kill may leave hot: readers then
+        recover the last commit in a private copy, the next writer in place.
+        """
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(CHECKPOINT_TIMEOUT * 1000)}")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("PRAGMA busy_timeout = 0")  # someone else has it open: keep WAL
+            conn.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:
+            pass
 
     def __enter__(self) -> Session:
         return self
