@@ -27,6 +27,8 @@ import sqlite3
 import tempfile
 import weakref
 
+from .session import held
+
 __all__ = ["CopyChanged", "PrivateCopy", "needs_copy", "refused_recovery"]
 
 # The files SQLite reads for one database; the copy takes those present.
@@ -41,13 +43,19 @@ class CopyChanged(Exception):
 
 def needs_copy(path: str) -> bool:
     """Whether *path* is in WAL mode without the ``-wal`` and ``-shm`` files it needs."""
+    if os.path.exists(path + "-wal") and os.path.exists(path + "-shm"):
+        return False
+    if held(path):
+        # Closing the descriptor read below would drop SQLite's locks on the
+        # file in this process. A connection open here has the file in
+        # rollback mode, or in WAL mode with both files: nothing to copy.
+        return False
     try:
         with open(path, "rb") as f:
             header = f.read(_VERSION_BYTES + 2)
     except OSError:
         return False  # reading in place reports it
-    wal_header = header[_VERSION_BYTES:] == b"\x02\x02"
-    return wal_header and not (os.path.exists(path + "-wal") and os.path.exists(path + "-shm"))
+    return header[_VERSION_BYTES:] == b"\x02\x02"
 
 
 def refused_recovery(exc: sqlite3.Error) -> bool:

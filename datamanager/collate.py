@@ -31,6 +31,7 @@ from .session import (
     SESSION_SUFFIX,
     blob_dir,
     decode,
+    hold,
     load_side_file,
     read_metadata,
     read_value,
@@ -158,16 +159,17 @@ class SessionReader:
                     uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None,
                     check_same_thread=False,
                 )  # fmt: skip
+                hold(self.path)
                 try:
                     return self._conn.execute(_CREATED).fetchone()
                 except sqlite3.OperationalError as exc:
                     if not refused_recovery(exc):
                         raise
+                self.close()
             try:
                 copy = PrivateCopy(self.path)
             except CopyChanged:
                 continue  # a writer was at work: reading in place may work now
-            self.close()
             self._copy, self._conn = copy, copy.connect()
             return self._conn.execute(_CREATED).fetchone()
         raise CorruptSessionError(
@@ -316,9 +318,11 @@ class SessionReader:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        copy, self._copy = self._copy, None
         if conn is not None:
             conn.close()
-        copy, self._copy = self._copy, None
+            if copy is None:
+                hold(self.path, -1)
         if copy is not None:
             copy.remove()
 

@@ -29,6 +29,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
@@ -83,6 +84,26 @@ _UPSERT = (
 # use or close them (closing could disturb the parent's locks), so they are
 # parked here for the child's lifetime.
 _ABANDONED: list[sqlite3.Connection] = []
+
+# How many SQLite connections this process has open to each session file.
+# SQLite locks files with POSIX locks, which the kernel drops as soon as the
+# process closes *any* descriptor of that file: code that reads a session file
+# with plain open() must not do so while SQLite may hold locks on it here.
+_HELD: Counter[str] = Counter()
+_HELD_LOCK = threading.Lock()
+
+
+def hold(path: str, count: int = 1) -> None:
+    """Count one connection of this process to *path* opened (or, with -1, closed)."""
+    with _HELD_LOCK:
+        _HELD[path] += count
+        if _HELD[path] <= 0:
+            del _HELD[path]
+
+
+def held(path: str) -> bool:
+    """Whether this process has a connection open to the session file *path*."""
+    return path in _HELD
 
 
 def validate_session_name(name: Any) -> str:
@@ -196,6 +217,7 @@ class Session(MutableMapping):
             if not create and not os.path.exists(self.path):
                 return None
             self._conn = self._open()
+            hold(self.path)
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
@@ -248,6 +270,7 @@ class Session(MutableMapping):
             if self.journal_mode == "wal":
                 self._leave_whole(conn)
             conn.close()
+            hold(self.path, -1)
 
     def _leave_whole(self, conn: sqlite3.Connection) -> None:
         """Leave the session as one self-contained file, back in rollback-journal mode.

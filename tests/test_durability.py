@@ -172,6 +172,8 @@ import os, signal, sys
 from datamanager import DataManager
 s = DataManager("sweep", sys.argv[1], journal_mode="delete").session("hot")
 s["before"] = [1, 2, 3]
+print("committed", flush=True)
+sys.stdin.readline()  # until told to go on
 with s.transaction():
     # Far more than SQLite's page cache holds, so that pages of this
     # transaction reach the database file before it commits.
@@ -184,7 +186,8 @@ with s.transaction():
 @pytest.fixture
 def hot(tmp_path):
     """A session whose writer was killed mid-transaction: its -journal is hot."""
-    proc = subprocess.run([sys.executable, "-c", HOT_JOURNAL, str(tmp_path)], capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", HOT_JOURNAL, str(tmp_path)], input="go\n",
+                          capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     dm = DataManager("sweep", str(tmp_path))
     assert os.path.exists(os.path.join(dm.basepath, "hot.sqlite-journal"))
@@ -201,6 +204,20 @@ def test_hot_journal_read_from_a_private_copy(hot):
     with hot.session("hot") as s:
         assert dict(s) == {"before": [1, 2, 3]}
     assert not os.path.exists(os.path.join(hot.basepath, "hot.sqlite-journal"))
+
+
+def test_reader_opened_before_the_kill_reads_the_last_commit(tmp_path):
+    writer = start_python(HOT_JOURNAL, str(tmp_path), stdin=subprocess.PIPE)
+    try:
+        assert writer.stdout.readline() == "committed\n", writer.stderr.read()
+        reader = next(DataManager("sweep", str(tmp_path)).iter_sessions(strict=True))
+    finally:
+        _, err = writer.communicate("go\n", timeout=60)
+    with reader:
+        assert writer.returncode == -signal.SIGKILL, err
+        assert os.path.exists(reader.path + "-journal")
+        assert dict(reader.items()) == {"before": [1, 2, 3]}
+        assert reader.keys() == ["before"] and reader["before"] == [1, 2, 3]
 
 
 def test_hot_journal_on_a_read_only_mount(hot, tmp_path):
@@ -234,15 +251,16 @@ reader.close()
 
 
 def test_session_closed_under_a_reader_is_whole_in_its_main_file(tmp_path):
-    dm = DataManager("sweep", str(tmp_path / "live"))
-    with dm.session("run") as s:
-        s["first"] = 1
+    dm = DataManager("sweep", str(tmp_path / "live"), journal_mode="wal")
+    s = dm.session("run")
+    s["first"] = 1
+    # Opened while the session is in WAL mode, the reader keeps it so.
     reader = start_python(HOLDING_READER, dm.datapath, stdin=subprocess.PIPE)
     try:
         assert reader.stdout.readline() == "['first']\n", reader.stderr.read()
-        with dm.session("run") as s:
-            s["second"] = np.arange(3)
-            s.update({f"k{i}": i for i in range(100)})
+        s["second"] = np.arange(3)
+        s.update({f"k{i}": i for i in range(100)})
+        s.close()
         copied = DataManager("sweep", str(tmp_path / "copied"))
         os.makedirs(copied.basepath)
         shutil.copy(os.path.join(dm.basepath, "run.sqlite"), copied.basepath)
