@@ -95,6 +95,7 @@ _HELD_LOCK = threading.Lock()
 
 def hold(path: str, count: int = 1) -> None:
     """Count one connection of this process to *path* opened (or, with -1, closed)."""
+    path = os.path.realpath(path)  # one file, however it was named
     with _HELD_LOCK:
         _HELD[path] += count
         if _HELD[path] <= 0:
@@ -103,7 +104,7 @@ def hold(path: str, count: int = 1) -> None:
 
 def held(path: str) -> bool:
     """Whether this process has a connection open to the session file *path*."""
-    return path in _HELD
+    return os.path.realpath(path) in _HELD
 
 
 def validate_session_name(name: Any) -> str:

@@ -23,7 +23,7 @@ import pytest
 
 from datamanager import DataManager
 
-from conftest import can_mount_read_only, start_python, stress_size
+from conftest import can_mount_read_only, run_python, start_python, stress_size
 
 # Imports once, then forks one writer per request ("<journal mode> <session
 # name or -> <first key>"), prints "child <pid>" and, once the writer died,
@@ -272,3 +272,30 @@ def test_session_closed_under_a_reader_is_whole_in_its_main_file(tmp_path):
     assert len(values) == 102 and values["first"] == 1 and values["k99"] == 99
     assert copied.verify() == []
     assert _listing(copied.basepath) == before  # no -wal or -shm created beside it
+
+
+
+TRY_TO_WRITE = """
+import sqlite3, sys
+try:
+    sqlite3.connect(sys.argv[1], timeout=0).execute("BEGIN IMMEDIATE")
+    print("got the write lock")
+except sqlite3.OperationalError as exc:
+    print(exc)
+"""
+
+
+def test_reading_keeps_the_locks_of_a_writer_in_the_same_process(tmp_path, monkeypatch):
+    # SQLite's locks are POSIX locks: closing any descriptor of the file in
+    # this process would drop them and let another process write inside this
+    # one's transaction. Reading a session held here opens no descriptor of
+    # it; the datapath is relative, as most scripts give it.
+    monkeypatch.chdir(tmp_path)
+    dm = DataManager("sweep", "", journal_mode="delete")
+    s = dm.session("run")
+    with s.transaction():
+        s["mine"] = 1
+        assert dm.keys() == []  # not committed yet
+        other = run_python(TRY_TO_WRITE, s.path)
+        assert other.stdout.strip() == "database is locked"
+    s.close()
