@@ -274,7 +274,6 @@ def test_session_closed_under_a_reader_is_whole_in_its_main_file(tmp_path):
     assert _listing(copied.basepath) == before  # no -wal or -shm created beside it
 
 
-
 TRY_TO_WRITE = """
 import sqlite3, sys
 try:
