@@ -43,19 +43,20 @@ class CopyChanged(Exception):
 
 def needs_copy(path: str) -> bool:
     """Whether *path* is in WAL mode without the ``-wal`` and ``-shm`` files it needs."""
-    if os.path.exists(path + "-wal") and os.path.exists(path + "-shm"):
-        return False
     if held(path):
         # Closing the descriptor read below would drop SQLite's locks on the
         # file in this process. A connection open here has the file in
         # rollback mode, or in WAL mode with both files: nothing to copy.
         return False
     try:
-        with open(path, "rb") as f:
-            header = f.read(_VERSION_BYTES + 2)
+        fd = os.open(path, os.O_RDONLY)  # cheaper than open(): every reader asks
     except OSError:
         return False  # reading in place reports it
-    return header[_VERSION_BYTES:] == b"\x02\x02"
+    try:
+        wal = os.read(fd, _VERSION_BYTES + 2)[_VERSION_BYTES:] == b"\x02\x02"
+    finally:
+        os.close(fd)
+    return wal and not (os.path.exists(path + "-wal") and os.path.exists(path + "-shm"))
 
 
 def refused_recovery(exc: sqlite3.Error) -> bool:

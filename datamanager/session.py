@@ -29,7 +29,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
@@ -89,22 +88,25 @@ _ABANDONED: list[sqlite3.Connection] = []
 # SQLite locks files with POSIX locks, which the kernel drops as soon as the
 # process closes *any* descriptor of that file: code that reads a session file
 # with plain open() must not do so while SQLite may hold locks on it here.
-_HELD: Counter[str] = Counter()
+_HELD: dict[str, int] = {}
 _HELD_LOCK = threading.Lock()
 
 
 def hold(path: str, count: int = 1) -> None:
     """Count one connection of this process to *path* opened (or, with -1, closed)."""
-    path = os.path.realpath(path)  # one file, however it was named
+    if not os.path.isabs(path):
+        path = os.path.abspath(path)  # a relative datapath names the same file
     with _HELD_LOCK:
-        _HELD[path] += count
-        if _HELD[path] <= 0:
-            del _HELD[path]
+        left = _HELD.get(path, 0) + count
+        if left > 0:
+            _HELD[path] = left
+        else:
+            _HELD.pop(path, None)
 
 
 def held(path: str) -> bool:
     """Whether this process has a connection open to the session file *path*."""
-    return os.path.realpath(path) in _HELD
+    return bool(_HELD) and os.path.abspath(path) in _HELD
 
 
 def validate_session_name(name: Any) -> str:
