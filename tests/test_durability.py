@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,23 +221,33 @@ def test_reader_opened_before_the_kill_reads_the_last_commit(tmp_path):
         assert reader.keys() == ["before"] and reader["before"] == [1, 2, 3]
 
 
-def test_hot_journal_on_a_read_only_mount(hot, tmp_path):
-    # Permission bits do not stop root: the reader runs in a private mount
-    # namespace where the data directory is a read-only bind mount.
-    if not can_mount_read_only(tmp_path):
+READ_KEY = """
+import sys
+from datamanager import DataManager
+dm = DataManager("sweep", sys.argv[1])
+print(dm.get(sys.argv[2], strict=True), dm.verify())
+"""
+
+
+def _read_on_read_only_mount(datapath: str, key: str) -> str:
+    """Read *key* in a process that sees *datapath* as a read-only bind mount.
+
+    Permission bits do not stop root; in a private mount namespace any attempt
+    to create, write or lock a file there fails for real.
+    """
+    if not can_mount_read_only(Path(datapath)):
         pytest.skip("needs unshare and mount --bind (root in a sandbox allowing mounts)")
-    reader = (
-        "import sys\nfrom datamanager import DataManager\n"
-        "dm = DataManager('sweep', sys.argv[1])\n"
-        "print(dm.get('before', strict=True), dm.verify())"
-    )
     script = (
-        f"mount --bind -o ro {tmp_path} {tmp_path} && "
-        f"exec {shlex.quote(sys.executable)} -W error -c {shlex.quote(reader)} {tmp_path}"
+        f"mount --bind -o ro {datapath} {datapath} && exec {shlex.quote(sys.executable)} "
+        f"-W error -c {shlex.quote(READ_KEY)} {datapath} {key}"
     )
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "{'hot': [1, 2, 3]} []"
+    return proc.stdout.strip()
+
+
+def test_hot_journal_on_a_read_only_mount(hot):
+    assert _read_on_read_only_mount(hot.datapath, "before") == "{'hot': [1, 2, 3]} []"
 
 
 HOLDING_READER = """
@@ -272,6 +283,7 @@ def test_session_closed_under_a_reader_is_whole_in_its_main_file(tmp_path):
     assert len(values) == 102 and values["first"] == 1 and values["k99"] == 99
     assert copied.verify() == []
     assert _listing(copied.basepath) == before  # no -wal or -shm created beside it
+    assert _read_on_read_only_mount(copied.datapath, "k99") == "{'run': 99} []"
 
 
 TRY_TO_WRITE = """
