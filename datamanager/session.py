@@ -50,7 +50,7 @@ SIDE_FILE_THRESHOLD = 1 << 20
 PAGE_SIZE = 2048
 #: How long a writer waits for another process holding the same session.
 BUSY_TIMEOUT = 60.0
-#: How long close() waits for readers to leave the WAL it copies into the main file.
+#: How long close() waits for a reader of an older state before copying the WAL into the file.
 CHECKPOINT_TIMEOUT = 10.0
 
 _SCHEMA = [
@@ -281,18 +281,22 @@ class Session(MutableMapping):
         Every committed value is first copied from the WAL into the main file:
         another process holding the session open (a reader too) makes the
         switch out of WAL fail, and the file must still be whole if copied
-        alone. Readers never hold a read transaction long, so the wait is
-        bounded; a writer still at work checkpoints when it closes in turn.
-        The switch spares later readers the ``-wal`` and ``-shm`` files that
+        alone. The switch spares later readers the ``-wal`` and ``-shm`` files
         a WAL-mode file needs (on read-only media too); it changes the header
         through a rollback journal, which a kill may leave hot: readers then
         recover the last commit in a private copy, the next writer in place.
         """
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(CHECKPOINT_TIMEOUT * 1000)}")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.execute("PRAGMA busy_timeout = 0")  # someone else has it open: keep WAL
-            conn.execute("PRAGMA journal_mode=DELETE")
+            conn.execute("PRAGMA busy_timeout = 0")
+            # Waits for no one, and copies every frame unless a reader is in
+            # the middle of reading an older state.
+            _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if copied != frames:
+                # Our readers never read for long: wait for them, bounded.
+                conn.execute(f"PRAGMA busy_timeout = {int(CHECKPOINT_TIMEOUT * 1000)}")
+                conn.execute("PRAGMA wal_checkpoint(FULL)")
+                conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA journal_mode=DELETE")  # fails while others have it open
         except sqlite3.OperationalError:
             pass
 
