@@ -9,8 +9,8 @@ Two states of a session file stop a read-only reader:
   database".  A journal that belongs to a live writer is not hot (the writer
   holds its lock) and never gets here.
 * a WAL-mode file without its ``-wal`` and ``-shm`` files (copied alone, or
-  left so by a closed writer while a reader held it): a read-only reader would
-  create them in the data directory, and fails where it cannot.
+  left by a writer killed while switching journal modes): a read-only reader
+  would create them in the data directory, and fails where it cannot.
 
 Such a session is read from a private copy: its files are copied into a new
 temporary directory, checked not to have changed meanwhile, and opened there
