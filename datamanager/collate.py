@@ -3,7 +3,10 @@
 Reading never writes.  Native sessions are opened with SQLite's read-only
 mode, legacy shelves through ``dbm`` with flag ``'r'``; nothing in the data
 directory is created, truncated, locked against writers or modified, so
-collation can run while simulations are still writing (issue #2).
+collation can run while simulations are still writing (issue #2).  A session
+that SQLite cannot read in place without writing (a hot journal left by a
+killed writer, or a WAL-mode file without its ``-wal`` and ``-shm`` files) is
+read from a private copy whose files SQLite recovers (:mod:`._snapshot`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import sqlite3
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, TypeVar, Union
 
 import numpy as np
 
 from ._descriptors import check_descriptors
+from ._snapshot import CopyChanged, PrivateCopy, needs_copy, refused_recovery
 from .errors import CorruptSessionError, warn_caller
 from .session import (
     _KEYS,
@@ -28,6 +32,7 @@ from .session import (
     blob_dir,
     decode,
     decode_created,
+    hold,
     is_side_name,
     load_side_file,
     read_metadata,
@@ -39,6 +44,7 @@ __all__ = ["SessionEntry", "SessionReader", "find_sessions", "merge_values", "tw
 
 Match = Union[str, Callable[[str], bool]]
 OnError = Callable[[CorruptSessionError], None]
+T = TypeVar("T")
 
 _COMPANIONS = (SESSION_SUFFIX + "-wal", SESSION_SUFFIX + "-shm", SESSION_SUFFIX + "-journal",
                SESSION_SUFFIX + ".lock", BLOB_SUFFIX)  # fmt: skip
@@ -51,6 +57,8 @@ _BATCH = (
     "SELECT rowid, key, value, side, side_size FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?"
 )
 _GONE = object()
+# Tries at a private copy of a session whose files a writer keeps changing.
+_COPY_ATTEMPTS = 20
 _CREATED = "SELECT value FROM meta WHERE name = 'created'"
 #: Metadata entry of a session migrated from a legacy shelf, written once every
 #: value was read back and compared; only then does the session hide its shelf.
@@ -190,16 +198,16 @@ class SessionReader:
 
     Opened with SQLite's ``mode=ro``: it never creates, changes or locks the
     session against its writer, and sees each value whole or not at all.
+    Where a killed writer left what only a writer may recover, it reads the
+    last committed state from a private copy, removed by :meth:`close`.
     """
 
     def __init__(self, entry: SessionEntry, safe: bool = False) -> None:
         self.name, self.path, self.safe = entry.name, entry.path, safe
-        uri = _uri(self.path, "mode=ro")
+        self._conn: sqlite3.Connection | None = None
+        self._copy: PrivateCopy | None = None
         try:
-            self._conn = sqlite3.connect(
-                uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            row = self._conn.execute(_CREATED).fetchone()
+            row = self._open()
         except sqlite3.DatabaseError as exc:
             row = self._open_unready(exc)
         # A session killed before its first commit is an empty file: no keys.
@@ -211,9 +219,53 @@ class SessionReader:
             self.close()  # the caller never gets this reader to close
             raise
 
+    def _open(self) -> Any:
+        """Connect and return the row of the creation time.
+
+        In place, with SQLite's read-only mode, where SQLite can read the file
+        without writing; else from a private copy (see :mod:`._snapshot`).
+        """
+        for _attempt in range(_COPY_ATTEMPTS):
+            self.close()
+            if not needs_copy(self.path):
+                self._conn = sqlite3.connect(
+                    _uri(self.path, "mode=ro"), uri=True, timeout=BUSY_TIMEOUT,
+                    isolation_level=None, check_same_thread=False,
+                )  # fmt: skip
+                hold(self.path)
+                try:
+                    return self._conn.execute(_CREATED).fetchone()
+                except sqlite3.OperationalError as exc:
+                    if not refused_recovery(exc):
+                        raise
+                self.close()
+            try:
+                copy = PrivateCopy(self.path)
+            except CopyChanged:
+                continue  # a writer was at work: reading in place may work now
+            self._copy, self._conn = copy, copy.connect()
+            return self._conn.execute(_CREATED).fetchone()
+        raise CorruptSessionError(
+            self.path, f"its files changed while being copied, {_COPY_ATTEMPTS} times in a row"
+        )
+
+    def _read(self, read: Callable[[sqlite3.Connection], T], key: str | None = None) -> T:
+        """Run *read* on the connection; a writer killed since we opened is recovered."""
+        assert self._conn is not None
+        try:
+            try:
+                return read(self._conn)
+            except sqlite3.OperationalError as exc:
+                if self._copy is not None or not refused_recovery(exc):
+                    raise
+            self._open()
+            return read(self._conn)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptSessionError(self.path, str(exc), key) from exc
+
     def _open_unready(self, exc: sqlite3.DatabaseError) -> Any:
         """Handle a file without our tables: a session being created, or not ours."""
-        conn = getattr(self, "_conn", None)
+        conn = self._conn
         if conn is not None and "no such table" in str(exc):
             try:
                 # One read transaction, so that both answers describe the same
@@ -221,8 +273,7 @@ class SessionReader:
                 conn.execute("BEGIN")
                 try:
                     if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                        self._conn = None  # created but never committed: empty
-                        conn.close()
+                        self.close()  # created but never committed: empty
                         return None
                     return conn.execute(_CREATED).fetchone()  # committed meanwhile
                 finally:
@@ -230,28 +281,21 @@ class SessionReader:
                         conn.execute("COMMIT")
             except sqlite3.DatabaseError:
                 pass
-        if conn is not None:
-            conn.close()
+        self.close()
         check_descriptors(self.path)
         raise CorruptSessionError(self.path, f"not a readable session ({exc})") from exc
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         if self._conn is None:
             return []
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise CorruptSessionError(self.path, str(exc)) from exc
+        return self._read(lambda conn: conn.execute(sql, params).fetchall())
 
     @property
     def metadata(self) -> dict[str, Any]:
         """The session's metadata (creation time, user, host, ...)."""
         if self._conn is None:
             return {"created": self.created}
-        try:
-            return read_metadata(self._conn, self.path)
-        except sqlite3.DatabaseError as exc:
-            raise CorruptSessionError(self.path, str(exc)) from exc
+        return self._read(lambda conn: read_metadata(conn, self.path))
 
     def keys(self) -> list[str]:
         """The session's keys, in the order they were first written."""
@@ -268,10 +312,7 @@ class SessionReader:
     def __getitem__(self, key: str) -> Any:
         if self._conn is None:
             raise KeyError(key)
-        try:
-            return read_value(self._conn, self.path, self.name, key, self.safe)
-        except sqlite3.DatabaseError as exc:
-            raise CorruptSessionError(self.path, str(exc), key) from exc
+        return self._read(lambda conn: read_value(conn, self.path, self.name, key, self.safe), key)
 
     def get(self, key: str, default: Any = None) -> Any:
         try:
@@ -367,9 +408,14 @@ class SessionReader:
         yield from self._query("SELECT key, value FROM items WHERE side IS NULL")
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None
+        copy, self._copy = self._copy, None
+        if conn is not None:
+            conn.close()
+            if copy is None:
+                hold(self.path, -1)
+        if copy is not None:
+            copy.remove()
 
     def __enter__(self) -> SessionReader:
         return self

@@ -6,6 +6,15 @@ key with its previous value or its new one, never half of either.  Large numpy
 arrays do not crawl through SQLite: they are written whole with ``np.save`` to
 a side file in ``<name>.blobs/`` first and only then referenced from the
 database, so a reader sees either no reference or a complete file (issue #2).
+
+On local disks a session is in SQLite's WAL mode while open and switched back
+to a rollback journal by :meth:`Session.close`, after every committed value was
+copied into the main file: a closed session is one self-contained file. On
+network filesystems it keeps the rollback journal (see
+:mod:`datamanager.filesystem`). A kill in the middle of a rollback-journal
+transaction, including the header change of either switch, leaves a hot
+``-journal``: the next writer rolls it back in place, readers in a private copy
+(:mod:`datamanager._snapshot`).
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ _SIDE_NAME = re.compile(r"[0-9a-f]{32}\.npy")
 #: SQLite's result code for a full disk (or an exceeded quota).
 _SQLITE_FULL = 13
 _NO_SPACE = os.strerror(errno.ENOSPC)
+#: How long close() waits for a reader of an older state before copying the WAL into the file.
+CHECKPOINT_TIMEOUT = 10.0
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS items (
@@ -84,6 +95,30 @@ _UPSERT = (
 # use or close them (closing could disturb the parent's locks), so they are
 # parked here for the child's lifetime.
 _ABANDONED: list[sqlite3.Connection] = []
+
+# How many SQLite connections this process has open to each session file.
+# SQLite locks files with POSIX locks, which the kernel drops as soon as the
+# process closes *any* descriptor of that file: code that reads a session file
+# with plain open() must not do so while SQLite may hold locks on it here.
+_HELD: dict[str, int] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def hold(path: str, count: int = 1) -> None:
+    """Count one connection of this process to *path* opened (or, with -1, closed)."""
+    if not os.path.isabs(path):
+        path = os.path.abspath(path)  # a relative datapath names the same file
+    with _HELD_LOCK:
+        left = _HELD.get(path, 0) + count
+        if left > 0:
+            _HELD[path] = left
+        else:
+            _HELD.pop(path, None)
+
+
+def held(path: str) -> bool:
+    """Whether this process has a connection open to the session file *path*."""
+    return bool(_HELD) and os.path.abspath(path) in _HELD
 
 
 def validate_session_name(name: Any) -> str:
@@ -242,6 +277,7 @@ class Session(MutableMapping):
             if not create and not os.path.exists(self.path):
                 return None
             self._conn = self._open()
+            hold(self.path)
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
@@ -292,19 +328,40 @@ class Session(MutableMapping):
             if conn is None:
                 return
             if self._depth:
-                conn.execute("ROLLBACK")
-                self._depth = 0
+                # Closed inside a block: undo it (SQLite may have done so
+                # already, after a full disk).
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._depth, self._aborted = 0, None
             if self.journal_mode == "wal":
-                # Leave a closed session as one plain file, readable from
-                # read-only media and copyable alone: a reader of a WAL-mode
-                # file would otherwise create -wal and -shm files beside it.
-                # Another process still using it keeps WAL; we do not wait.
-                try:
-                    conn.execute("PRAGMA busy_timeout = 0")
-                    conn.execute("PRAGMA journal_mode=DELETE")
-                except sqlite3.OperationalError:
-                    pass
+                self._leave_whole(conn)
             conn.close()
+            hold(self.path, -1)
+
+    def _leave_whole(self, conn: sqlite3.Connection) -> None:
+        """Leave the session as one self-contained file, back in rollback-journal mode.
+
+        Every committed value is first copied from the WAL into the main file:
+        another process holding the session open (a reader too) makes the
+        switch out of WAL fail, and the file must still be whole if copied
+        alone. The switch spares later readers the ``-wal`` and ``-shm`` files
+        a WAL-mode file needs (on read-only media too); it changes the header
+        through a rollback journal, which a kill may leave hot: readers then
+        recover the last commit in a private copy, the next writer in place.
+        """
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            # Waits for no one, and copies every frame unless a reader is in
+            # the middle of reading an older state.
+            _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if copied != frames:
+                # Our readers never read for long: wait for them, bounded.
+                conn.execute(f"PRAGMA busy_timeout = {int(CHECKPOINT_TIMEOUT * 1000)}")
+                conn.execute("PRAGMA wal_checkpoint(FULL)")
+                conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA journal_mode=DELETE")  # fails while others have it open
+        except sqlite3.OperationalError:
+            pass
 
     def __enter__(self) -> Session:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,13 @@ def start_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
         [sys.executable, "-c", code, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
     )  # fmt: skip
+
+
+def can_mount_read_only(tmp_path: Path) -> bool:
+    """Whether this process may make a read-only bind mount in a private namespace."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if shutil.which("unshare") is None:
+        return False
+    cmd = f"mount --bind -o ro {probe} {probe} && ! touch {probe}/x 2>/dev/null"
+    return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True).returncode == 0

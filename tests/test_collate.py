@@ -28,7 +28,7 @@ from datamanager import (
 )
 from datamanager.session import blob_dir
 
-from conftest import run_python
+from conftest import can_mount_read_only, run_python
 
 WRITER = """
 import sys, numpy as np
@@ -216,20 +216,11 @@ def test_collation_modifies_nothing(mixed):
     assert set(after) == set(before)
 
 
-def _can_mount_read_only(tmp_path):
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    if shutil.which("unshare") is None:
-        return False
-    cmd = f"mount --bind -o ro {probe} {probe} && ! touch {probe}/x 2>/dev/null"
-    return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True).returncode == 0
-
-
 def test_collation_on_a_read_only_filesystem(mixed, tmp_path):
     # Permission bits do not stop root, so the reader runs in a private mount
     # namespace where the data directory is a read-only bind mount: any
     # attempt to create, write or lock a file there fails for real.
-    if not _can_mount_read_only(tmp_path):
+    if not can_mount_read_only(tmp_path):
         pytest.skip("needs unshare and mount (root)")
     reader = (
         "import sys\nfrom datamanager import DataManager\n"
