@@ -729,6 +729,16 @@ def decode_metadata(name: Any, text: Any, path: str) -> Any:
 
 def decode_created(text: Any, path: str) -> float:
     """The creation time of a session from its metadata entry 'created'."""
+    if type(text) is str:
+        # Every reader asks this once: a plain number (what the writer
+        # stores) skips the JSON decoder.
+        try:
+            seconds = float(text)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(seconds):
+                return seconds
     created = decode_metadata("created", text, path)
     if type(created) not in (int, float):
         raise CorruptSessionError(path, f"metadata entry 'created' is {created!r:.40}, not a time")
