@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,12 @@ def can_mount_read_only(tmp_path: Path) -> bool:
         return False
     cmd = f"mount --bind -o ro {probe} {probe} && ! touch {probe}/x 2>/dev/null"
     return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True).returncode == 0
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child that a test stops with Ctrl-C (SIGINT).
+
+    A shell starts background jobs with SIGINT ignored, and the child would
+    inherit that, so the test would depend on how pytest was started.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -34,7 +34,7 @@ from datamanager.hdf5 import (
     unescape_name,
 )
 
-from conftest import run_python
+from conftest import interruptible, run_python
 
 # ---------------------------------------------------------------------------
 # Exact comparison: same types, dtypes, shapes and values (NaN equals NaN).
@@ -672,7 +672,7 @@ def test_ctrl_c_stops_export_and_leaves_nothing(
     for _ in range(3):
         proc = subprocess.Popen(
             [sys.executable, *INTERRUPTIBLE[how], dm.basepath, str(target)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 60

@@ -27,7 +27,7 @@ from datamanager.errors import UnstorableValueError
 from datamanager.provenance import git_state
 from datamanager.tasks import item_key, run_tasks, task_failures, task_results
 
-from conftest import run_python
+from conftest import interruptible, run_python
 
 ITEMS = list(range(24))
 
@@ -254,7 +254,7 @@ def start_driver(tmp_path: Path, n: int) -> tuple[subprocess.Popen, DataManager]
     script.write_text(DRIVER)
     proc = subprocess.Popen(
         [sys.executable, str(script), str(tmp_path), str(n)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
     )  # fmt: skip
     return proc, DataManager("sweep", str(tmp_path))
 
