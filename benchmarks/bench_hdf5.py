@@ -1,9 +1,9 @@
-"""Benchmark the HDF5 export against raw h5py, measured in the same run (issue 4).
+"""Benchmark the HDF5 export against raw h5py, measured in the same run.
 
 Run ``python benchmarks/bench_hdf5.py`` (``--small`` for a quick run).  Every
 ratio compares two timings taken here, in one folder on one disk, taking
 turns so that each meets the same page-cache state, and each closing its
-file; so the ratios hold on any machine.  The targets come from issue 4.
+file; so the ratios hold on any machine.
 
 Export timings include reading the values back out of the data directory
 (SQLite and side files, already in the page cache); raw h5py writes arrays

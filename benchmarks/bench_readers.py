@@ -1,4 +1,4 @@
-"""Recording readers against their baselines, measured in the same run (issue 3).
+"""Recording readers against their baselines, measured in the same run.
 
 For a generated two-column file in each format (NEURON clipboard ``.dat`` and
 ATF), compares the throughput of our reader with ``pandas.read_csv(engine='c')``

@@ -1,4 +1,4 @@
-"""Benchmark the session store and the collator against their baselines (issue #2).
+"""Benchmark the session store and the collator against their baselines.
 
 Every figure is a ratio against a baseline measured in the same run, on the
 same disk, so that the numbers mean something on a shared, noisy machine:
@@ -12,7 +12,7 @@ Run ``python benchmarks/bench_store.py`` (``--quick`` for a small run).  Each
 measurement is repeated, baseline and datamanager interleaved, and the best
 time of each is kept: on a machine shared with other work the minimum is the
 figure least disturbed by it.  The script always exits 0; the targets are
-for reading, not for asserting (STYLE habit 8).
+for reading, not for asserting: a timing assertion would be flaky.
 """
 
 from __future__ import annotations

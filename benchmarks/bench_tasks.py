@@ -1,4 +1,4 @@
-"""Benchmark run_tasks against bare process pools and a bare Dask client (issue #5).
+"""Benchmark run_tasks against bare process pools and a bare Dask client.
 
 Every ratio compares two timings taken in this run, interleaved and repeated
 (the median is reported), on a fresh data directory for each run_tasks call:

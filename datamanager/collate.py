@@ -3,7 +3,7 @@
 Reading never writes.  Native sessions are opened with SQLite's read-only
 mode, legacy shelves through ``dbm`` with flag ``'r'``; nothing in the data
 directory is created, truncated, locked against writers or modified, so
-collation can run while simulations are still writing (issue #2).  A session
+collation can run while simulations are still writing.  A session
 that SQLite cannot read in place without writing (a hot journal left by a
 killed writer, or a WAL-mode file without its ``-wal`` and ``-shm`` files) is
 read from a private copy whose files SQLite recovers (:mod:`._snapshot`).

@@ -2,7 +2,7 @@
 
 The file needs neither datamanager nor pickle to be read: every value maps to
 plain HDF5 datasets and groups (the schema in README.rst and
-:mod:`datamanager._h5schema`, issue 4).  :func:`load_hdf5` reverses it exactly
+:mod:`datamanager._h5schema`).  :func:`load_hdf5` reverses it exactly
 (:mod:`datamanager._h5read`).
 
 Layout of an export::
@@ -18,7 +18,7 @@ Layout of an export::
 This module does the file handling (temporary name, atomic publish) and the
 reading of the sessions; :mod:`datamanager._h5merge` writes the values.
 h5py is imported inside the functions: ``import datamanager`` must stay cheap
-for simulation processes that only write (issue 2).
+for simulation processes that only write.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def _matcher(match: Union[str, Callable[[str], bool], None]) -> Callable[[str], 
 
 
 def _progress(dm: Any, progress: bool | None) -> Iterable[Any]:
-    """``dm.iter_sessions()``, behind a bar only for a person watching (issue 4).
+    """``dm.iter_sessions()``, behind a bar only for a person watching.
 
     Never in logs, pipes or CI; and the session count, which opens every
     session once more, is only taken for a bar.
@@ -377,7 +377,7 @@ def _values(reader: Any, selected: Callable[[str], bool] | None) -> Iterator[tup
     Arrays in side files come as :class:`NpyFile`, to be copied without being
     loaded.  A session without side files is read in batches of rows, one
     query each instead of one per key: with many small values those queries
-    cost more than writing the values (issue 4).
+    cost more than writing the values.
     """
     try:
         side = {key: (path, size) for key, path, size in reader.side_files()}

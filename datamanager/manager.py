@@ -2,7 +2,7 @@
 
 The names and meanings of the methods follow Brian's
 ``brian.tools.datamanager.DataManager``, so scripts written for it run
-unchanged (issue #2).
+unchanged.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What a session records about the process that first wrote it.
 
 The record answers "which code, on which machine, with which libraries made
-these results?" (issue #5).  It runs at every session creation, so it stays
+these results?".  It runs at every session creation, so it stays
 cheap: package versions come from modules already imported, and the one
 ``git`` subprocess is run once per process and directory, with a short timeout.
 """

@@ -5,7 +5,7 @@ write is an SQLite transaction, so a process killed at any moment leaves each
 key with its previous value or its new one, never half of either.  Large numpy
 arrays do not crawl through SQLite: they are written whole with ``np.save`` to
 a side file in ``<name>.blobs/`` first and only then referenced from the
-database, so a reader sees either no reference or a complete file (issue #2).
+database, so a reader sees either no reference or a complete file.
 
 On local disks a session is in SQLite's WAL mode while open and switched back
 to a rollback journal by :meth:`Session.close`, after every committed value was
@@ -255,7 +255,7 @@ class Session(MutableMapping):
         # TransactionAbortedError arguments while the open transaction is lost.
         self._aborted: tuple[int | None, str, str] | None = None
 
-    # -- pickling carries configuration, never a connection (STYLE habit 3) --
+    # -- pickling carries configuration, never a connection --
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "journal_mode": self._requested_journal}
@@ -294,7 +294,7 @@ class Session(MutableMapping):
             sync = "NORMAL" if self.journal_mode == "wal" else "FULL"
             conn.execute(f"PRAGMA synchronous={sync}")
             # Smaller pages mean fewer bytes in the WAL per small write, about
-            # 10% more durable writes per second (issue #2); this only takes
+            # 10% more durable writes per second; this only takes
             # effect on a new file.
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             # Changing the journal mode needs a lock the busy handler does not
@@ -550,7 +550,7 @@ class Session(MutableMapping):
 
     def __setitem__(self, key: str, value: Any) -> None:
         # The common case (a str key, a small value) is kept short: it is the
-        # hot path of every simulation (issue #2 write rate).
+        # hot path of every simulation.
         if type(key) is not str:
             _check_key(key)
         if type(value) is np.ndarray and _is_side_array(value):

@@ -2,7 +2,7 @@
 
 :func:`run_tasks` calls ``task(item)`` for each item on a local process pool
 (:class:`concurrent.futures.ProcessPoolExecutor`) or on the workers of a
-``dask.distributed.Client``; it never schedules anything itself (issue #5).
+``dask.distributed.Client``; it never schedules anything itself.
 Each worker process opens its own session once and stores every result under
 a key derived from the item, so a sweep that is killed finishes by running the
 same call again, and the results collate with the usual API.

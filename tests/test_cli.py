@@ -1,4 +1,4 @@
-"""The ``datamanager`` command line (issue 4): main(argv) and one real subprocess."""
+"""The ``datamanager`` command line: main(argv) and one real subprocess."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HDF5 export and loader (issue 4): schema, round trips, atomicity, foreign readers."""
+"""HDF5 export and loader: schema, round trips, atomicity, foreign readers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Readers, writers and malformed input for NEURON .dat and Axon .atf (issue 3).
+"""Readers, writers and malformed input for NEURON .dat and Axon .atf.
 
 Every sample file goes through one conformance check (``check_recording``)
 and is compared with an independent parse written here with pandas/numpy.
@@ -90,7 +90,7 @@ def shared(request: pytest.FixtureRequest) -> Path | None:
 
 
 def check_recording(rec: Recording) -> None:
-    """What every reader must give, whatever the format (STYLE habit 4)."""
+    """What every reader must give, whatever the format."""
     assert isinstance(rec, Recording)
     assert rec.data.ndim == 2
     rows, cols = rec.shape
@@ -572,7 +572,7 @@ print(json.dumps([(status("VmHWM:") - before) / data.nbytes, float(data[-1, 0])]
 
 def test_blockwise_parse_peaks_under_twice_the_table(tmp_path: Path) -> None:
     # Measured in a fresh interpreter with real RSS. One read_csv call on the
-    # same file peaks at about 3x (issue 3 asks for at most 2x).
+    # same file peaks at about 3x; the readers promise at most 2x.
     n = 2_000_000
     data = np.column_stack([np.arange(n) * 0.025, np.round(np.sin(np.arange(n)), 4)])
     path, small = tmp_path / "big.dat", tmp_path / "small.dat"

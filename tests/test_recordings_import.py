@@ -1,4 +1,4 @@
-"""Import of legacy recordings into a DataManager session (issue 3)."""
+"""Import of legacy recordings into a DataManager session."""
 
 from __future__ import annotations
 

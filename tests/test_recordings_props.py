@@ -1,4 +1,4 @@
-"""Property tests of the recording writers and readers, and a fuzz test (issue 3).
+"""Property tests of the recording writers and readers, and a fuzz test.
 
 Round trips: whatever the writers produce reads back the same. Fuzz: random
 and mutated files give a correct parse or RecordingFormatError, nothing else.

@@ -1,4 +1,4 @@
-"""run_tasks on real process pools and a real Dask cluster, with real kills (issue #5)."""
+"""run_tasks on real process pools and a real Dask cluster, with real kills."""
 
 from __future__ import annotations
 

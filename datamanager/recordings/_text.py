@@ -1,8 +1,8 @@
 """Shared machinery of the text readers: header lines, numeric blocks, errors.
 
 The readers parse a header with Python, line by line, and hand the numeric
-body to pandas' C parser on the exact byte range it occupies (issue 3: the
-readers must keep up with ``pandas.read_csv``). pandas reports a bad cell
+body to pandas' C parser on the exact byte range it occupies, so that the
+readers keep up with ``pandas.read_csv``. pandas reports a bad cell
 without its line, so when it refuses a block a slow Python scan of the same
 bytes finds the first bad line and says what was expected there.
 

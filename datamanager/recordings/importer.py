@@ -202,7 +202,7 @@ def import_recordings(
         except (RecordingFormatError, OSError) as exc:
             summary.failed[rel] = str(exc)
             continue
-        except Exception as exc:  # one bad file never stops the others (issue 3)
+        except Exception as exc:  # one bad file never stops the others
             summary.failed[rel] = f"{type(exc).__name__}: {exc}"
             continue
         pending.append((rel, digest, recordings))
