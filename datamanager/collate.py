@@ -366,7 +366,7 @@ class SessionReader:
             return decode(data, self.path, self.name, key, self.safe)
         try:
             path = side_path(self.path, side, key)
-            return load_side_file(path, side_size, self.name, key)
+            return load_side_file(path, side_size, self.path, key)
         except FileNotFoundError:  # replaced meanwhile: read it again
             return self.get(key, _GONE)
 

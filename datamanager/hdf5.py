@@ -24,6 +24,7 @@ for simulation processes that only write.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -233,6 +234,10 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def _exists(path: str) -> ExportError:
+    return ExportError(path, "the file exists (use overwrite=True to replace it)", errno.EEXIST)
+
+
 def _publish(tmp: str, path: str, overwrite: bool, fsync: bool) -> None:
     """Move the finished file into place in one step."""
     if overwrite:
@@ -243,12 +248,10 @@ def _publish(tmp: str, path: str, overwrite: bool, fsync: bool) -> None:
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise ExportError(path, "the file exists (use overwrite=True to replace it)") from None
+            raise _exists(path) from None
         except OSError:  # no hard links on this filesystem
             if os.path.lexists(path):
-                raise ExportError(
-                    path, "the file exists (use overwrite=True to replace it)"
-                ) from None
+                raise _exists(path) from None
             os.replace(tmp, path)
         else:
             os.unlink(tmp)
@@ -328,9 +331,9 @@ def export_hdf5(
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     if os.path.lexists(path) and not overwrite:
-        raise ExportError(path, "the file exists (use overwrite=True to replace it)")
+        raise _exists(path)
     if not os.path.isdir(folder):
-        raise ExportError(path, f"no such folder {folder}")
+        raise ExportError(path, f"no such folder {folder}", errno.ENOENT)
 
     import h5py
 
@@ -364,7 +367,7 @@ def export_hdf5(
             except OSError:
                 pass
             if isinstance(exc, OSError) and not isinstance(exc, ExportError):
-                raise ExportError(path, f"{type(exc).__name__}: {exc}") from exc
+                raise ExportError(path, f"{type(exc).__name__}: {exc}", exc.errno) from exc
             raise
     report.nbytes = os.path.getsize(path)
     report.seconds = time.perf_counter() - started

@@ -187,13 +187,17 @@ def _is_side_array(value: Any) -> bool:
     )
 
 
-def load_side_file(path: str, expected_size: int | None, session: str, key: str) -> Any:
-    """Load one side file, checking it is whole and its header describes it."""
+def load_side_file(path: str, expected_size: int | None, session_path: str, key: str) -> Any:
+    """Load side file *path* of key *key*, checking it is whole and its header describes it.
+
+    Its damage is reported as a :class:`CorruptSessionError` of the session at
+    *session_path*, which owns the file.
+    """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if expected_size is not None and size != expected_size:
             raise CorruptSessionError(
-                session, f"side file {path} has {size} bytes, expected {expected_size}", key
+                session_path, f"side file {path} has {size} bytes, expected {expected_size}", key
             )
         try:
             header = read_npy_header(f)
@@ -204,7 +208,7 @@ def load_side_file(path: str, expected_size: int | None, session: str, key: str)
             if array.size != count:
                 raise ValueError(f"{array.size} of {count} items could be read")
         except ValueError as exc:
-            raise CorruptSessionError(session, f"side file {path}: {exc}", key) from exc
+            raise CorruptSessionError(session_path, f"side file {path}: {exc}", key) from exc
     return array.reshape(header.shape, order="F" if header.fortran_order else "C")
 
 
@@ -757,7 +761,7 @@ def read_value(
         if side is None:
             return decode(data, path, session, key, safe)
         try:
-            return load_side_file(side_path(path, side, key), side_size, session, key)
+            return load_side_file(side_path(path, side, key), side_size, path, key)
         except FileNotFoundError:
             # A writer may have replaced the value and removed its old side
             # file between our two reads: read the row again.
