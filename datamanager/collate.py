@@ -550,10 +550,11 @@ class ShelfReader(SessionReader):
         return decode(data, self.path, self.name, key, self.safe)
 
     def _raw(self, key: str) -> bytes:
+        stored = self._index[key]  # a key the shelf never had
         try:
-            return self._db[self._index[key]]
-        except KeyError:
-            raise
+            return self._db[stored]
+        except KeyError:  # deleted by a writer since we opened, as in a session
+            raise KeyError(key) from None
         except Exception as exc:
             raise CorruptSessionError(self.path, f"cannot read the value ({exc})", key) from exc
 

@@ -316,6 +316,25 @@ def test_sqlite_shelves_read_while_open_and_after(dm):
         assert dm.get_merged("rate") == [2.0, 3.0]
 
 
+def test_key_deleted_from_an_open_shelf_is_missing_as_in_a_session(dm):
+    os.makedirs(dm.basepath)
+    path = os.path.join(dm.basepath, "py313")
+    _write_legacy(path, {"rate": [1.0], "kept": 2}, "sqlite")
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("SELECT count(*) FROM Dict").fetchone()  # its -wal file appears
+        for session in dm.iter_sessions():
+            with session:
+                writer.execute("DELETE FROM Dict WHERE key = CAST(? AS BLOB)", (b"rate",))
+                assert sorted(session.keys()) == ["kept", "rate"]  # listed when opened
+                with pytest.raises(KeyError) as info:
+                    session["rate"]
+                assert info.value.args == ("rate",)  # the key asked for, as a session says
+                assert dict(session.items(["rate", "kept"])) == {"kept": 2}
+    finally:
+        writer.close()
+
+
 def test_legacy_shelves_collate_read_only_and_migrate(dm):
     os.makedirs(dm.basepath)
     _write_legacy(os.path.join(dm.basepath, "old1"), {"rate": [1.0], "arr": np.arange(3)})
