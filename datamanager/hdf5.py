@@ -265,13 +265,13 @@ def _publish(tmp: str, path: str, overwrite: bool, fsync: bool) -> None:
 def export_hdf5(
     dm: Any,
     path: Union[str, os.PathLike],
+    *,
     match: Union[str, Callable[[str], bool], None] = None,
     merged: bool = False,
     compression: str | None = None,
     overwrite: bool = False,
     on_unsupported: str = "error",
     progress: bool | None = None,
-    *,
     fsync: bool = False,
 ) -> ExportReport:
     """Write the sessions of ``dm`` into one self-describing HDF5 file.

@@ -26,6 +26,9 @@ from .session import SESSION_SUFFIX, Session, _check_key, validate_session_name
 if TYPE_CHECKING:
     import pandas
 
+    from .hdf5 import ExportReport
+    from .recordings import ImportSummary
+
 __all__ = ["DataManager", "Problem"]
 
 T = TypeVar("T")
@@ -343,14 +346,39 @@ class DataManager:
 
         return migrate(self)
 
-    def import_recordings(self, paths_or_folder: Any, session_name: str | None = None) -> Any:
-        """Import NEURON ``.dat`` and Axon ``.atf`` recordings (see :mod:`.recordings`)."""
+    def import_recordings(
+        self, paths_or_folder: Any, session_name: str | None = None
+    ) -> ImportSummary:
+        """Import NEURON ``.dat`` and Axon ``.atf`` recordings into one session.
+
+        ``dm.import_recordings(...)`` is
+        :func:`datamanager.recordings.import_recordings` ``(dm, ...)``; see
+        there for the parameters.
+        """
         from .recordings.importer import import_recordings
 
         return import_recordings(self, paths_or_folder, session_name)
 
-    def export_hdf5(self, path: str, **kwargs: Any) -> Any:
-        """Export the collated results to HDF5; see :func:`datamanager.hdf5.export_hdf5`."""
+    def export_hdf5(
+        self,
+        path: str | os.PathLike,
+        *,
+        match: Match | None = None,
+        merged: bool = False,
+        compression: str | None = None,
+        overwrite: bool = False,
+        on_unsupported: str = "error",
+        progress: bool | None = None,
+        fsync: bool = False,
+    ) -> ExportReport:
+        """Export the collated results to one HDF5 file.
+
+        ``dm.export_hdf5(path, ...)`` is :func:`datamanager.export_hdf5`
+        ``(dm, path, ...)``; see there for the parameters.
+        """
         from .hdf5 import export_hdf5
 
-        return export_hdf5(self, path, **kwargs)
+        return export_hdf5(
+            self, path, match=match, merged=merged, compression=compression,
+            overwrite=overwrite, on_unsupported=on_unsupported, progress=progress, fsync=fsync,
+        )

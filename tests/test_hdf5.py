@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 import pickle
+import pydoc
 import shutil
 import signal
 import subprocess
@@ -370,6 +372,24 @@ def test_bad_options(dm: DataManager, tmp_path: Path):
         export_hdf5(dm, tmp_path / "x.h5", on_unsupported="ignore")
     with pytest.raises(ExportError, match="no such folder"):
         export_hdf5(dm, tmp_path / "missing" / "x.h5")
+
+
+def test_options_are_keyword_only_in_function_and_method(dm: DataManager, tmp_path: Path):
+    function = list(inspect.signature(export_hdf5).parameters.values())
+    method = list(inspect.signature(DataManager.export_hdf5).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in function[1:]] == [
+        (p.name, p.kind, p.default) for p in method[1:]
+    ]  # the method is the function, with the DataManager as ``self``
+    assert {p.kind for p in function[2:]} == {inspect.Parameter.KEYWORD_ONLY}
+    assert "ExportReport" in pydoc.render_doc(DataManager.export_hdf5)
+    with pytest.raises(TypeError):
+        export_hdf5(dm, tmp_path / "x.h5", "rate")
+    with pytest.raises(TypeError):
+        dm.export_hdf5(tmp_path / "x.h5", "rate")
+    assert not (tmp_path / "x.h5").exists()
+    assert {p.kind for p in list(inspect.signature(load_hdf5).parameters.values())[1:]} == {
+        inspect.Parameter.KEYWORD_ONLY
+    }
 
 
 # ---------------------------------------------------------------------------
