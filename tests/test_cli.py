@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamanager import DataManager
+from datamanager import DataManager, Recording
 from datamanager.cli import main
 from datamanager.hdf5 import load_hdf5
 
@@ -157,7 +157,7 @@ def test_import_then_export_recordings(tmp_path: Path, capsys: pytest.CaptureFix
     dm = DataManager.from_path(datadir)
     for key, value in session.items():
         (stored,) = dm.get(key).values()
-        assert type(value).__name__ == "Recording" and value == stored
+        assert isinstance(value, Recording) and value == stored
 
 
 def test_console_entry_in_a_subprocess(datadir: str, tmp_path: Path):

@@ -3,7 +3,9 @@ legacy shelves, safe mode, verify and migrate."""
 
 from __future__ import annotations
 
+import contextlib
 import dbm.dumb
+import glob
 import hashlib
 import os
 import pickle
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 import warnings
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -157,6 +160,12 @@ def test_corrupt_session_is_skipped_or_raises_in_strict_mode(dm):
         dm.get("x", strict=True)
 
 
+def _date(path: str, seconds_from_now: float) -> None:
+    """Set the access and modification times of *path* relative to now."""
+    when = time.time() + seconds_from_now
+    os.utime(path, (when, when))
+
+
 def _snapshot(path):
     state = {}
     for root, dirs, files in os.walk(path):
@@ -202,8 +211,12 @@ def test_collation_modifies_nothing(mixed):
     dm = mixed
     with open(os.path.join(dm.basepath, "README"), "w") as f:
         f.write("hello")
+    # Everything dated an hour back: a write by collation, however soon,
+    # would date its file now, whatever the file system's clock resolution.
+    for root, dirs, files in os.walk(dm.basepath):
+        for name in dirs + files:
+            _date(os.path.join(root, name), -3600)
     before = _snapshot(dm.basepath)
-    time.sleep(0.01)
     result = _everything(dm)
     assert result[1] == {"closed": [1], "killed": [2], "legacy": [3]}
     # Readers take their WAL read locks inside the -shm file (SQLite's
@@ -337,10 +350,15 @@ def test_key_deleted_from_an_open_shelf_is_missing_as_in_a_session(dm):
 
 def test_legacy_shelves_collate_read_only_and_migrate(dm):
     os.makedirs(dm.basepath)
-    _write_legacy(os.path.join(dm.basepath, "old1"), {"rate": [1.0], "arr": np.arange(3)})
-    time.sleep(0.01)
-    _write_legacy(os.path.join(dm.basepath, "old2"), {"rate": (2.0,), "obj": Custom(5)})
-    time.sleep(0.01)
+    # A shelf was created when its files were last written: dated apart, so
+    # that the order of creation does not hang on the clock's resolution.
+    for name, values, age in [
+        ("old1", {"rate": [1.0], "arr": np.arange(3)}, -20),
+        ("old2", {"rate": (2.0,), "obj": Custom(5)}, -10),
+    ]:
+        _write_legacy(os.path.join(dm.basepath, name), values)
+        for path in glob.glob(os.path.join(dm.basepath, name + ".*")):
+            _date(path, age)
     dm.session("new")["rate"] = [3.0]
     assert sorted(os.listdir(dm.basepath))[:3] == ["new.sqlite", "old1.bak", "old1.dat"]
     before = _snapshot(dm.basepath)
@@ -402,7 +420,7 @@ def test_verify_reports_old_side_files_no_key_refers_to(dm):
     orphan = os.path.join(blob_dir(s.path), "0123abcd.npy")
     np.save(orphan, np.zeros(200_000))
     assert dm.verify() == []  # young: maybe a write about to commit
-    os.utime(orphan, (time.time() - 3600, time.time() - 3600))
+    _date(orphan, -3600)
     [problem] = dm.verify()
     assert problem.path == orphan and "no key refers to" in problem.message
     np.testing.assert_array_equal(dm.get("big", strict=True)["s"], np.ones(200_000))
@@ -483,27 +501,64 @@ def test_full_disk_ends_in_a_clear_error_and_keeps_what_was_written(tmp_path):
     assert lines[2] == "VERIFIED []"
 
 
-@pytest.mark.parametrize("max_open", [1, 256])
-def test_iter_sessions_hands_over_open_readers_in_order(dm, monkeypatch, max_open):
-    import datamanager.manager
+def _open_sessions(folder: str) -> set[str]:
+    """The sessions in *folder* whose files this process holds open."""
+    names = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        if os.path.dirname(target) == folder:
+            names.add(os.path.basename(target).split(".")[0])
+    return names
 
-    monkeypatch.setattr(datamanager.manager, "_MAX_OPEN", max_open)
+
+@contextlib.contextmanager
+def _spare_descriptors(spare: int | None) -> Iterator[None]:
+    """Leave the process only *spare* free descriptors (no change for None)."""
+    if spare is None:
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + spare, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see open files")
+@pytest.mark.parametrize("spare", [None, 12])
+def test_iter_sessions_hands_over_open_readers_in_order(dm, spare):
     for name in ["c", "a", "b"]:
-        dm.session(name)["v"] = name
-    names = []
-    for reader in dm.iter_sessions():
-        with reader:
-            names.append((reader.name, reader["v"]))
-    assert names == [("c", "c"), ("a", "a"), ("b", "b")]
-    it = dm.iter_sessions()
-    first = next(it)
-    it.close()  # the readers not handed over are closed; the first is the caller's
-    assert first["v"] == "c"
-    first.close()
-    # Taking the next reader closes the one before, so a comprehension that
-    # never closes anything leaves no connection open (Python 3.13 warns).
-    readers = []
-    for reader in dm.iter_sessions():
-        assert reader._conn is not None and all(r._conn is None for r in readers)
-        readers.append(reader)
-    assert all(r._conn is None for r in readers)
+        with dm.session(name) as s:
+            s["v"] = name
+    folder = os.path.realpath(dm.basepath)
+    # With descriptors to spare the readers stay open from the pass that
+    # orders them; with few, each is opened again when its turn comes.
+    first_open = {"c"} if spare else {"a", "b", "c"}
+    with _spare_descriptors(spare):
+        names = []
+        for reader in dm.iter_sessions():
+            with reader:
+                names.append((reader.name, reader["v"]))
+        assert names == [("c", "c"), ("a", "a"), ("b", "b")]
+        assert _open_sessions(folder) == set()
+        it = dm.iter_sessions()
+        first = next(it)
+        assert _open_sessions(folder) == first_open
+        it.close()  # the readers not handed over are closed; the first is the caller's
+        assert _open_sessions(folder) == {"c"} and first["v"] == "c"
+        first.close()
+        assert _open_sessions(folder) == set()
+        # Taking the next reader closes the one before, so a comprehension that
+        # never closes anything leaves no connection open (Python 3.13 warns).
+        handed = []
+        for reader in dm.iter_sessions():
+            assert reader.name in _open_sessions(folder)
+            assert not _open_sessions(folder) & set(handed)
+            handed.append(reader.name)
+        assert _open_sessions(folder) == set()

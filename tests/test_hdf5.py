@@ -160,10 +160,13 @@ def test_large_python_int_list_is_a_group_not_an_overflow():
     [object(), np.array(["a"]), {1: 2}, [1, {"x": object()}], np.datetime64("2020-01-01")],
     ids=["object", "str-array", "int-key", "nested", "datetime64"],
 )
-def test_unsupported_values_are_refused(value: Any):
-    with pytest.raises(Exception) as info:
-        roundtrip(value)
-    assert type(info.value).__name__ == "Unsupported"
+def test_unsupported_values_are_refused(dm: DataManager, tmp_path: Path, value: Any):
+    (name,) = fill(dm, [{"v": value}])
+    target = tmp_path / "u.h5"
+    with pytest.raises(UnsupportedValueError) as info:
+        export_hdf5(dm, target)
+    assert (info.value.session, info.value.key) == (name, "v")
+    assert not target.exists()
 
 
 # ---------------------------------------------------------------------------

@@ -234,10 +234,16 @@ def test_rollback_journal_sessions_work(tmp_path):
     dm = DataManager("nfs-like", str(tmp_path), journal_mode="delete")
     s = dm.session()
     s["x"] = [1]
-    conn = s._connection(create=False)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert s.journal_mode == "delete"
+    # WAL mode is a property of the file, so another connection would see it.
+    outside = sqlite3.connect(s.path)
+    try:
+        assert outside.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        outside.close()
+    assert not os.path.exists(s.path + "-wal")
     assert dm.get("x") == {s.name: [1]}
+    s.close()
 
 
 def test_session_rejects_foreign_file_names(tmp_path):
