@@ -145,8 +145,12 @@ class Exporter:
             self._session_props = gcpl, text, h5s.create(h5s.SCALAR)
         gcpl, text, scalar = self._session_props
         self._escaped = (name, escape_name(name))
-        gid = h5g.create(self.sessions.id, self._escaped[1].encode("utf-8"),
-                         lcpl=self.writer.link_props(), gcpl=gcpl)  # fmt: skip
+        gid = h5g.create(
+            self.sessions.id,
+            self._escaped[1].encode("utf-8"),
+            lcpl=self.writer.link_props(),
+            gcpl=gcpl,
+        )
         # ASCII JSON (non-ASCII as \u escapes): any str, even one holding a
         # lone surrogate, becomes valid UTF-8 text that every JSON parser reads.
         attr = h5a.create(gid, METADATA_ATTR.encode(), text, scalar)

@@ -258,9 +258,11 @@ class LocalPool:
         self.slots, self.chunksize = processes, chunksize
         self.stop, self.counter = ctx.Event(), ctx.Value("q", 0)
         self.executor = cf.ProcessPoolExecutor(
-            processes, mp_context=ctx, initializer=_init_local,
+            processes,
+            mp_context=ctx,
+            initializer=_init_local,
             initargs=(spec, parent, self.stop, self.counter),
-        )  # fmt: skip
+        )
 
     def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
         # Pool.map's choice: four chunks per worker.  Workers commit within a

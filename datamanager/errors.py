@@ -155,9 +155,7 @@ class UnsafeValueError(DataManagerError, pickle.UnpicklingError):
 class RecordingFormatError(DataManagerError, ValueError):
     """A recording file that does not follow its format."""
 
-    def __init__(
-        self, path: str, lineno: int | None, expected: str, found: str
-    ) -> None:
+    def __init__(self, path: str, lineno: int | None, expected: str, found: str) -> None:
         super().__init__(path, lineno, expected, found)
         self.path = path
         self.lineno = lineno

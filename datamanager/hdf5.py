@@ -132,8 +132,12 @@ def _metadata(group: Any) -> dict[str, Any]:
             return get_attrs(group)  # schema version 1
         found = json.loads(group.attrs[METADATA_ATTR])
     if not isinstance(found, dict):
-        raise malformed(group, group.name, f"a JSON object in attribute {METADATA_ATTR!r}",
-                        f"a JSON {type(found).__name__}")  # fmt: skip
+        raise malformed(
+            group,
+            group.name,
+            f"a JSON object in attribute {METADATA_ATTR!r}",
+            f"a JSON {type(found).__name__}",
+        )
     return found
 
 

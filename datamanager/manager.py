@@ -152,8 +152,11 @@ class DataManager:
         """The sessions of the data directory; FileNotFoundError where it cannot exist."""
         entries = collate.find_sessions(self.basepath, warn)
         if not entries and not os.path.isdir(self._needed):
-            what = ("no such data directory" if self._needed == self.basepath
-                    else f"no such folder to hold {self.name}.data")  # fmt: skip
+            what = (
+                "no such data directory"
+                if self._needed == self.basepath
+                else f"no such folder to hold {self.name}.data"
+            )
             raise FileNotFoundError(errno.ENOENT, what, self._needed)
         return entries
 
@@ -256,6 +259,7 @@ class DataManager:
 
     def _matching(self, match: Match, strict: bool) -> dict[str, dict[str, Any]]:
         check_match(match)
+
         # One pass: each session is opened once for all the matching keys,
         # not once per key as Brian's implementation did.
         def read(reader: SessionReader) -> dict[str, Any]:
@@ -324,8 +328,12 @@ class DataManager:
         import pandas
 
         def row(reader: SessionReader) -> dict[str, Any]:
-            return {"name": reader.name, **reader.metadata, "keys": len(reader),
-                    "size": reader.nbytes}  # fmt: skip
+            return {
+                "name": reader.name,
+                **reader.metadata,
+                "keys": len(reader),
+                "size": reader.nbytes,
+            }
 
         frame = pandas.DataFrame([r for _, r in self._collect(row, strict)])
         if "created" in frame:
@@ -379,6 +387,13 @@ class DataManager:
         from .hdf5 import export_hdf5
 
         return export_hdf5(
-            self, path, match=match, merged=merged, compression=compression,
-            overwrite=overwrite, on_unsupported=on_unsupported, progress=progress, fsync=fsync,
+            self,
+            path,
+            match=match,
+            merged=merged,
+            compression=compression,
+            overwrite=overwrite,
+            on_unsupported=on_unsupported,
+            progress=progress,
+            fsync=fsync,
         )

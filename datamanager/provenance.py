@@ -83,8 +83,8 @@ def git_state(directory: str | None = None) -> dict[str, Any]:
     # One porcelain call gives both the commit and the dirty flag; the
     # optional-locks switch keeps git from rewriting the index, since
     # recording provenance must not disturb the repository it describes.
-    command = ["git", "-C", directory, "status", "--porcelain=v2", "--branch",
-               "--untracked-files=no"]  # fmt: skip
+    options = ["--porcelain=v2", "--branch", "--untracked-files=no"]
+    command = ["git", "-C", directory, "status", *options]
     env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
     try:
         done = subprocess.run(

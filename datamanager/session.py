@@ -749,9 +749,7 @@ def decode_created(text: Any, path: str) -> float:
     return float(created)
 
 
-def read_value(
-    conn: sqlite3.Connection, path: str, session: str, key: str, safe: bool
-) -> Any:
+def read_value(conn: sqlite3.Connection, path: str, session: str, key: str, safe: bool) -> Any:
     """Read one value from an open session connection (writer or reader)."""
     for _attempt in range(5):
         row = conn.execute(_VALUE, (key,)).fetchone()

@@ -478,9 +478,14 @@ def task_failures(
                 if sep and (wanted is None or name == wanted):
                     rec = reader[k]
                     records[name, digest] = TaskFailure(
-                        name, digest, rec.get("item"), rec.get("error", ""),
-                        rec.get("traceback", ""), rec.get("worker", ""), reader.name,
-                    )  # fmt: skip
+                        name,
+                        digest,
+                        rec.get("item"),
+                        rec.get("error", ""),
+                        rec.get("traceback", ""),
+                        rec.get("worker", ""),
+                        reader.name,
+                    )
     if wanted is not None and wanted not in _sweep_names(keys):
         raise _unknown_sweep(dm, wanted, keys)
     return [f for (name, digest), f in records.items() if f"{name}/{digest}" not in keys]

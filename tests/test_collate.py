@@ -105,8 +105,20 @@ def test_order_is_creation_order_with_ties_by_name(dm):
 def test_sessions_dataframe(swept):
     frame = swept.sessions()
     assert isinstance(frame, pd.DataFrame) and len(frame) == 4
-    for column in ("name", "created", "user", "host", "pid", "python", "argv", "cwd",
-                   "numpy_version", "datamanager_version", "keys", "size"):  # fmt: skip
+    for column in (
+        "name",
+        "created",
+        "user",
+        "host",
+        "pid",
+        "python",
+        "argv",
+        "cwd",
+        "numpy_version",
+        "datamanager_version",
+        "keys",
+        "size",
+    ):
         assert column in frame.columns, column
     assert (frame["keys"] == 4).all() and (frame["size"] > 0).all()
     assert frame["created"].is_monotonic_increasing
@@ -123,8 +135,11 @@ def test_session_filenames_one_per_session(dm):
     _write_legacy(os.path.join(dm.basepath, "legacy"), {"z": [3]})
     files = dm.session_filenames()
     assert sorted(map(os.path.basename, files)) == [
-        "big.sqlite", "legacy", "locked.sqlite", "open.sqlite",
-    ]  # fmt: skip
+        "big.sqlite",
+        "legacy",
+        "locked.sqlite",
+        "open.sqlite",
+    ]
     assert dm.itemcount() == 4
     open_writer.close()
 
@@ -183,8 +198,16 @@ def _snapshot(path):
 def _everything(dm):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataManagerWarning)
-        return (dm.keys(), dm.get("a"), dm.get_merged_matching("a"), dm.items(),
-                dm.itemcount(), dm.sessions(), dm.session_filenames(), dm.verify())  # fmt: skip
+        return (
+            dm.keys(),
+            dm.get("a"),
+            dm.get_merged_matching("a"),
+            dm.items(),
+            dm.itemcount(),
+            dm.sessions(),
+            dm.session_filenames(),
+            dm.verify(),
+        )
 
 
 @pytest.fixture(params=["dumb", "sqlite"])
@@ -257,13 +280,24 @@ class Custom:
 def test_safe_mode(tmp_path):
     dm = DataManager("safe", str(tmp_path))
     values = {
-        "none": None, "bool": True, "int": 3, "float": 1.5, "complex": 1 + 2j,
-        "str": "s", "bytes": b"b", "list": [1, [2.0]], "tuple": (1, "a"),
-        "dict": {"a": {1, 2}}, "frozenset": frozenset([1]), "array": np.arange(4.0),
-        "big": np.ones(200_000, dtype=np.float32), "scalar": np.float32(2.5),
-        "int64": np.int64(3), "objects": np.array(["a", 1], dtype=object),
+        "none": None,
+        "bool": True,
+        "int": 3,
+        "float": 1.5,
+        "complex": 1 + 2j,
+        "str": "s",
+        "bytes": b"b",
+        "list": [1, [2.0]],
+        "tuple": (1, "a"),
+        "dict": {"a": {1, 2}},
+        "frozenset": frozenset([1]),
+        "array": np.arange(4.0),
+        "big": np.ones(200_000, dtype=np.float32),
+        "scalar": np.float32(2.5),
+        "int64": np.int64(3),
+        "objects": np.array(["a", 1], dtype=object),
         "record": np.zeros(2, dtype=[("a", "i4"), ("b", "f8")]),
-    }  # fmt: skip
+    }
     with dm.session("mine") as s:
         s.update(values)
         s["custom"] = Custom(1)
@@ -314,8 +348,7 @@ def test_sqlite_shelves_read_while_open_and_after(dm):
     assert _snapshot(dm.basepath) == before  # opened immutable: nothing created
     # A writer still at work: its -wal and -shm files belong to the shelf.
     writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("REPLACE INTO Dict VALUES (CAST(? AS BLOB), ?)",
-                   (b"rate", pickle.dumps([2.0])))  # fmt: skip
+    writer.execute("REPLACE INTO Dict VALUES (CAST(? AS BLOB), ?)", (b"rate", pickle.dumps([2.0])))
     assert os.path.exists(path + "-wal")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -457,9 +490,10 @@ def _can_mount_tmpfs(tmp_path):
     probe = tmp_path / "probe"
     probe.mkdir()
     cmd = f"mount -t tmpfs -o size=1m tmpfs {probe}"
-    return shutil.which("unshare") and subprocess.run(
-        ["unshare", "-m", "sh", "-c", cmd], capture_output=True
-    ).returncode == 0
+    return (
+        shutil.which("unshare")
+        and subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True).returncode == 0
+    )
 
 
 DISK_FILLER = """

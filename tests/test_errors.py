@@ -38,12 +38,20 @@ def check_os_fields(err: OSError, code: int | None, reason: str, path: str) -> N
     [
         (CorruptSessionError("/d/s.sqlite", "bad", "k"), None, "bad", "/d/s.sqlite"),
         (CorruptSessionError("/d/s.sqlite", "bad"), None, "bad", "/d/s.sqlite"),
-        (TransactionAbortedError(errno.ENOSPC, "full", "/d/s.sqlite"), errno.ENOSPC, "full",
-         "/d/s.sqlite"),
+        (
+            TransactionAbortedError(errno.ENOSPC, "full", "/d/s.sqlite"),
+            errno.ENOSPC,
+            "full",
+            "/d/s.sqlite",
+        ),
         (ExportError("/o.h5", "exists", errno.EEXIST), errno.EEXIST, "exists", "/o.h5"),
         (ExportError("/o.h5", "failed"), None, "failed", "/o.h5"),
-        (ExportFormatError("/o.h5", "/sessions", "a group", "a dataset"), None,
-         "at /sessions, expected a group, found a dataset", "/o.h5"),
+        (
+            ExportFormatError("/o.h5", "/sessions", "a group", "a dataset"),
+            None,
+            "at /sessions, expected a group, found a dataset",
+            "/o.h5",
+        ),
     ],
 )
 def test_constructed_errors_fill_the_oserror_fields(err, code, reason, path):

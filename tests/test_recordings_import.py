@@ -37,7 +37,8 @@ def test_import_folder_twice(dm: DataManager, folder: Path) -> None:
     assert first.session == default_session_name(folder)
     assert sorted(first.imported) == sorted(
         [f"cells/{p.name}" for p in DATA.glob("*.atf")]
-        + [p.name for p in DATA.glob("*.dat")] + ["multi.dat"]
+        + [p.name for p in DATA.glob("*.dat")]
+        + ["multi.dat"]
     )
     assert first.skipped == ["notes.txt"]
     assert list(first.failed) == ["broken.dat"]

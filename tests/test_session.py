@@ -139,8 +139,17 @@ def test_metadata_is_recorded_but_is_not_a_key(dm):
     s = dm.session()
     s["x"] = 1
     meta = s.metadata
-    for field in ("created", "user", "host", "pid", "python", "argv", "cwd",
-                  "numpy_version", "datamanager_version"):  # fmt: skip
+    for field in (
+        "created",
+        "user",
+        "host",
+        "pid",
+        "python",
+        "argv",
+        "cwd",
+        "numpy_version",
+        "datamanager_version",
+    ):
         assert field in meta, field
     assert meta["pid"] == os.getpid() and meta["numpy_version"] == np.__version__
     assert list(s) == ["x"]

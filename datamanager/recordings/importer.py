@@ -171,8 +171,11 @@ def import_recordings(
         with session.transaction():
             values: dict[str, Any] = {}
             for rel, digest, recordings in pending:
-                keys = [rel] if len(recordings) == 1 else [f"{rel}#{i}" for i in
-                                                           range(len(recordings))]
+                keys = (
+                    [rel]
+                    if len(recordings) == 1
+                    else [f"{rel}#{i}" for i in range(len(recordings))]
+                )
                 for old in (index.get(rel) or {}).get("keys", []):
                     if old not in keys and old in session:
                         del session[old]
@@ -193,8 +196,10 @@ def import_recordings(
                 summary.skipped.append(rel)
                 continue
             known = index.get(rel)
-            if known and known.get("sha256") == digest and all(
-                k in session for k in known.get("keys", [])
+            if (
+                known
+                and known.get("sha256") == digest
+                and all(k in session for k in known.get("keys", []))
             ):
                 summary.unchanged.append(rel)
                 continue
