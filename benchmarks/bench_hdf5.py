@@ -1,9 +1,9 @@
-"""Benchmark the HDF5 export against raw h5py, measured in the same run (issue 4).
+"""Benchmark the HDF5 export against raw h5py, measured in the same run.
 
 Run ``python benchmarks/bench_hdf5.py`` (``--small`` for a quick run).  Every
 ratio compares two timings taken here, in one folder on one disk, taking
 turns so that each meets the same page-cache state, and each closing its
-file; so the ratios hold on any machine.  The targets come from issue 4.
+file; so the ratios hold on any machine.
 
 Export timings include reading the values back out of the data directory
 (SQLite and side files, already in the page cache); raw h5py writes arrays
@@ -208,16 +208,21 @@ def bench_memory(root: str, total: int, largest: int) -> list[tuple[str, float, 
         out = os.path.join(root, "memory.h5")
         proc = subprocess.run(
             [sys.executable, "-c", PEAK, dm.basepath, out, "1" if merged else "0"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         base, peak = map(int, proc.stdout.split())
         used = (peak - base) / MiB
         limit = 2 * largest / MiB + 100
-        rows.append((
-            f"peak memory, {total / MiB:.0f} MiB data set, largest value "
-            f"{largest / MiB:.0f} MiB, merged={merged} (limit {limit:.0f} MiB)",
-            used, "MiB",
-        ))  # fmt: skip
+        rows.append(
+            (
+                f"peak memory, {total / MiB:.0f} MiB data set, largest value "
+                f"{largest / MiB:.0f} MiB, merged={merged} (limit {limit:.0f} MiB)",
+                used,
+                "MiB",
+            )
+        )
         os.unlink(out)
     return rows
 

@@ -1,4 +1,4 @@
-"""Recording readers against their baselines, measured in the same run (issue 3).
+"""Recording readers against their baselines, measured in the same run.
 
 For a generated two-column file in each format (NEURON clipboard ``.dat`` and
 ATF), compares the throughput of our reader with ``pandas.read_csv(engine='c')``
@@ -103,7 +103,9 @@ def brian_atf(path: str) -> np.ndarray:
 def memory(kind: str, path: str, small: str, blockwise: bool) -> float:
     out = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE, kind, path, ROOT, str(blockwise), small],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     res = json.loads(out.stdout)
     return res["growth"] / res["nbytes"]
@@ -116,8 +118,12 @@ def bench_formats(folder: str, size_mib: float, repeat: int) -> list[tuple[str, 
     small = os.path.join(folder, "small.dat")
     write_neuron_dat(dat, data, label="v(.5)")
     write_neuron_dat(small, data[:10], label="v(.5)")
-    rec = Recording(data, ["Time", "Trace #1"], ["s", "mV"],
-                    {"AcquisitionMode": "Gap Free", "Signals": ["IN 0"]})
+    rec = Recording(
+        data,
+        ["Time", "Trace #1"],
+        ["s", "mV"],
+        {"AcquisitionMode": "Gap Free", "Signals": ["IN 0"]},
+    )
     write_atf(atf, rec)
     rows = []
     cases = [
@@ -137,11 +143,17 @@ def bench_formats(folder: str, size_mib: float, repeat: int) -> list[tuple[str, 
                 t_pd = min(t_pd, best(lambda p=path, s=skip: pandas_baseline(p, s), 1))
                 t_ours = min(t_ours, best(ours, 1))
             mib = os.path.getsize(path) / 2**20
-            rows.append((
-                name, "block-wise" if blockwise else "one call", f"{mib:.0f}",
-                f"{mib / t_ours:.0f}", f"{t_pd / t_ours:.2f}x", f"{t_np / t_ours:.2f}x",
-                f"{memory(kind, path, small, blockwise):.2f}x",
-            ))
+            rows.append(
+                (
+                    name,
+                    "block-wise" if blockwise else "one call",
+                    f"{mib:.0f}",
+                    f"{mib / t_ours:.0f}",
+                    f"{t_pd / t_ours:.2f}x",
+                    f"{t_np / t_ours:.2f}x",
+                    f"{memory(kind, path, small, blockwise):.2f}x",
+                )
+            )
     _text.BLOCKWISE_BYTES = None
     return rows
 
@@ -158,8 +170,12 @@ def bench_import(folder: str, nfiles: int, repeat: int) -> tuple[float, float, f
         if i % 2:
             write_neuron_dat(os.path.join(sub, f"r{i}.dat"), t, v, label="v(.5)")
         else:
-            write_atf(os.path.join(sub, f"r{i}.atf"), np.column_stack([t, v]),
-                      columns=["Time", "Trace #1"], units=["s", "mV"])
+            write_atf(
+                os.path.join(sub, f"r{i}.atf"),
+                np.column_stack([t, v]),
+                columns=["Time", "Trace #1"],
+                units=["s", "mV"],
+            )
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs)
 
     def read_all() -> None:
@@ -181,25 +197,36 @@ def bench_import(folder: str, nfiles: int, repeat: int) -> tuple[float, float, f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mib", type=float, default=100.0,
-                        help="size of each generated file (default 100)")
-    parser.add_argument("--files", type=int, default=1000,
-                        help="files in the folder-import case (default 1000)")
+    parser.add_argument(
+        "--size-mib", type=float, default=100.0, help="size of each generated file (default 100)"
+    )
+    parser.add_argument(
+        "--files", type=int, default=1000, help="files in the folder-import case (default 1000)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="best of N (default 3)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         rows = bench_formats(folder, args.size_mib, args.repeat)
-        header = ("format", "parser", "MiB", "ours MiB/s", "vs pandas C", "vs np.loadtxt",
-                  "peak mem / arrays")
+        header = (
+            "format",
+            "parser",
+            "MiB",
+            "ours MiB/s",
+            "vs pandas C",
+            "vs np.loadtxt",
+            "peak mem / arrays",
+        )
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
         for r in rows:
             print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
         t_read, t_import, t_again = bench_import(folder, args.files, args.repeat)
         print()
-        print(f"folder of {args.files} files: import speed / read-alone speed = "
-              f"{t_read / t_import:.2f}x "
-              f"(read {t_read:.2f} s, import {t_import:.2f} s, re-import {t_again:.2f} s)")
+        print(
+            f"folder of {args.files} files: import speed / read-alone speed = "
+            f"{t_read / t_import:.2f}x "
+            f"(read {t_read:.2f} s, import {t_import:.2f} s, re-import {t_again:.2f} s)"
+        )
     print("targets: >= 0.90x pandas, >= 2.50x np.loadtxt, memory <= 2.00x, import >= 0.80x")
     return 0
 

@@ -1,4 +1,4 @@
-"""Benchmark the session store and the collator against their baselines (issue #2).
+"""Benchmark the session store and the collator against their baselines.
 
 Every figure is a ratio against a baseline measured in the same run, on the
 same disk, so that the numbers mean something on a shared, noisy machine:
@@ -12,7 +12,7 @@ Run ``python benchmarks/bench_store.py`` (``--quick`` for a small run).  Each
 measurement is repeated, baseline and datamanager interleaved, and the best
 time of each is kept: on a machine shared with other work the minimum is the
 figure least disturbed by it.  The script always exits 0; the targets are
-for reading, not for asserting (STYLE habit 8).
+for reading, not for asserting: a timing assertion would be flaky.
 """
 
 from __future__ import annotations
@@ -189,8 +189,14 @@ class Row:
 
     def cells(self) -> list[str]:
         ratio = "-" if self.ratio is None else f"{self.ratio:.2f}"
-        return [self.measurement, self.ours, self.base, ratio, self.target,
-                "pass" if self.ok else "FAIL"]  # fmt: skip
+        return [
+            self.measurement,
+            self.ours,
+            self.base,
+            ratio,
+            self.target,
+            "pass" if self.ok else "FAIL",
+        ]
 
 
 def rate(n: float, seconds: float, unit: str) -> str:
@@ -275,13 +281,23 @@ def bench_large_array(root: str, mib: int, repeats: int) -> list[Row]:
     )
     read_ratio = t_base_r / t_ours_r
     return [
-        Row(f"{mib} MiB float64 write (session incl. close): throughput, ours/np.save",
-            gibps(nbytes, t_ours), gibps(nbytes, t_base), write_ratio, ">= 0.5",
-            write_ratio >= 0.5),
-        Row(f"{mib} MiB float64 read (dm.get): throughput, ours/np.load",
-            gibps(nbytes, t_ours_r), gibps(nbytes, t_base_r), read_ratio, ">= 0.5",
-            read_ratio >= 0.5),
-    ]  # fmt: skip
+        Row(
+            f"{mib} MiB float64 write (session incl. close): throughput, ours/np.save",
+            gibps(nbytes, t_ours),
+            gibps(nbytes, t_base),
+            write_ratio,
+            ">= 0.5",
+            write_ratio >= 0.5,
+        ),
+        Row(
+            f"{mib} MiB float64 read (dm.get): throughput, ours/np.load",
+            gibps(nbytes, t_ours_r),
+            gibps(nbytes, t_base_r),
+            read_ratio,
+            ">= 0.5",
+            read_ratio >= 0.5,
+        ),
+    ]
 
 
 def bench_collation(root: str, n_sessions: int, n_keys: int, repeats: int) -> list[Row]:
@@ -306,29 +322,49 @@ def bench_collation(root: str, n_sessions: int, n_keys: int, repeats: int) -> li
         raise AssertionError("get_merged_matching did not see every key")
 
     t_merged, t_open = best_times(
-        lambda: dm.get_merged(keys[0]), lambda: open_each_session_once(dm.basepath),
-        repeats, warmup=True,
-    )  # fmt: skip
+        lambda: dm.get_merged(keys[0]),
+        lambda: open_each_session_once(dm.basepath),
+        repeats,
+        warmup=True,
+    )
     slowdown = t_merged / t_open
     t_merged_port = best_time(lambda: port.get_merged(keys[0]), 2)
     port_ratio = t_merged_port / t_merged
 
     t_match, t_match_port = best_times(
-        lambda: dm.get_merged_matching("rate_"), lambda: port.get_merged_matching("rate_"),
-        max(2, repeats // 2), warmup=True,
-    )  # fmt: skip
+        lambda: dm.get_merged_matching("rate_"),
+        lambda: port.get_merged_matching("rate_"),
+        max(2, repeats // 2),
+        warmup=True,
+    )
     speedup = t_match_port / t_match
     label = f"{n_sessions} sessions x {n_keys} keys"
     return [
-        Row(f"get_merged, {label}: time, ours/open-each-file-once",
-            f"{t_merged * 1e3:.0f} ms", f"{t_open * 1e3:.0f} ms", slowdown, "<= 1.5",
-            slowdown <= 1.5),
-        Row(f"get_merged, {label}: speed-up, shelve/ours (info)",
-            f"{t_merged * 1e3:.0f} ms", f"{t_merged_port * 1e3:.0f} ms", port_ratio, "-", True),
-        Row(f"get_merged_matching over {n_keys} keys, {label}: speed-up, shelve/ours",
-            f"{t_match * 1e3:.0f} ms", f"{t_match_port * 1e3:.0f} ms", speedup, ">= 5",
-            speedup >= 5),
-    ]  # fmt: skip
+        Row(
+            f"get_merged, {label}: time, ours/open-each-file-once",
+            f"{t_merged * 1e3:.0f} ms",
+            f"{t_open * 1e3:.0f} ms",
+            slowdown,
+            "<= 1.5",
+            slowdown <= 1.5,
+        ),
+        Row(
+            f"get_merged, {label}: speed-up, shelve/ours (info)",
+            f"{t_merged * 1e3:.0f} ms",
+            f"{t_merged_port * 1e3:.0f} ms",
+            port_ratio,
+            "-",
+            True,
+        ),
+        Row(
+            f"get_merged_matching over {n_keys} keys, {label}: speed-up, shelve/ours",
+            f"{t_match * 1e3:.0f} ms",
+            f"{t_match_port * 1e3:.0f} ms",
+            speedup,
+            ">= 5",
+            speedup >= 5,
+        ),
+    ]
 
 
 _IMPORT_PROBE = """
@@ -345,13 +381,22 @@ def bench_import(root: str) -> Row:
     """Which heavy packages a fresh process that writes one value has imported."""
     out = subprocess.run(
         [sys.executable, "-c", _IMPORT_PROBE, root],
-        capture_output=True, text=True, check=True, cwd=root,
-    ).stdout.split()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    ).stdout.split()
     h5py_loaded, pandas_loaded = (word == "True" for word in out[-2:])
     yes_no = {True: "yes", False: "no"}
     found = f"h5py {yes_no[h5py_loaded]}, pandas {yes_no[pandas_loaded]}"
-    return Row("fresh process, import + one write: imports h5py / pandas?",
-               found, "-", None, "no, no", not (h5py_loaded or pandas_loaded))  # fmt: skip
+    return Row(
+        "fresh process, import + one write: imports h5py / pandas?",
+        found,
+        "-",
+        None,
+        "no, no",
+        not (h5py_loaded or pandas_loaded),
+    )
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -371,9 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run (seconds)")
     parser.add_argument(
-        "--dir", default=os.path.dirname(REPO),
+        "--dir",
+        default=os.path.dirname(REPO),
         help="folder for the temporary data (default: beside the repository, same disk)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     if args.quick:
         n_small, mib, n_sessions, repeats = 300, 16, 100, 3
@@ -390,17 +436,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    print(f"datamanager store benchmark ({'quick' if args.quick else 'full'} run, "
-          f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-          f"{os.cpu_count()} CPUs, data in {args.dir})")  # fmt: skip
+    print(
+        f"datamanager store benchmark ({'quick' if args.quick else 'full'} run, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"{os.cpu_count()} CPUs, data in {args.dir})"
+    )
     print(
         "Ratios are datamanager against a baseline from this same run, best of "
         f"{repeats} interleaved runs each; the machine may be shared, so expect noise.\n"
     )
     print_table(rows)
     failed = [row.measurement for row in rows if not row.ok]
-    print(f"\n{len(rows) - len(failed)} of {len(rows)} rows meet their target "
-          f"({time.perf_counter() - started:.0f} s).")  # fmt: skip
+    print(
+        f"\n{len(rows) - len(failed)} of {len(rows)} rows meet their target "
+        f"({time.perf_counter() - started:.0f} s)."
+    )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Benchmark run_tasks against bare process pools and a bare Dask client (issue #5).
+"""Benchmark run_tasks against bare process pools and a bare Dask client.
 
 Every ratio compares two timings taken in this run, interleaved and repeated
 (the median is reported), on a fresh data directory for each run_tasks call:
@@ -151,19 +151,31 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         ours, bare = bench_local(scratch, n, repeat)
-        add(f"local pool, {n:,} trivial tasks: run_tasks / Pool.map",
-            f"{ours * 1e3:.0f} / {bare * 1e3:.0f} ms", ours / bare, "<= 1.5")  # fmt: skip
+        add(
+            f"local pool, {n:,} trivial tasks: run_tasks / Pool.map",
+            f"{ours * 1e3:.0f} / {bare * 1e3:.0f} ms",
+            ours / bare,
+            "<= 1.5",
+        )
         add("  overhead per task (storing included)", f"{(ours - bare) / n * 1e6:.0f} us")
         dask = bench_dask(scratch, n, repeat)
         if dask is not None:
             ours, bare = dask
-            add(f"Dask LocalCluster, {n:,} trivial tasks: run_tasks / map+gather",
-                f"{ours * 1e3:.0f} / {bare * 1e3:.0f} ms", ours / bare, "<= 1.5")  # fmt: skip
+            add(
+                f"Dask LocalCluster, {n:,} trivial tasks: run_tasks / map+gather",
+                f"{ours * 1e3:.0f} / {bare * 1e3:.0f} ms",
+                ours / bare,
+                "<= 1.5",
+            )
             add("  overhead per task (storing included)", f"{(ours - bare) / n * 1e6:.0f} us")
         loops = calibrate()
         one, two = bench_scaling(scratch, cpu_items, loops, max(1, repeat // 2))
-        add(f"{cpu_items} CPU-bound tasks of ~50 ms: 2 workers / 1 worker",
-            f"{two:.1f} / {one:.1f} tasks/s", two / one, ">= 1.6")  # fmt: skip
+        add(
+            f"{cpu_items} CPU-bound tasks of ~50 ms: 2 workers / 1 worker",
+            f"{two:.1f} / {one:.1f} tasks/s",
+            two / one,
+            ">= 1.6",
+        )
         one, two = bench_bare_scaling(cpu_items, loops, max(1, repeat // 2))
         add(
             "  the same with bare Pool.map (reference)",
@@ -173,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         scratch.cleanup()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"bench_tasks: {'small' if args.small else 'full'} run, {os.cpu_count()} CPUs, "
-          f"median of {repeat}, load average {load}")  # fmt: skip
+    print(
+        f"bench_tasks: {'small' if args.small else 'full'} run, {os.cpu_count()} CPUs, "
+        f"median of {repeat}, load average {load}"
+    )
     rows.insert(0, ("measurement", "times", "ratio", "target"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     rule = "  ".join("=" * w for w in widths)

@@ -70,8 +70,10 @@ def check_descriptors(path: str) -> None:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             limit = _limit()
             held_at = f"; this process may hold {limit}" if limit else ""
-            reason = (f"{os.strerror(exc.errno)} to read a session{held_at} "
-                      "(close files, or raise the limit with ulimit -n)")  # fmt: skip
+            reason = (
+                f"{os.strerror(exc.errno)} to read a session{held_at} "
+                "(close files, or raise the limit with ulimit -n)"
+            )
             raise OSError(exc.errno, reason, path) from None
     finally:
         for fd in held:

@@ -4,7 +4,7 @@ With ``merged=True`` every key whose values all have one array dtype and row
 shape (or are lists of one item type) is *stacked*: the values are appended
 to one ``/merged/<key>`` dataset and ``/merged_index/<key>`` records which
 rows belong to which session, so 10,000 small values cost two HDF5 objects
-instead of 10,000 (issue 4).  A key stops stacking (it is *demoted*) at the
+instead of 10,000.  A key stops stacking (it is *demoted*) at the
 first value that does not fit; what was stacked is then written back into
 the session groups and ``/merged/<key>`` comes from ``get_merged``.
 
@@ -37,7 +37,7 @@ from .errors import UnsupportedValueError
 
 # Bytes of a side file mapped at a time: never more than the array itself,
 # so memory stays under the largest value; 64 MiB rather than 16 gains about
-# 10% on a 100 MiB array (fewer mappings; issue 4 benchmark).
+# 10% on a 100 MiB array (fewer mappings; ``benchmarks/bench_hdf5.py``).
 _WINDOW = 64 << 20
 _MAP: dict[str, Any] = (
     {"flags": mmap.MAP_SHARED | mmap.MAP_POPULATE, "prot": mmap.PROT_READ}
@@ -47,13 +47,13 @@ _MAP: dict[str, Any] = (
 
 #: The one attribute of a session group: its metadata as JSON text.  One
 #: attribute rather than one per field, because each HDF5 attribute costs
-#: about as much as a small dataset (issue 4 benchmark).
+#: about as much as a small dataset (``benchmarks/bench_hdf5.py``).
 METADATA_ATTR = "metadata"
 #: Attribute of a stacked ``/merged/<key>`` whose per-session values are tuples.
 SESSION_TYPE_ATTR = "session_type"
 
 _KEY_FLUSH = 1 << 20  # bytes buffered per stacked key before an append
-_ALL_FLUSH = 64 << 20  # bytes buffered over all keys: bounds memory (issue 4)
+_ALL_FLUSH = 64 << 20  # bytes buffered over all keys: bounds memory
 _CHUNK = 1 << 20
 
 
@@ -133,7 +133,7 @@ class Exporter:
 
         Through h5py's low-level API with the property lists made once: this
         halves the cost per session, which dominates exports of many small
-        sessions (issue 4 benchmark).
+        sessions (``benchmarks/bench_hdf5.py``).
         """
         import h5py
         from h5py import h5a, h5g, h5p, h5s, h5t
@@ -145,8 +145,12 @@ class Exporter:
             self._session_props = gcpl, text, h5s.create(h5s.SCALAR)
         gcpl, text, scalar = self._session_props
         self._escaped = (name, escape_name(name))
-        gid = h5g.create(self.sessions.id, self._escaped[1].encode("utf-8"),
-                         lcpl=self.writer.link_props(), gcpl=gcpl)  # fmt: skip
+        gid = h5g.create(
+            self.sessions.id,
+            self._escaped[1].encode("utf-8"),
+            lcpl=self.writer.link_props(),
+            gcpl=gcpl,
+        )
         # ASCII JSON (non-ASCII as \u escapes): any str, even one holding a
         # lone surrogate, becomes valid UTF-8 text that every JSON parser reads.
         attr = h5a.create(gid, METADATA_ATTR.encode(), text, scalar)
@@ -353,7 +357,7 @@ class NpyFile:
     """A large array kept in a session side file (a plain ``.npy``), not yet read.
 
     :meth:`write` copies it into the HDF5 file without ever holding it whole
-    in memory (issue 4).
+    in memory.
     """
 
     __slots__ = ("dtype", "offset", "path", "shape")
@@ -386,7 +390,7 @@ class NpyFile:
         HDF5 writes straight from a read-only mapping of the file, so the data
         is copied once (page cache to page cache) instead of being read into
         a buffer first; MAP_POPULATE maps each window in one call rather than
-        one page fault per page.  Memory stays near one window (issue 4).
+        one page fault per page.  Memory stays near one window.
         ``checkpoint`` runs after each window, so that Ctrl-C stops even the
         copy of a large array promptly.
         """

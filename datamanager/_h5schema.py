@@ -1,12 +1,12 @@
 """The HDF5 schema: how each Python value maps to HDF5 objects, and back.
 
-One value becomes one dataset or one group (README.rst, "Exporting to HDF5",
-issue 4).  Where the HDF5 object alone does not say which Python type it came
-from, the string attribute ``python_type`` does; :func:`datamanager._h5read.read`
+One value becomes one dataset or one group (README.rst, "Exporting to HDF5").
+Where the HDF5 object alone does not say which Python type it came from, the
+string attribute ``python_type`` does; :func:`datamanager._h5read.read`
 reverses :class:`Writer` exactly.  Names go through :func:`escape_name`.
 
 h5py is imported inside the functions: ``import datamanager`` must stay cheap
-for simulation processes that only write (issue 2).
+for simulation processes that only write.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ class Writer:
         """A numeric array as a contiguous dataset, through h5py's low-level API.
 
         Half the cost of ``create_dataset`` per dataset, which matters when
-        exporting many small arrays (issue 4 benchmark).
+        exporting many small arrays (measured with ``benchmarks/bench_hdf5.py``).
         """
         from h5py import h5d, h5s, h5t
 

@@ -79,5 +79,6 @@ def read_npy_header(f: IO[bytes]) -> NpyHeader:
         raise ValueError(f"fortran_order {fortran_order!r:.20} in the header")
     if dtype.hasobject:
         raise ValueError(f"an array of {dtype} (it holds Python objects)")
-    return NpyHeader(shape, fortran_order, dtype, 8 + len(raw) + length,
-                     math.prod(shape) * dtype.itemsize)  # fmt: skip
+    return NpyHeader(
+        shape, fortran_order, dtype, 8 + len(raw) + length, math.prod(shape) * dtype.itemsize
+    )

@@ -4,7 +4,7 @@ The worker side (:class:`Worker`) runs chunks of items in one process and
 stores their results in that process's own session; the driver side hands
 chunks to a local :class:`concurrent.futures.ProcessPoolExecutor`
 (:class:`LocalPool`) or to a ``dask.distributed.Client`` (:class:`DaskPool`)
-and gets back only small acknowledgements (issue #5).  Functions sent to
+and gets back only small acknowledgements.  Functions sent to
 worker processes are module-level, so they pickle by reference.
 """
 
@@ -188,7 +188,7 @@ def _init_local(spec: Spec, parent_pid: int | None, stop: Any, counter: Any) -> 
 def _die_with_parent(parent_pid: int | None) -> None:
     # A driver killed with SIGKILL cannot stop its workers.  Left running they
     # would store items that the resumed sweep computes again, so each worker
-    # dies with its parent (issue #5: every item done exactly once).
+    # dies with its parent: every item is done exactly once.
     parent, asked = os.getppid(), False
     if sys.platform.startswith("linux"):
         import ctypes
@@ -258,9 +258,11 @@ class LocalPool:
         self.slots, self.chunksize = processes, chunksize
         self.stop, self.counter = ctx.Event(), ctx.Value("q", 0)
         self.executor = cf.ProcessPoolExecutor(
-            processes, mp_context=ctx, initializer=_init_local,
+            processes,
+            mp_context=ctx,
+            initializer=_init_local,
             initargs=(spec, parent, self.stop, self.counter),
-        )  # fmt: skip
+        )
 
     def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
         # Pool.map's choice: four chunks per worker.  Workers commit within a

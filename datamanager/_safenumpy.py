@@ -24,8 +24,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NDARRAY", "DtypeStandIn", "Malformed", "StandIn", "frombuffer", "reconstruct",
-           "release_all", "resolve_all", "scalar", "short"]  # fmt: skip
+__all__ = [
+    "NDARRAY",
+    "DtypeStandIn",
+    "Malformed",
+    "StandIn",
+    "frombuffer",
+    "reconstruct",
+    "release_all",
+    "resolve_all",
+    "scalar",
+    "short",
+]
 
 # What numpy's dtype pickles name as their base type: a kind and a size.
 _TYPESTR = re.compile(r"[biufcOSUVMm][0-9]{1,10}")

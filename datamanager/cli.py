@@ -23,11 +23,13 @@ __all__ = ["main"]
 
 
 def _size(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+    if nbytes < 1024:
+        return f"{nbytes:.0f} B"
+    for unit in ("KiB", "MiB"):
         nbytes /= 1024
-    raise AssertionError("unreachable")
+        if nbytes < 1024:
+            return f"{nbytes:.1f} {unit}"
+    return f"{nbytes / 1024:.1f} GiB"
 
 
 def _table(header: Sequence[str], rows: list[Sequence[Any]]) -> str:
@@ -78,8 +80,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for rec in frame.to_dict("records"):
         created = rec.get("created")
         created = created.strftime("%Y-%m-%d %H:%M:%S") if hasattr(created, "strftime") else ""
-        rows.append([rec["name"], created, rec.get("host") or "", rec["keys"],
-                     _size(rec["size"])])  # fmt: skip
+        rows.append([rec["name"], created, rec.get("host") or "", rec["keys"], _size(rec["size"])])
     print(_table(["name", "created (UTC)", "host", "keys", "size"], rows))
     return 0
 
@@ -137,12 +138,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     if os.path.lexists(args.out) and not args.force:
         raise FileExistsError(f"{args.out} exists (use --force to replace it)")
     report = export_hdf5(
-        dm, args.out, match=args.match, merged=args.merged, compression=args.compression,
-        overwrite=args.force, on_unsupported=args.on_unsupported,
+        dm,
+        args.out,
+        match=args.match,
+        merged=args.merged,
+        compression=args.compression,
+        overwrite=args.force,
+        on_unsupported=args.on_unsupported,
         progress=False if args.no_progress else None,
-    )  # fmt: skip
-    print(f"wrote {report.path}: {report.sessions} sessions, {report.values} values, "
-          f"{_size(report.nbytes)} in {report.seconds:.2f} s")  # fmt: skip
+    )
+    print(
+        f"wrote {report.path}: {report.sessions} sessions, {report.values} values, "
+        f"{_size(report.nbytes)} in {report.seconds:.2f} s"
+    )
     if args.merged:
         print(f"merged {len(report.merged)} keys ({len(report.stacked)} stacked)")
         for key, reason in report.not_merged.items():
@@ -172,8 +180,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     dm = _open(args.datadir, args.unsafe, must_exist=False)
     summary = dm.import_recordings(args.folder)
     if not (summary.imported or summary.unchanged or summary.failed):
-        raise ValueError(f"no recordings under {args.folder} ({len(summary.skipped)} "
-                         "other files); nothing was written")  # fmt: skip
+        raise ValueError(
+            f"no recordings under {args.folder} ({len(summary.skipped)} "
+            "other files); nothing was written"
+        )
     print(summary)
     for path, error in summary.failed.items():
         print(f"  failed: {path}: {error}")
@@ -207,13 +217,20 @@ def _command(
     sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, example: str
 ) -> argparse.ArgumentParser:
     parser = sub.add_parser(
-        name, help=help, description=help, epilog=f"example:\n  {example}",
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     parser.set_defaults(func=func)
     # Also accepted after the command; SUPPRESS keeps a value given before it.
-    parser.add_argument("--unsafe", action="store_true", default=argparse.SUPPRESS,
-                        help="trust the data directory: unpickle any stored object")  # fmt: skip
+    parser.add_argument(
+        "--unsafe",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="trust the data directory: unpickle any stored object",
+    )
     return parser
 
 
@@ -230,49 +247,83 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--unsafe", action="store_true",
-                        help="trust the data directory: unpickle any stored object")  # fmt: skip
+    parser.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="trust the data directory: unpickle any stored object",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = _command(sub, "ls", cmd_ls, "list the sessions as a table", "datamanager ls sweep.data")
     p.add_argument("datadir", metavar="DATADIR")
 
-    p = _command(sub, "keys", cmd_keys, "list the keys (optionally those with a prefix)",
-                 "datamanager keys sweep.data rate")  # fmt: skip
+    p = _command(
+        sub,
+        "keys",
+        cmd_keys,
+        "list the keys (optionally those with a prefix)",
+        "datamanager keys sweep.data rate",
+    )
     p.add_argument("datadir", metavar="DATADIR")
     p.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
 
-    p = _command(sub, "show", cmd_show, "summarise one key across sessions (type, shape, count)",
-                 "datamanager show sweep.data rate")  # fmt: skip
+    p = _command(
+        sub,
+        "show",
+        cmd_show,
+        "summarise one key across sessions (type, shape, count)",
+        "datamanager show sweep.data rate",
+    )
     p.add_argument("datadir", metavar="DATADIR")
     p.add_argument("key", metavar="KEY")
 
-    p = _command(sub, "export", cmd_export, "export to one HDF5 file (written atomically)",
-                 "datamanager export sweep.data sweep.h5 --merged --match rate")  # fmt: skip
+    p = _command(
+        sub,
+        "export",
+        cmd_export,
+        "export to one HDF5 file (written atomically)",
+        "datamanager export sweep.data sweep.h5 --merged --match rate",
+    )
     p.add_argument("datadir", metavar="DATADIR")
     p.add_argument("out", metavar="OUT.h5")
     p.add_argument("--match", metavar="P", help="only keys starting with P")
     p.add_argument("--merged", action="store_true", help="also write /merged/<key>")
     p.add_argument("--compression", choices=["gzip", "lzf"], help="compress datasets")
     p.add_argument("--force", action="store_true", help="replace OUT.h5 if it exists")
-    p.add_argument("--on-unsupported", choices=["error", "skip", "pickle"], default="error",
-                   help="what to do with values HDF5 cannot hold (default: error)")  # fmt: skip
+    p.add_argument(
+        "--on-unsupported",
+        choices=["error", "skip", "pickle"],
+        default="error",
+        help="what to do with values HDF5 cannot hold (default: error)",
+    )
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
-    p = _command(sub, "verify", cmd_verify,
-                 "check every session; report each problem with its file (exit 1 if any)",
-                 "datamanager verify sweep.data")  # fmt: skip
+    p = _command(
+        sub,
+        "verify",
+        cmd_verify,
+        "check every session; report each problem with its file (exit 1 if any)",
+        "datamanager verify sweep.data",
+    )
     p.add_argument("datadir", metavar="DATADIR")
 
-    p = _command(sub, "import", cmd_import,
-                 "import the .dat/.atf recordings under FOLDER into one session",
-                 "datamanager import recordings/ cells.data")  # fmt: skip
+    p = _command(
+        sub,
+        "import",
+        cmd_import,
+        "import the .dat/.atf recordings under FOLDER into one session",
+        "datamanager import recordings/ cells.data",
+    )
     p.add_argument("folder", metavar="FOLDER")
     p.add_argument("datadir", metavar="DATADIR")
 
-    p = _command(sub, "info", cmd_info,
-                 "describe a recording file: layout, columns, units, rows, header records",
-                 "datamanager info cell1.atf")  # fmt: skip
+    p = _command(
+        sub,
+        "info",
+        cmd_info,
+        "describe a recording file: layout, columns, units, rows, header records",
+        "datamanager info cell1.atf",
+    )
     p.add_argument("file", metavar="FILE")
     return parser
 

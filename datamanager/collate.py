@@ -3,7 +3,7 @@
 Reading never writes.  Native sessions are opened with SQLite's read-only
 mode, legacy shelves through ``dbm`` with flag ``'r'``; nothing in the data
 directory is created, truncated, locked against writers or modified, so
-collation can run while simulations are still writing (issue #2).  A session
+collation can run while simulations are still writing.  A session
 that SQLite cannot read in place without writing (a hot journal left by a
 killed writer, or a WAL-mode file without its ``-wal`` and ``-shm`` files) is
 read from a private copy whose files SQLite recovers (:mod:`._snapshot`).
@@ -46,8 +46,13 @@ Match = Union[str, Callable[[str], bool]]
 OnError = Callable[[CorruptSessionError], None]
 T = TypeVar("T")
 
-_COMPANIONS = (SESSION_SUFFIX + "-wal", SESSION_SUFFIX + "-shm", SESSION_SUFFIX + "-journal",
-               SESSION_SUFFIX + ".lock", BLOB_SUFFIX)  # fmt: skip
+_COMPANIONS = (
+    SESSION_SUFFIX + "-wal",
+    SESSION_SUFFIX + "-shm",
+    SESSION_SUFFIX + "-journal",
+    SESSION_SUFFIX + ".lock",
+    BLOB_SUFFIX,
+)
 # Suffixes of the files stdlib dbm modules make for one shelf.
 _DBM_SUFFIXES = (".dat", ".dir", ".bak", ".pag", ".db")
 # Files SQLite keeps beside a database in use (dbm.sqlite3 shelves).
@@ -97,8 +102,11 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
             names = {e.name: e.is_dir() for e in it}
     except FileNotFoundError:
         return []
-    native = {n[: -len(SESSION_SUFFIX)] for n, d in names.items()
-              if n.endswith(SESSION_SUFFIX) and not d and not n.startswith(".")}  # fmt: skip
+    native = {
+        n[: -len(SESSION_SUFFIX)]
+        for n, d in names.items()
+        if n.endswith(SESSION_SUFFIX) and not d and not n.startswith(".")
+    }
     entries = [SessionEntry(n, os.path.join(basepath, n + SESSION_SUFFIX)) for n in sorted(native)]
     stray: list[str] = []
     legacy: dict[str, list[str]] = {}
@@ -113,8 +121,9 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
                 stray.append(name)
         else:
             stem, ext = os.path.splitext(name)
-            owner = next((name[: -len(s)] for s in _SQLITE_COMPANIONS  # a dbm.sqlite3
-                          if name.endswith(s) and name[: -len(s)] in names), None)  # fmt: skip
+            # The -wal or -shm file of a dbm.sqlite3 shelf belongs to that shelf.
+            owners = [name[: -len(s)] for s in _SQLITE_COMPANIONS if name.endswith(s)]
+            owner = next((o for o in owners if o in names), None)
             legacy.setdefault(owner or (stem if ext in _DBM_SUFFIXES else name), []).append(name)
     incomplete: set[str] = set()
     for stem, files in sorted(legacy.items()):
@@ -229,9 +238,12 @@ class SessionReader:
             self.close()
             if not needs_copy(self.path):
                 self._conn = sqlite3.connect(
-                    _uri(self.path, "mode=ro"), uri=True, timeout=BUSY_TIMEOUT,
-                    isolation_level=None, check_same_thread=False,
-                )  # fmt: skip
+                    _uri(self.path, "mode=ro"),
+                    uri=True,
+                    timeout=BUSY_TIMEOUT,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
                 hold(self.path)
                 try:
                     return self._conn.execute(_CREATED).fetchone()
@@ -306,8 +318,9 @@ class SessionReader:
         return rows[0][0] if rows else 0
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and bool(self._query("SELECT 1 FROM items WHERE key = ?",
-                                                         (key,)))  # fmt: skip
+        return isinstance(key, str) and bool(
+            self._query("SELECT 1 FROM items WHERE key = ?", (key,))
+        )
 
     def __getitem__(self, key: str) -> Any:
         if self._conn is None:
@@ -366,7 +379,7 @@ class SessionReader:
             return decode(data, self.path, self.name, key, self.safe)
         try:
             path = side_path(self.path, side, key)
-            return load_side_file(path, side_size, self.name, key)
+            return load_side_file(path, side_size, self.path, key)
         except FileNotFoundError:  # replaced meanwhile: read it again
             return self.get(key, _GONE)
 
@@ -482,8 +495,7 @@ class _SqliteShelf:
     def __init__(self, path: str) -> None:
         mode = "ro" if os.path.exists(path + "-wal") else "ro&immutable=1"
         uri = _uri(path, f"mode={mode}")
-        self._conn = sqlite3.connect(uri, uri=True, isolation_level=None,
-                                     check_same_thread=False)  # fmt: skip
+        self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         try:
             self._keys = [bytes(r[0]) for r in self._conn.execute("SELECT key FROM Dict")]
         except sqlite3.DatabaseError:
@@ -520,10 +532,10 @@ class ShelfReader(SessionReader):
         self.name, self.path, self.safe = entry.name, entry.path, safe
         self._conn = None
         try:
-            self._db: Any = (
-                _SqliteShelf(self.path) if _is_sqlite(self.path)
-                else dbm.open(self.path, "r")  # noqa: SIM115 - closed by close()
-            )  # fmt: skip
+            if _is_sqlite(self.path):
+                self._db: Any = _SqliteShelf(self.path)
+            else:
+                self._db = dbm.open(self.path, "r")  # noqa: SIM115 - closed by close()
         except Exception as exc:  # dbm.dumb raises SyntaxError/ValueError on a bad index
             check_descriptors(self.path)
             raise CorruptSessionError(self.path, f"unreadable legacy shelf ({exc})") from exc
@@ -550,10 +562,11 @@ class ShelfReader(SessionReader):
         return decode(data, self.path, self.name, key, self.safe)
 
     def _raw(self, key: str) -> bytes:
+        stored = self._index[key]  # a key the shelf never had
         try:
-            return self._db[self._index[key]]
-        except KeyError:
-            raise
+            return self._db[stored]
+        except KeyError:  # deleted by a writer since we opened, as in a session
+            raise KeyError(key) from None
         except Exception as exc:
             raise CorruptSessionError(self.path, f"cannot read the value ({exc})", key) from exc
 
@@ -591,9 +604,7 @@ def merge_values(key: str, values: list[tuple[str, Any]]) -> Any:
     if values and all(isinstance(v, np.ndarray) for _, v in values):
         for session, v in values:
             if v.ndim == 0:
-                raise TypeError(
-                    f"cannot merge key {key!r}: session {session!r} holds a 0-d array"
-                )
+                raise TypeError(f"cannot merge key {key!r}: session {session!r} holds a 0-d array")
         try:
             return np.concatenate([v for _, v in values], axis=0)
         except ValueError as exc:

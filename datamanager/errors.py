@@ -45,6 +45,20 @@ class DataManagerError(Exception):
         super().__init__(*args)
 
 
+class _FileError(DataManagerError, OSError):
+    """A DataManagerError that is also an OSError about one file.
+
+    OSError reads ``errno``, ``strerror`` and ``filename`` from its first three
+    arguments, which are not the constructor arguments of these errors; so
+    each subclass hands OSError those three fields itself, and keeps its own
+    arguments as ``args`` for ``repr`` and pickling.
+    """
+
+    def __init__(self, args: tuple[Any, ...], code: int | None, reason: str, path: str) -> None:
+        OSError.__init__(self, code, reason, path)
+        self._args = self.args = args
+
+
 class InvalidNameError(DataManagerError, ValueError):
     """A session name that cannot name a file in the data directory."""
 
@@ -73,11 +87,15 @@ class UnstorableValueError(DataManagerError, TypeError):
         )
 
 
-class CorruptSessionError(DataManagerError, OSError):
-    """A session (or one of its files) that cannot be read as stored."""
+class CorruptSessionError(_FileError):
+    """A session (or one of its files) that cannot be read as stored.
+
+    ``path`` (also ``filename``) is the session's file, ``reason`` (also
+    ``strerror``) what is wrong with it; ``errno`` is None.
+    """
 
     def __init__(self, path: str, reason: str, key: str | None = None) -> None:
-        super().__init__(path, reason, key)
+        super().__init__((path, reason, key), None, reason, path)
         self.path = path
         self.reason = reason
         self.key = key
@@ -87,19 +105,18 @@ class CorruptSessionError(DataManagerError, OSError):
         return f"corrupt session {self.path}{where}: {self.reason}"
 
 
-class TransactionAbortedError(DataManagerError, OSError):
+class TransactionAbortedError(_FileError):
     """A transaction undone as a whole by a fault, such as a full disk.
 
     None of the block's writes were stored.  The block can write no more: each
     later write in it, and the end of the block, raise this error again, so
     that a block which catches it cannot store later values one by one as if
     they were still part of the transaction.  ``errno`` tells why
-    (``errno.ENOSPC`` for a full disk).
+    (``errno.ENOSPC`` for a full disk), ``filename`` is the session's file.
     """
 
     def __init__(self, code: int | None, reason: str, path: str) -> None:
-        # The OSError argument order, so that errno, strerror and filename are set.
-        super().__init__(code, reason, path)
+        super().__init__((code, reason, path), code, reason, path)
         self.reason = reason
         self.path = path
 
@@ -138,9 +155,7 @@ class UnsafeValueError(DataManagerError, pickle.UnpicklingError):
 class RecordingFormatError(DataManagerError, ValueError):
     """A recording file that does not follow its format."""
 
-    def __init__(
-        self, path: str, lineno: int | None, expected: str, found: str
-    ) -> None:
+    def __init__(self, path: str, lineno: int | None, expected: str, found: str) -> None:
         super().__init__(path, lineno, expected, found)
         self.path = path
         self.lineno = lineno
@@ -176,11 +191,15 @@ class UnsupportedValueError(DataManagerError, TypeError):
         )
 
 
-class ExportError(DataManagerError, OSError):
-    """An export that could not be completed; nothing was written at the target."""
+class ExportError(_FileError):
+    """An export that could not be completed; nothing was written at the target.
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(path, reason)
+    ``errno`` is that of the failure where one applies (``errno.EEXIST`` for a
+    target that exists), else None; ``filename`` is the target.
+    """
+
+    def __init__(self, path: str, reason: str, code: int | None = None) -> None:
+        super().__init__((path, reason, code), code, reason, path)
         self.path = path
         self.reason = reason
 
@@ -188,25 +207,24 @@ class ExportError(DataManagerError, OSError):
         return f"cannot export to {self.path}: {self.reason}"
 
 
-class ExportFormatError(DataManagerError, OSError):
+class ExportFormatError(_FileError):
     """An HDF5 file that :func:`~datamanager.load_hdf5` refuses: not as an export writes it.
 
     An ``OSError`` like h5py's own errors for files it cannot read, so one
-    ``except OSError`` covers every file that does not load.
+    ``except OSError`` covers every file that does not load; ``filename`` is
+    the file, ``strerror`` what was found where, ``errno`` None.
     """
 
     def __init__(self, path: str, h5path: str, expected: str, found: str) -> None:
-        super().__init__(path, h5path, expected, found)
+        reason = f"at {h5path}, expected {expected}, found {found}"
+        super().__init__((path, h5path, expected, found), None, reason, path)
         self.path = path
         self.h5path = h5path
         self.expected = expected
         self.found = found
 
     def __str__(self) -> str:
-        return (
-            f"{self.path} is not a datamanager export: at {self.h5path}, "
-            f"expected {self.expected}, found {self.found}"
-        )
+        return f"{self.path} is not a datamanager export: {self.strerror}"
 
 
 class DataManagerWarning(UserWarning):

@@ -15,19 +15,21 @@ __all__ = ["JOURNAL_ENV", "NETWORK_FILESYSTEMS", "choose_journal_mode", "filesys
 #: Environment variable that overrides the journal mode everywhere (``wal`` or ``delete``).
 JOURNAL_ENV = "DATAMANAGER_JOURNAL_MODE"
 
+#: Network file systems: file sharing protocols, cluster file systems, FUSE mounts of either.
 NETWORK_FILESYSTEMS = frozenset(
-    {
-        "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "lustre", "gpfs",
-        "ceph", "cephfs", "glusterfs", "fuse.glusterfs", "beegfs", "fuse.sshfs",
-        "afs", "9p", "panfs", "fuse.cephfs", "wekafs", "orangefs", "pvfs2",
-    }
-)  # fmt: skip
+    {"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "9p"}
+    | {"lustre", "gpfs", "ceph", "cephfs", "glusterfs", "beegfs", "panfs", "wekafs"}
+    | {"orangefs", "pvfs2", "fuse.glusterfs", "fuse.sshfs", "fuse.cephfs"}
+)
 
 
 def _unescape_mount_path(path: str) -> str:
     # /proc/mounts escapes space, tab, newline and backslash as octal (\040 ...).
-    return path.encode("latin-1").decode("unicode_escape").encode("latin-1").decode(
-        "utf-8", "surrogateescape"
+    return (
+        path.encode("latin-1")
+        .decode("unicode_escape")
+        .encode("latin-1")
+        .decode("utf-8", "surrogateescape")
     )
 
 

@@ -2,7 +2,7 @@
 
 The file needs neither datamanager nor pickle to be read: every value maps to
 plain HDF5 datasets and groups (the schema in README.rst and
-:mod:`datamanager._h5schema`, issue 4).  :func:`load_hdf5` reverses it exactly
+:mod:`datamanager._h5schema`).  :func:`load_hdf5` reverses it exactly
 (:mod:`datamanager._h5read`).
 
 Layout of an export::
@@ -18,12 +18,13 @@ Layout of an export::
 This module does the file handling (temporary name, atomic publish) and the
 reading of the sessions; :mod:`datamanager._h5merge` writes the values.
 h5py is imported inside the functions: ``import datamanager`` must stay cheap
-for simulation processes that only write (issue 2).
+for simulation processes that only write.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -131,8 +132,12 @@ def _metadata(group: Any) -> dict[str, Any]:
             return get_attrs(group)  # schema version 1
         found = json.loads(group.attrs[METADATA_ATTR])
     if not isinstance(found, dict):
-        raise malformed(group, group.name, f"a JSON object in attribute {METADATA_ATTR!r}",
-                        f"a JSON {type(found).__name__}")  # fmt: skip
+        raise malformed(
+            group,
+            group.name,
+            f"a JSON object in attribute {METADATA_ATTR!r}",
+            f"a JSON {type(found).__name__}",
+        )
     return found
 
 
@@ -206,7 +211,7 @@ def _matcher(match: Union[str, Callable[[str], bool], None]) -> Callable[[str], 
 
 
 def _progress(dm: Any, progress: bool | None) -> Iterable[Any]:
-    """``dm.iter_sessions()``, behind a bar only for a person watching (issue 4).
+    """``dm.iter_sessions()``, behind a bar only for a person watching.
 
     Never in logs, pipes or CI; and the session count, which opens every
     session once more, is only taken for a bar.
@@ -233,6 +238,10 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def _exists(path: str) -> ExportError:
+    return ExportError(path, "the file exists (use overwrite=True to replace it)", errno.EEXIST)
+
+
 def _publish(tmp: str, path: str, overwrite: bool, fsync: bool) -> None:
     """Move the finished file into place in one step."""
     if overwrite:
@@ -243,12 +252,10 @@ def _publish(tmp: str, path: str, overwrite: bool, fsync: bool) -> None:
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise ExportError(path, "the file exists (use overwrite=True to replace it)") from None
+            raise _exists(path) from None
         except OSError:  # no hard links on this filesystem
             if os.path.lexists(path):
-                raise ExportError(
-                    path, "the file exists (use overwrite=True to replace it)"
-                ) from None
+                raise _exists(path) from None
             os.replace(tmp, path)
         else:
             os.unlink(tmp)
@@ -262,13 +269,13 @@ def _publish(tmp: str, path: str, overwrite: bool, fsync: bool) -> None:
 def export_hdf5(
     dm: Any,
     path: Union[str, os.PathLike],
+    *,
     match: Union[str, Callable[[str], bool], None] = None,
     merged: bool = False,
     compression: str | None = None,
     overwrite: bool = False,
     on_unsupported: str = "error",
     progress: bool | None = None,
-    *,
     fsync: bool = False,
 ) -> ExportReport:
     """Write the sessions of ``dm`` into one self-describing HDF5 file.
@@ -328,9 +335,9 @@ def export_hdf5(
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     if os.path.lexists(path) and not overwrite:
-        raise ExportError(path, "the file exists (use overwrite=True to replace it)")
+        raise _exists(path)
     if not os.path.isdir(folder):
-        raise ExportError(path, f"no such folder {folder}")
+        raise ExportError(path, f"no such folder {folder}", errno.ENOENT)
 
     import h5py
 
@@ -364,7 +371,7 @@ def export_hdf5(
             except OSError:
                 pass
             if isinstance(exc, OSError) and not isinstance(exc, ExportError):
-                raise ExportError(path, f"{type(exc).__name__}: {exc}") from exc
+                raise ExportError(path, f"{type(exc).__name__}: {exc}", exc.errno) from exc
             raise
     report.nbytes = os.path.getsize(path)
     report.seconds = time.perf_counter() - started
@@ -377,7 +384,7 @@ def _values(reader: Any, selected: Callable[[str], bool] | None) -> Iterator[tup
     Arrays in side files come as :class:`NpyFile`, to be copied without being
     loaded.  A session without side files is read in batches of rows, one
     query each instead of one per key: with many small values those queries
-    cost more than writing the values (issue 4).
+    cost more than writing the values.
     """
     try:
         side = {key: (path, size) for key, path, size in reader.side_files()}

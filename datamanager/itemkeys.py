@@ -1,4 +1,4 @@
-"""Canonical item keys: a stable content hash of a parameter set (issue #5).
+"""Canonical item keys: a stable content hash of a parameter set.
 
 :func:`run_tasks <datamanager.tasks.run_tasks>` stores each result under the
 key of its item, so a resumed sweep recognises what an earlier run (another

@@ -46,10 +46,13 @@ def verify(dm: DataManager) -> list[Problem]:
 
     entries = dm._entries(warn=False)
     problems = [
-        Problem(path, "blob folder of no session (its writer was killed before it created "
-                      "the session file?); it holds no value and can be deleted")
+        Problem(
+            path,
+            "blob folder of no session (its writer was killed before it created "
+            "the session file?); it holds no value and can be deleted",
+        )
         for path in _orphan_folders(dm.basepath)
-    ]  # fmt: skip
+    ]
     for entry in entries:
         if entry.twin_problem:
             problems.append(Problem(entry.path + SESSION_SUFFIX, entry.twin_problem))
@@ -80,10 +83,13 @@ def _check(reader: SessionReader) -> list[tuple[str, str]]:
         if message:
             found.append((path, f"side file of key {key!r}: {message}"))
     found.extend(
-        (path, "side file that no key refers to (left by a writer killed before it "
-               "committed the key?); it holds no value and can be deleted")
+        (
+            path,
+            "side file that no key refers to (left by a writer killed before it "
+            "committed the key?); it holds no value and can be deleted",
+        )
         for path in _orphans(blob_dir(reader.path), referenced)
-    )  # fmt: skip
+    )
     try:
         _ = reader.metadata
     except CorruptSessionError as exc:
@@ -99,17 +105,23 @@ def _bad_side_names(reader: SessionReader) -> list[tuple[str, str]]:
     if reader._conn is None:
         return []
     found = [
-        (reader.path, f"key {key!r}: side file name {side!r} is not a file of this "
-                      "session's blob folder; the value cannot be read")
+        (
+            reader.path,
+            f"key {key!r}: side file name {side!r} is not a file of this "
+            "session's blob folder; the value cannot be read",
+        )
         for key, side in reader._query("SELECT key, side FROM items WHERE side IS NOT NULL")
         if not is_side_name(side)
-    ]  # fmt: skip
+    ]
     found.extend(
-        (reader.path, f"garbage table lists {side!r}, not a file of this session's blob "
-                      "folder; writers leave it alone")
+        (
+            reader.path,
+            f"garbage table lists {side!r}, not a file of this session's blob "
+            "folder; writers leave it alone",
+        )
         for (side,) in reader._query("SELECT side FROM garbage")
         if not is_side_name(side)
-    )  # fmt: skip
+    )
     return found
 
 
@@ -138,8 +150,11 @@ def _orphan_folders(basepath: str) -> list[str]:
     """The blob folders in *basepath* whose session file is missing, and old."""
     try:
         with os.scandir(basepath) as it:
-            folders = sorted(e.path for e in it if e.name.endswith(BLOB_SUFFIX)
-                             and not e.name.startswith(".") and e.is_dir())  # fmt: skip
+            folders = sorted(
+                e.path
+                for e in it
+                if e.name.endswith(BLOB_SUFFIX) and not e.name.startswith(".") and e.is_dir()
+            )
     except (FileNotFoundError, NotADirectoryError):
         return []
     now, old = time.time(), []

@@ -2,7 +2,7 @@
 
 The names and meanings of the methods follow Brian's
 ``brian.tools.datamanager.DataManager``, so scripts written for it run
-unchanged (issue #2).
+unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from .session import SESSION_SUFFIX, Session, _check_key, validate_session_name
 
 if TYPE_CHECKING:
     import pandas
+
+    from .hdf5 import ExportReport
+    from .recordings import ImportSummary
 
 __all__ = ["DataManager", "Problem"]
 
@@ -149,8 +152,11 @@ class DataManager:
         """The sessions of the data directory; FileNotFoundError where it cannot exist."""
         entries = collate.find_sessions(self.basepath, warn)
         if not entries and not os.path.isdir(self._needed):
-            what = ("no such data directory" if self._needed == self.basepath
-                    else f"no such folder to hold {self.name}.data")  # fmt: skip
+            what = (
+                "no such data directory"
+                if self._needed == self.basepath
+                else f"no such folder to hold {self.name}.data"
+            )
             raise FileNotFoundError(errno.ENOENT, what, self._needed)
         return entries
 
@@ -253,6 +259,7 @@ class DataManager:
 
     def _matching(self, match: Match, strict: bool) -> dict[str, dict[str, Any]]:
         check_match(match)
+
         # One pass: each session is opened once for all the matching keys,
         # not once per key as Brian's implementation did.
         def read(reader: SessionReader) -> dict[str, Any]:
@@ -321,8 +328,12 @@ class DataManager:
         import pandas
 
         def row(reader: SessionReader) -> dict[str, Any]:
-            return {"name": reader.name, **reader.metadata, "keys": len(reader),
-                    "size": reader.nbytes}  # fmt: skip
+            return {
+                "name": reader.name,
+                **reader.metadata,
+                "keys": len(reader),
+                "size": reader.nbytes,
+            }
 
         frame = pandas.DataFrame([r for _, r in self._collect(row, strict)])
         if "created" in frame:
@@ -343,14 +354,46 @@ class DataManager:
 
         return migrate(self)
 
-    def import_recordings(self, paths_or_folder: Any, session_name: str | None = None) -> Any:
-        """Import NEURON ``.dat`` and Axon ``.atf`` recordings (see :mod:`.recordings`)."""
+    def import_recordings(
+        self, paths_or_folder: Any, session_name: str | None = None
+    ) -> ImportSummary:
+        """Import NEURON ``.dat`` and Axon ``.atf`` recordings into one session.
+
+        ``dm.import_recordings(...)`` is
+        :func:`datamanager.recordings.import_recordings` ``(dm, ...)``; see
+        there for the parameters.
+        """
         from .recordings.importer import import_recordings
 
         return import_recordings(self, paths_or_folder, session_name)
 
-    def export_hdf5(self, path: str, **kwargs: Any) -> Any:
-        """Export the collated results to HDF5; see :func:`datamanager.hdf5.export_hdf5`."""
+    def export_hdf5(
+        self,
+        path: str | os.PathLike,
+        *,
+        match: Match | None = None,
+        merged: bool = False,
+        compression: str | None = None,
+        overwrite: bool = False,
+        on_unsupported: str = "error",
+        progress: bool | None = None,
+        fsync: bool = False,
+    ) -> ExportReport:
+        """Export the collated results to one HDF5 file.
+
+        ``dm.export_hdf5(path, ...)`` is :func:`datamanager.export_hdf5`
+        ``(dm, path, ...)``; see there for the parameters.
+        """
         from .hdf5 import export_hdf5
 
-        return export_hdf5(self, path, **kwargs)
+        return export_hdf5(
+            self,
+            path,
+            match=match,
+            merged=merged,
+            compression=compression,
+            overwrite=overwrite,
+            on_unsupported=on_unsupported,
+            progress=progress,
+            fsync=fsync,
+        )

@@ -1,7 +1,7 @@
 """What a session records about the process that first wrote it.
 
 The record answers "which code, on which machine, with which libraries made
-these results?" (issue #5).  It runs at every session creation, so it stays
+these results?".  It runs at every session creation, so it stays
 cheap: package versions come from modules already imported, and the one
 ``git`` subprocess is run once per process and directory, with a short timeout.
 """
@@ -83,8 +83,8 @@ def git_state(directory: str | None = None) -> dict[str, Any]:
     # One porcelain call gives both the commit and the dirty flag; the
     # optional-locks switch keeps git from rewriting the index, since
     # recording provenance must not disturb the repository it describes.
-    command = ["git", "-C", directory, "status", "--porcelain=v2", "--branch",
-               "--untracked-files=no"]  # fmt: skip
+    options = ["--porcelain=v2", "--branch", "--untracked-files=no"]
+    command = ["git", "-C", directory, "status", *options]
     env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
     try:
         done = subprocess.run(

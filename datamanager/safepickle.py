@@ -25,8 +25,12 @@ __all__ = ["PROTOCOL", "dumps", "loads", "malformed"]
 PROTOCOL = 5
 
 # numpy 1.x pickles name numpy.core, numpy 2.x numpy._core.
-_NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray",
-               "numpy.core.numeric", "numpy._core.numeric")  # fmt: skip
+_NUMPY_CORE = (
+    "numpy.core.multiarray",
+    "numpy._core.multiarray",
+    "numpy.core.numeric",
+    "numpy._core.numeric",
+)
 
 
 def _items(kind: type) -> Callable[..., Any]:

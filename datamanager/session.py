@@ -5,7 +5,7 @@ write is an SQLite transaction, so a process killed at any moment leaves each
 key with its previous value or its new one, never half of either.  Large numpy
 arrays do not crawl through SQLite: they are written whole with ``np.save`` to
 a side file in ``<name>.blobs/`` first and only then referenced from the
-database, so a reader sees either no reference or a complete file (issue #2).
+database, so a reader sees either no reference or a complete file.
 
 On local disks a session is in SQLite's WAL mode while open and switched back
 to a rollback journal by :meth:`Session.close`, after every committed value was
@@ -187,13 +187,17 @@ def _is_side_array(value: Any) -> bool:
     )
 
 
-def load_side_file(path: str, expected_size: int | None, session: str, key: str) -> Any:
-    """Load one side file, checking it is whole and its header describes it."""
+def load_side_file(path: str, expected_size: int | None, session_path: str, key: str) -> Any:
+    """Load side file *path* of key *key*, checking it is whole and its header describes it.
+
+    Its damage is reported as a :class:`CorruptSessionError` of the session at
+    *session_path*, which owns the file.
+    """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if expected_size is not None and size != expected_size:
             raise CorruptSessionError(
-                session, f"side file {path} has {size} bytes, expected {expected_size}", key
+                session_path, f"side file {path} has {size} bytes, expected {expected_size}", key
             )
         try:
             header = read_npy_header(f)
@@ -204,7 +208,7 @@ def load_side_file(path: str, expected_size: int | None, session: str, key: str)
             if array.size != count:
                 raise ValueError(f"{array.size} of {count} items could be read")
         except ValueError as exc:
-            raise CorruptSessionError(session, f"side file {path}: {exc}", key) from exc
+            raise CorruptSessionError(session_path, f"side file {path}: {exc}", key) from exc
     return array.reshape(header.shape, order="F" if header.fortran_order else "C")
 
 
@@ -255,7 +259,7 @@ class Session(MutableMapping):
         # TransactionAbortedError arguments while the open transaction is lost.
         self._aborted: tuple[int | None, str, str] | None = None
 
-    # -- pickling carries configuration, never a connection (STYLE habit 3) --
+    # -- pickling carries configuration, never a connection --
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "journal_mode": self._requested_journal}
@@ -294,7 +298,7 @@ class Session(MutableMapping):
             sync = "NORMAL" if self.journal_mode == "wal" else "FULL"
             conn.execute(f"PRAGMA synchronous={sync}")
             # Smaller pages mean fewer bytes in the WAL per small write, about
-            # 10% more durable writes per second (issue #2); this only takes
+            # 10% more durable writes per second; this only takes
             # effect on a new file.
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             # Changing the journal mode needs a lock the busy handler does not
@@ -550,7 +554,7 @@ class Session(MutableMapping):
 
     def __setitem__(self, key: str, value: Any) -> None:
         # The common case (a str key, a small value) is kept short: it is the
-        # hot path of every simulation (issue #2 write rate).
+        # hot path of every simulation.
         if type(key) is not str:
             _check_key(key)
         if type(value) is np.ndarray and _is_side_array(value):
@@ -745,9 +749,7 @@ def decode_created(text: Any, path: str) -> float:
     return float(created)
 
 
-def read_value(
-    conn: sqlite3.Connection, path: str, session: str, key: str, safe: bool
-) -> Any:
+def read_value(conn: sqlite3.Connection, path: str, session: str, key: str, safe: bool) -> Any:
     """Read one value from an open session connection (writer or reader)."""
     for _attempt in range(5):
         row = conn.execute(_VALUE, (key,)).fetchone()
@@ -757,7 +759,7 @@ def read_value(
         if side is None:
             return decode(data, path, session, key, safe)
         try:
-            return load_side_file(side_path(path, side, key), side_size, session, key)
+            return load_side_file(side_path(path, side, key), side_size, path, key)
         except FileNotFoundError:
             # A writer may have replaced the value and removed its old side
             # file between our two reads: read the row again.

@@ -2,7 +2,7 @@
 
 :func:`run_tasks` calls ``task(item)`` for each item on a local process pool
 (:class:`concurrent.futures.ProcessPoolExecutor`) or on the workers of a
-``dask.distributed.Client``; it never schedules anything itself (issue #5).
+``dask.distributed.Client``; it never schedules anything itself.
 Each worker process opens its own session once and stores every result under
 a key derived from the item, so a sweep that is killed finishes by running the
 same call again, and the results collate with the usual API.
@@ -478,9 +478,14 @@ def task_failures(
                 if sep and (wanted is None or name == wanted):
                     rec = reader[k]
                     records[name, digest] = TaskFailure(
-                        name, digest, rec.get("item"), rec.get("error", ""),
-                        rec.get("traceback", ""), rec.get("worker", ""), reader.name,
-                    )  # fmt: skip
+                        name,
+                        digest,
+                        rec.get("item"),
+                        rec.get("error", ""),
+                        rec.get("traceback", ""),
+                        rec.get("worker", ""),
+                        reader.name,
+                    )
     if wanted is not None and wanted not in _sweep_names(keys):
         raise _unknown_sweep(dm, wanted, keys)
     return [f for (name, digest), f in records.items() if f"{name}/{digest}" not in keys]

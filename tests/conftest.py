@@ -46,8 +46,11 @@ def run_python(
     """Run *code* in a fresh interpreter; fail the test with its stderr if it fails."""
     proc = subprocess.run(
         [sys.executable, "-c", code, *args],
-        capture_output=True, text=True, timeout=timeout, **kwargs,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
     assert proc.returncode == 0, f"worker failed ({proc.returncode}):\n{proc.stderr}"
     return proc
 
@@ -56,8 +59,11 @@ def start_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
     """Start *code* in a fresh interpreter with stdout piped (the caller reaps it)."""
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def can_mount_read_only(tmp_path: Path) -> bool:

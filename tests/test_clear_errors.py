@@ -167,8 +167,12 @@ def test_verify_reports_without_warning(damaged: DataManager):
 
 
 def test_command_line_prints_warnings_as_one_line_each(damaged: DataManager):
-    proc = subprocess.run([sys.executable, "-m", "datamanager", "keys", damaged.basepath],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "datamanager", "keys", damaged.basepath],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and proc.stdout == "rate\n"
     bad = os.path.join(damaged.basepath, "bad.sqlite")
     (line,) = proc.stderr.splitlines()

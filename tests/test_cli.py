@@ -1,4 +1,4 @@
-"""The ``datamanager`` command line (issue 4): main(argv) and one real subprocess."""
+"""The ``datamanager`` command line: main(argv) and one real subprocess."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamanager import DataManager
+from datamanager import DataManager, Recording
 from datamanager.cli import main
 from datamanager.hdf5 import load_hdf5
 
@@ -78,8 +78,9 @@ def test_export_and_force(datadir: str, tmp_path: Path, capsys: pytest.CaptureFi
     assert set(next(iter(load_hdf5(out)["sessions"].values()))) == {"rate", "v", "params"}
 
 
-def test_safe_by_default_unsafe_on_request(dm: DataManager, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]):  # fmt: skip
+def test_safe_by_default_unsafe_on_request(
+    dm: DataManager, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     with dm.session() as s:
         s["obj"] = Secret(1)
     out = str(tmp_path / "o.h5")
@@ -94,8 +95,7 @@ def test_safe_by_default_unsafe_on_request(dm: DataManager, tmp_path: Path,
     assert "skipped" in capsys.readouterr().out
 
 
-def test_verify_reports_problems_with_their_file(datadir: str,
-                                                 capsys: pytest.CaptureFixture[str]):  # fmt: skip
+def test_verify_reports_problems_with_their_file(datadir: str, capsys: pytest.CaptureFixture[str]):
     assert main(["verify", datadir]) == 0
     assert "no problems" in capsys.readouterr().out
     reader = next(DataManager.from_path(datadir).iter_sessions())
@@ -157,17 +157,20 @@ def test_import_then_export_recordings(tmp_path: Path, capsys: pytest.CaptureFix
     dm = DataManager.from_path(datadir)
     for key, value in session.items():
         (stored,) = dm.get(key).values()
-        assert type(value).__name__ == "Recording" and value == stored
+        assert isinstance(value, Recording) and value == stored
 
 
 def test_console_entry_in_a_subprocess(datadir: str, tmp_path: Path):
     out = tmp_path / "sub.h5"
     proc = subprocess.run(
         [sys.executable, "-m", "datamanager", "export", datadir, str(out), "--merged"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("wrote ") and out.exists()
-    proc = subprocess.run([sys.executable, "-m", "datamanager", "keys"],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "datamanager", "keys"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "usage:" in proc.stderr

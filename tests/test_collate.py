@@ -3,7 +3,9 @@ legacy shelves, safe mode, verify and migrate."""
 
 from __future__ import annotations
 
+import contextlib
 import dbm.dumb
+import glob
 import hashlib
 import os
 import pickle
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 import warnings
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -102,8 +105,20 @@ def test_order_is_creation_order_with_ties_by_name(dm):
 def test_sessions_dataframe(swept):
     frame = swept.sessions()
     assert isinstance(frame, pd.DataFrame) and len(frame) == 4
-    for column in ("name", "created", "user", "host", "pid", "python", "argv", "cwd",
-                   "numpy_version", "datamanager_version", "keys", "size"):  # fmt: skip
+    for column in (
+        "name",
+        "created",
+        "user",
+        "host",
+        "pid",
+        "python",
+        "argv",
+        "cwd",
+        "numpy_version",
+        "datamanager_version",
+        "keys",
+        "size",
+    ):
         assert column in frame.columns, column
     assert (frame["keys"] == 4).all() and (frame["size"] > 0).all()
     assert frame["created"].is_monotonic_increasing
@@ -120,8 +135,11 @@ def test_session_filenames_one_per_session(dm):
     _write_legacy(os.path.join(dm.basepath, "legacy"), {"z": [3]})
     files = dm.session_filenames()
     assert sorted(map(os.path.basename, files)) == [
-        "big.sqlite", "legacy", "locked.sqlite", "open.sqlite",
-    ]  # fmt: skip
+        "big.sqlite",
+        "legacy",
+        "locked.sqlite",
+        "open.sqlite",
+    ]
     assert dm.itemcount() == 4
     open_writer.close()
 
@@ -157,6 +175,12 @@ def test_corrupt_session_is_skipped_or_raises_in_strict_mode(dm):
         dm.get("x", strict=True)
 
 
+def _date(path: str, seconds_from_now: float) -> None:
+    """Set the access and modification times of *path* relative to now."""
+    when = time.time() + seconds_from_now
+    os.utime(path, (when, when))
+
+
 def _snapshot(path):
     state = {}
     for root, dirs, files in os.walk(path):
@@ -174,8 +198,16 @@ def _snapshot(path):
 def _everything(dm):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataManagerWarning)
-        return (dm.keys(), dm.get("a"), dm.get_merged_matching("a"), dm.items(),
-                dm.itemcount(), dm.sessions(), dm.session_filenames(), dm.verify())  # fmt: skip
+        return (
+            dm.keys(),
+            dm.get("a"),
+            dm.get_merged_matching("a"),
+            dm.items(),
+            dm.itemcount(),
+            dm.sessions(),
+            dm.session_filenames(),
+            dm.verify(),
+        )
 
 
 @pytest.fixture(params=["dumb", "sqlite"])
@@ -202,8 +234,12 @@ def test_collation_modifies_nothing(mixed):
     dm = mixed
     with open(os.path.join(dm.basepath, "README"), "w") as f:
         f.write("hello")
+    # Everything dated an hour back: a write by collation, however soon,
+    # would date its file now, whatever the file system's clock resolution.
+    for root, dirs, files in os.walk(dm.basepath):
+        for name in dirs + files:
+            _date(os.path.join(root, name), -3600)
     before = _snapshot(dm.basepath)
-    time.sleep(0.01)
     result = _everything(dm)
     assert result[1] == {"closed": [1], "killed": [2], "legacy": [3]}
     # Readers take their WAL read locks inside the -shm file (SQLite's
@@ -244,13 +280,24 @@ class Custom:
 def test_safe_mode(tmp_path):
     dm = DataManager("safe", str(tmp_path))
     values = {
-        "none": None, "bool": True, "int": 3, "float": 1.5, "complex": 1 + 2j,
-        "str": "s", "bytes": b"b", "list": [1, [2.0]], "tuple": (1, "a"),
-        "dict": {"a": {1, 2}}, "frozenset": frozenset([1]), "array": np.arange(4.0),
-        "big": np.ones(200_000, dtype=np.float32), "scalar": np.float32(2.5),
-        "int64": np.int64(3), "objects": np.array(["a", 1], dtype=object),
+        "none": None,
+        "bool": True,
+        "int": 3,
+        "float": 1.5,
+        "complex": 1 + 2j,
+        "str": "s",
+        "bytes": b"b",
+        "list": [1, [2.0]],
+        "tuple": (1, "a"),
+        "dict": {"a": {1, 2}},
+        "frozenset": frozenset([1]),
+        "array": np.arange(4.0),
+        "big": np.ones(200_000, dtype=np.float32),
+        "scalar": np.float32(2.5),
+        "int64": np.int64(3),
+        "objects": np.array(["a", 1], dtype=object),
         "record": np.zeros(2, dtype=[("a", "i4"), ("b", "f8")]),
-    }  # fmt: skip
+    }
     with dm.session("mine") as s:
         s.update(values)
         s["custom"] = Custom(1)
@@ -301,8 +348,7 @@ def test_sqlite_shelves_read_while_open_and_after(dm):
     assert _snapshot(dm.basepath) == before  # opened immutable: nothing created
     # A writer still at work: its -wal and -shm files belong to the shelf.
     writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("REPLACE INTO Dict VALUES (CAST(? AS BLOB), ?)",
-                   (b"rate", pickle.dumps([2.0])))  # fmt: skip
+    writer.execute("REPLACE INTO Dict VALUES (CAST(? AS BLOB), ?)", (b"rate", pickle.dumps([2.0])))
     assert os.path.exists(path + "-wal")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -316,12 +362,36 @@ def test_sqlite_shelves_read_while_open_and_after(dm):
         assert dm.get_merged("rate") == [2.0, 3.0]
 
 
+def test_key_deleted_from_an_open_shelf_is_missing_as_in_a_session(dm):
+    os.makedirs(dm.basepath)
+    path = os.path.join(dm.basepath, "py313")
+    _write_legacy(path, {"rate": [1.0], "kept": 2}, "sqlite")
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("SELECT count(*) FROM Dict").fetchone()  # its -wal file appears
+        for session in dm.iter_sessions():
+            with session:
+                writer.execute("DELETE FROM Dict WHERE key = CAST(? AS BLOB)", (b"rate",))
+                assert sorted(session.keys()) == ["kept", "rate"]  # listed when opened
+                with pytest.raises(KeyError) as info:
+                    session["rate"]
+                assert info.value.args == ("rate",)  # the key asked for, as a session says
+                assert dict(session.items(["rate", "kept"])) == {"kept": 2}
+    finally:
+        writer.close()
+
+
 def test_legacy_shelves_collate_read_only_and_migrate(dm):
     os.makedirs(dm.basepath)
-    _write_legacy(os.path.join(dm.basepath, "old1"), {"rate": [1.0], "arr": np.arange(3)})
-    time.sleep(0.01)
-    _write_legacy(os.path.join(dm.basepath, "old2"), {"rate": (2.0,), "obj": Custom(5)})
-    time.sleep(0.01)
+    # A shelf was created when its files were last written: dated apart, so
+    # that the order of creation does not hang on the clock's resolution.
+    for name, values, age in [
+        ("old1", {"rate": [1.0], "arr": np.arange(3)}, -20),
+        ("old2", {"rate": (2.0,), "obj": Custom(5)}, -10),
+    ]:
+        _write_legacy(os.path.join(dm.basepath, name), values)
+        for path in glob.glob(os.path.join(dm.basepath, name + ".*")):
+            _date(path, age)
     dm.session("new")["rate"] = [3.0]
     assert sorted(os.listdir(dm.basepath))[:3] == ["new.sqlite", "old1.bak", "old1.dat"]
     before = _snapshot(dm.basepath)
@@ -383,7 +453,7 @@ def test_verify_reports_old_side_files_no_key_refers_to(dm):
     orphan = os.path.join(blob_dir(s.path), "0123abcd.npy")
     np.save(orphan, np.zeros(200_000))
     assert dm.verify() == []  # young: maybe a write about to commit
-    os.utime(orphan, (time.time() - 3600, time.time() - 3600))
+    _date(orphan, -3600)
     [problem] = dm.verify()
     assert problem.path == orphan and "no key refers to" in problem.message
     np.testing.assert_array_equal(dm.get("big", strict=True)["s"], np.ones(200_000))
@@ -420,9 +490,10 @@ def _can_mount_tmpfs(tmp_path):
     probe = tmp_path / "probe"
     probe.mkdir()
     cmd = f"mount -t tmpfs -o size=1m tmpfs {probe}"
-    return shutil.which("unshare") and subprocess.run(
-        ["unshare", "-m", "sh", "-c", cmd], capture_output=True
-    ).returncode == 0
+    return (
+        shutil.which("unshare")
+        and subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True).returncode == 0
+    )
 
 
 DISK_FILLER = """
@@ -464,27 +535,64 @@ def test_full_disk_ends_in_a_clear_error_and_keeps_what_was_written(tmp_path):
     assert lines[2] == "VERIFIED []"
 
 
-@pytest.mark.parametrize("max_open", [1, 256])
-def test_iter_sessions_hands_over_open_readers_in_order(dm, monkeypatch, max_open):
-    import datamanager.manager
+def _open_sessions(folder: str) -> set[str]:
+    """The sessions in *folder* whose files this process holds open."""
+    names = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        if os.path.dirname(target) == folder:
+            names.add(os.path.basename(target).split(".")[0])
+    return names
 
-    monkeypatch.setattr(datamanager.manager, "_MAX_OPEN", max_open)
+
+@contextlib.contextmanager
+def _spare_descriptors(spare: int | None) -> Iterator[None]:
+    """Leave the process only *spare* free descriptors (no change for None)."""
+    if spare is None:
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + spare, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see open files")
+@pytest.mark.parametrize("spare", [None, 12])
+def test_iter_sessions_hands_over_open_readers_in_order(dm, spare):
     for name in ["c", "a", "b"]:
-        dm.session(name)["v"] = name
-    names = []
-    for reader in dm.iter_sessions():
-        with reader:
-            names.append((reader.name, reader["v"]))
-    assert names == [("c", "c"), ("a", "a"), ("b", "b")]
-    it = dm.iter_sessions()
-    first = next(it)
-    it.close()  # the readers not handed over are closed; the first is the caller's
-    assert first["v"] == "c"
-    first.close()
-    # Taking the next reader closes the one before, so a comprehension that
-    # never closes anything leaves no connection open (Python 3.13 warns).
-    readers = []
-    for reader in dm.iter_sessions():
-        assert reader._conn is not None and all(r._conn is None for r in readers)
-        readers.append(reader)
-    assert all(r._conn is None for r in readers)
+        with dm.session(name) as s:
+            s["v"] = name
+    folder = os.path.realpath(dm.basepath)
+    # With descriptors to spare the readers stay open from the pass that
+    # orders them; with few, each is opened again when its turn comes.
+    first_open = {"c"} if spare else {"a", "b", "c"}
+    with _spare_descriptors(spare):
+        names = []
+        for reader in dm.iter_sessions():
+            with reader:
+                names.append((reader.name, reader["v"]))
+        assert names == [("c", "c"), ("a", "a"), ("b", "b")]
+        assert _open_sessions(folder) == set()
+        it = dm.iter_sessions()
+        first = next(it)
+        assert _open_sessions(folder) == first_open
+        it.close()  # the readers not handed over are closed; the first is the caller's
+        assert _open_sessions(folder) == {"c"} and first["v"] == "c"
+        first.close()
+        assert _open_sessions(folder) == set()
+        # Taking the next reader closes the one before, so a comprehension that
+        # never closes anything leaves no connection open (Python 3.13 warns).
+        handed = []
+        for reader in dm.iter_sessions():
+            assert reader.name in _open_sessions(folder)
+            assert not _open_sessions(folder) & set(handed)
+            handed.append(reader.name)
+        assert _open_sessions(folder) == set()

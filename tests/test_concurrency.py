@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import time
 
 import numpy as np
@@ -108,12 +109,11 @@ def test_transactions_lose_no_update(tmp_path):
 
 
 TWIN = """
-import sys, time
+import sys
 from datamanager import DataManager
 dm = DataManager("sweep", sys.argv[1])
-go = float(sys.argv[3])
-while time.time() < go:
-    pass
+print("ready", flush=True)
+sys.stdin.readline()  # the parent answers once every twin is ready
 s = dm.computer_session()
 s[sys.argv[2]] = sys.argv[2]
 """
@@ -122,11 +122,26 @@ s[sys.argv[2]] = sys.argv[2]
 @pytest.mark.stress
 def test_twins_create_the_same_named_session_at_once(tmp_path):
     for attempt in range(stress_size(full=6, ci=3)):
-        go = time.time() + 1.0
-        procs = [start_python(TWIN, str(tmp_path), f"p{attempt}.{n}", str(go)) for n in range(4)]
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
+        procs = [
+            start_python(TWIN, str(tmp_path), f"p{attempt}.{n}", stdin=subprocess.PIPE)
+            for n in range(4)
+        ]
+        try:
+            # Released together, once all are past their start-up, so that
+            # they race for the session file instead of arriving in turn.
+            for proc in procs:
+                assert proc.stdout.readline() == "ready\n", proc.communicate()
+            for proc in procs:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            for proc in procs:
+                _, err = proc.communicate(timeout=120)
+                assert proc.returncode == 0, err
+        finally:
+            for proc in procs:
+                if proc.returncode is None:  # reaped, whatever failed above
+                    proc.kill()
+                    proc.communicate()
     dm = DataManager("sweep", str(tmp_path))
     (values,) = [dict(s.items()) for s in dm.iter_sessions(strict=True)]
     assert sorted(values) == sorted(f"p{a}.{n}" for a in range(attempt + 1) for n in range(4))

@@ -127,14 +127,21 @@ def test_a_creation_time_that_is_not_text_skips_the_session(damaged):
         dm.keys(strict=True)
     [problem] = dm.verify()
     assert problem.path.endswith("bad.sqlite") and "'created'" in problem.message
-    proc = subprocess.run([sys.executable, "-m", "datamanager", "ls", dm.basepath],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "datamanager", "ls", dm.basepath],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
     assert "good" in proc.stdout and "bad" not in proc.stdout
 
 
-@pytest.mark.parametrize("cell", [b"\xff", b'"not json', b"[" * 100_000],
-                         ids=["not text", "not JSON", "nested too deep"])  # fmt: skip
+@pytest.mark.parametrize(
+    "cell",
+    [b"\xff", b'"not json', b"[" * 100_000],
+    ids=["not text", "not JSON", "nested too deep"],
+)
 def test_a_metadata_entry_that_is_not_json_text_is_reported(damaged, cell):
     dm = damaged
     _sql(dm, "UPDATE meta SET value = ? WHERE name = 'host'", cell)

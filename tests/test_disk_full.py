@@ -120,8 +120,10 @@ def test_side_file_on_a_full_disk_undoes_its_transaction(disk):
 def test_writes_and_new_sessions_on_a_full_disk_raise_enospc(disk):
     dm, s = written_before(disk)
     fill(disk)
-    for write in (lambda: s.__setitem__("x", bytes(300_000)),
-                  lambda: dm.session("new").__setitem__("x", 1)):  # fmt: skip
+    for write in (
+        lambda: s.__setitem__("x", bytes(300_000)),
+        lambda: dm.session("new").__setitem__("x", 1),
+    ):
         with pytest.raises(OSError) as info:
             write()
         assert info.value.errno == errno.ENOSPC, info.value

@@ -149,8 +149,10 @@ def test_kill_in_every_window_hides_no_acknowledged_value(tmp_path, mode, named)
     # stderr is not piped: pytest shows it with a failure.
     writers = subprocess.Popen(
         [sys.executable, "-c", WRITERS, str(tmp_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(attempts):
             if min(hits.values()) >= wanted:
@@ -187,8 +189,12 @@ with s.transaction():
 @pytest.fixture
 def hot(tmp_path):
     """A session whose writer was killed mid-transaction: its -journal is hot."""
-    proc = subprocess.run([sys.executable, "-c", HOT_JOURNAL, str(tmp_path)], input="go\n",
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", HOT_JOURNAL, str(tmp_path)],
+        input="go\n",
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     dm = DataManager("sweep", str(tmp_path))
     assert os.path.exists(os.path.join(dm.basepath, "hot.sqlite-journal"))

@@ -1,11 +1,13 @@
-"""HDF5 export and loader (issue 4): schema, round trips, atomicity, foreign readers."""
+"""HDF5 export and loader: schema, round trips, atomicity, foreign readers."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 import pickle
+import pydoc
 import shutil
 import signal
 import subprocess
@@ -158,10 +160,13 @@ def test_large_python_int_list_is_a_group_not_an_overflow():
     [object(), np.array(["a"]), {1: 2}, [1, {"x": object()}], np.datetime64("2020-01-01")],
     ids=["object", "str-array", "int-key", "nested", "datetime64"],
 )
-def test_unsupported_values_are_refused(value: Any):
-    with pytest.raises(Exception) as info:
-        roundtrip(value)
-    assert type(info.value).__name__ == "Unsupported"
+def test_unsupported_values_are_refused(dm: DataManager, tmp_path: Path, value: Any):
+    (name,) = fill(dm, [{"v": value}])
+    target = tmp_path / "u.h5"
+    with pytest.raises(UnsupportedValueError) as info:
+        export_hdf5(dm, target)
+    assert (info.value.session, info.value.key) == (name, "v")
+    assert not target.exists()
 
 
 # ---------------------------------------------------------------------------
@@ -270,13 +275,32 @@ def test_export_match_prefix_and_callable(dm: DataManager, tmp_path: Path):
 
 
 def test_merged_equals_get_merged(dm: DataManager, tmp_path: Path):
-    fill(dm, [
-        {"a": np.arange(3.0), "l": [1.0, 2.0], "t": (1, 2), "mix": [1], "d": {"x": 1},
-         "dt": np.arange(2, dtype=np.int32), "empty": [], "x0": np.float64(1)},
-        {"a": np.arange(2.0), "l": [3.0], "t": (3,), "mix": ("a", None), "d": {"x": 2},
-         "dt": np.arange(2.0), "empty": [], "x0": np.float64(2)},
-        {"a": np.arange(4.0), "l": [], "mix": [2.5], "empty": [1]},
-    ])  # fmt: skip
+    fill(
+        dm,
+        [
+            {
+                "a": np.arange(3.0),
+                "l": [1.0, 2.0],
+                "t": (1, 2),
+                "mix": [1],
+                "d": {"x": 1},
+                "dt": np.arange(2, dtype=np.int32),
+                "empty": [],
+                "x0": np.float64(1),
+            },
+            {
+                "a": np.arange(2.0),
+                "l": [3.0],
+                "t": (3,),
+                "mix": ("a", None),
+                "d": {"x": 2},
+                "dt": np.arange(2.0),
+                "empty": [],
+                "x0": np.float64(2),
+            },
+            {"a": np.arange(4.0), "l": [], "mix": [2.5], "empty": [1]},
+        ],
+    )
     report = export_hdf5(dm, tmp_path / "m.h5", merged=True)
     out = load_hdf5(tmp_path / "m.h5")
     for key in ["a", "l", "t", "mix", "dt", "empty"]:
@@ -328,8 +352,9 @@ def test_stacking_gives_way_when_a_later_value_differs(dm: DataManager, tmp_path
 
 
 @pytest.mark.parametrize("compression", [None, "gzip"])
-def test_large_side_file_values_stream_exactly(dm: DataManager, tmp_path: Path,
-                                               compression: str | None):  # fmt: skip
+def test_large_side_file_values_stream_exactly(
+    dm: DataManager, tmp_path: Path, compression: str | None
+):
     # Values over 1 MiB live in session side files; export copies them in slabs.
     rng = np.random.default_rng(3)
     values = {
@@ -370,6 +395,24 @@ def test_bad_options(dm: DataManager, tmp_path: Path):
         export_hdf5(dm, tmp_path / "x.h5", on_unsupported="ignore")
     with pytest.raises(ExportError, match="no such folder"):
         export_hdf5(dm, tmp_path / "missing" / "x.h5")
+
+
+def test_options_are_keyword_only_in_function_and_method(dm: DataManager, tmp_path: Path):
+    function = list(inspect.signature(export_hdf5).parameters.values())
+    method = list(inspect.signature(DataManager.export_hdf5).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in function[1:]] == [
+        (p.name, p.kind, p.default) for p in method[1:]
+    ]  # the method is the function, with the DataManager as ``self``
+    assert {p.kind for p in function[2:]} == {inspect.Parameter.KEYWORD_ONLY}
+    assert "ExportReport" in pydoc.render_doc(DataManager.export_hdf5)
+    with pytest.raises(TypeError):
+        export_hdf5(dm, tmp_path / "x.h5", "rate")
+    with pytest.raises(TypeError):
+        dm.export_hdf5(tmp_path / "x.h5", "rate")
+    assert not (tmp_path / "x.h5").exists()
+    assert {p.kind for p in list(inspect.signature(load_hdf5).parameters.values())[1:]} == {
+        inspect.Parameter.KEYWORD_ONLY
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -445,16 +488,25 @@ def shared_groups(f: h5py.File, g: h5py.Group) -> None:
 
 # What to write into the first session group; the link refused; what was found.
 LINK_ATTACKS = {
-    "soft cycle": (lambda f, g: g.__setitem__("loop", h5py.SoftLink(g.name)),
-                   "{s}/loop", "a soft link to {s}"),
+    "soft cycle": (
+        lambda f, g: g.__setitem__("loop", h5py.SoftLink(g.name)),
+        "{s}/loop",
+        "a soft link to {s}",
+    ),
     "hard cycle": (lambda f, g: g.__setitem__("loop", g), "{s}", "2 hard links"),
     "root cycle": (lambda f, g: g["d"].__setitem__("up", f["/"]), "{s}/d/up", "2 hard links"),
-    "soft inside": (lambda f, g: g.__setitem__("again", h5py.SoftLink(g.name + "/m")),
-                    "{s}/again", "a soft link to {s}/m"),
-    "external": (lambda f, g: g.__setitem__("ext", h5py.ExternalLink("other.h5", "/secret")),
-                 "{s}/ext", "an external link to /secret in other.h5"),
+    "soft inside": (
+        lambda f, g: g.__setitem__("again", h5py.SoftLink(g.name + "/m")),
+        "{s}/again",
+        "a soft link to {s}/m",
+    ),
+    "external": (
+        lambda f, g: g.__setitem__("ext", h5py.ExternalLink("other.h5", "/secret")),
+        "{s}/ext",
+        "an external link to /secret in other.h5",
+    ),
     "shared groups": (shared_groups, "{s}/bomb/0", "2 hard links"),
-}  # fmt: skip
+}
 
 
 def test_links_other_than_one_hard_link_are_refused(dm: DataManager, tmp_path: Path):
@@ -497,18 +549,29 @@ DAMAGES = {
     "sessions a dataset": (lambda f, g: retyped(f, g, "sessions"), "/sessions", "a dataset"),
     "session a dataset": (lambda f, g: retyped(f, g, g.name), "{s}", "a dataset"),
     "merged a dataset": (lambda f, g: retyped(f, g, "merged"), "/merged", "a dataset"),
-    "index of numbers": (lambda f, g: retyped(f, g, "merged_index/a", [0, 3]),
-                         "/merged_index/a", "TypeError"),
-    "unknown type": (lambda f, g: g["d"].attrs.__setitem__("python_type", "nonsense"),
-                     "{s}/d", "unknown python_type 'nonsense'"),
-    "no items": (lambda f, g: f["merged/a"].attrs.__setitem__("python_type", "list"),
-                 "/merged/a", "KeyError"),
+    "index of numbers": (
+        lambda f, g: retyped(f, g, "merged_index/a", [0, 3]),
+        "/merged_index/a",
+        "TypeError",
+    ),
+    "unknown type": (
+        lambda f, g: g["d"].attrs.__setitem__("python_type", "nonsense"),
+        "{s}/d",
+        "unknown python_type 'nonsense'",
+    ),
+    "no items": (
+        lambda f, g: f["merged/a"].attrs.__setitem__("python_type", "list"),
+        "/merged/a",
+        "KeyError",
+    ),
     "list not numbered": (lambda f, g: g["d/l"].__setitem__("x", 1), "{s}/d/l", "ValueError"),
-    "metadata not JSON": (lambda f, g: g.attrs.__setitem__("metadata", "{"), "{s}",
-                          "JSONDecodeError"),
-    "metadata a list": (lambda f, g: g.attrs.__setitem__("metadata", "[]"), "{s}",
-                        "a JSON list"),
-}  # fmt: skip
+    "metadata not JSON": (
+        lambda f, g: g.attrs.__setitem__("metadata", "{"),
+        "{s}",
+        "JSONDecodeError",
+    ),
+    "metadata a list": (lambda f, g: g.attrs.__setitem__("metadata", "[]"), "{s}", "a JSON list"),
+}
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -596,8 +659,13 @@ print("done", flush=True)
 
 def test_sigkill_mid_export(tmp_path: Path):
     dm = DataManager("big", str(tmp_path))
-    fill(dm, [{"a": np.random.default_rng(i).random(500_000), "b": list(range(100))}
-              for i in range(12)])  # fmt: skip
+    fill(
+        dm,
+        [
+            {"a": np.random.default_rng(i).random(500_000), "b": list(range(100))}
+            for i in range(12)
+        ],
+    )
     out = tmp_path / "out"
     out.mkdir()
     target = out / "x.h5"
@@ -606,8 +674,9 @@ def test_sigkill_mid_export(tmp_path: Path):
     for _ in range(4):
         proc = subprocess.Popen(
             [sys.executable, "-c", EXPORTER, dm.basepath, str(target)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             assert proc.stdout is not None and proc.stdout.readline() == b"start\n"
             deadline = time.monotonic() + 30
@@ -635,11 +704,14 @@ def test_sigkill_mid_export(tmp_path: Path):
 
 # Both ways to export, given DATADIR and OUT after these arguments.
 INTERRUPTIBLE = {
-    "library": ["-c", "import sys\nfrom datamanager import DataManager, export_hdf5\n"
-                "dm = DataManager.from_path(sys.argv[1])\n"
-                "export_hdf5(dm, sys.argv[2], compression='gzip')"],
+    "library": [
+        "-c",
+        "import sys\nfrom datamanager import DataManager, export_hdf5\n"
+        "dm = DataManager.from_path(sys.argv[1])\n"
+        "export_hdf5(dm, sys.argv[2], compression='gzip')",
+    ],
     "cli": ["-m", "datamanager", "export", "--compression", "gzip"],
-}  # fmt: skip
+}
 
 
 def _part_bytes(folder: Path) -> int:
@@ -672,8 +744,11 @@ def test_ctrl_c_stops_export_and_leaves_nothing(
     for _ in range(3):
         proc = subprocess.Popen(
             [sys.executable, *INTERRUPTIBLE[how], dm.basepath, str(target)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=interruptible,
+        )
         try:
             deadline = time.monotonic() + 60
             # Signal once the first array is being written.
@@ -722,8 +797,9 @@ def test_plain_h5py_reads_export_in_subprocess(dm: DataManager, tmp_path: Path):
         print("ok")
         """
     )
-    proc = run_python(code, str(tmp_path / "x.h5"), str(tmp_path / "m.h5"), name,
-                      cwd=str(tmp_path))  # fmt: skip
+    proc = run_python(
+        code, str(tmp_path / "x.h5"), str(tmp_path / "m.h5"), name, cwd=str(tmp_path)
+    )
     assert proc.stdout.strip() == "ok"
 
 
@@ -766,8 +842,10 @@ def test_progress_bar_only_on_a_terminal(dm: DataManager, tmp_path: Path):
         fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         proc = subprocess.run(
             [sys.executable, "-c", code, dm.basepath, str(tmp_path / f"{n}.h5"), progress],
-            stderr=follower, stdout=subprocess.PIPE, timeout=60,
-        )  # fmt: skip
+            stderr=follower,
+            stdout=subprocess.PIPE,
+            timeout=60,
+        )
         assert proc.returncode == 0
         # Read while our end keeps the terminal open: Linux drops what is
         # pending once every follower descriptor is closed.

@@ -59,8 +59,12 @@ def test_command_line_lists_a_latin1_name_as_its_bytes(dm: DataManager):
     _rename_to_latin1(os.path.join(dm.basepath, "cafe.sqlite"), ".sqlite")
     # A UTF-8 terminal: strict UTF-8 output, as Python sets up for one.
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    proc = subprocess.run([sys.executable, "-m", "datamanager", "show", dm.basepath, "rate"],
-                          capture_output=True, timeout=60, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "datamanager", "show", dm.basepath, "rate"],
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert b"\n" + LATIN1_NAME + b" " in proc.stdout  # the file's own bytes, as ls prints
 

@@ -88,8 +88,11 @@ def _verified(twin: Path, scratch: Path) -> bool:
 
 def _snapshot(base: Path) -> dict:
     # Readers of a WAL file take their read locks in its -shm index: it may change.
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
-            for p in base.rglob("*") if not p.name.endswith("-shm")}  # fmt: skip
+    return {
+        p: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+        for p in base.rglob("*")
+        if not p.name.endswith("-shm")
+    }
 
 
 def _check_after_kill(base: Path, values: dict) -> bool:

@@ -1,4 +1,4 @@
-"""Readers, writers and malformed input for NEURON .dat and Axon .atf (issue 3).
+"""Readers, writers and malformed input for NEURON .dat and Axon .atf.
 
 Every sample file goes through one conformance check (``check_recording``)
 and is compared with an independent parse written here with pandas/numpy.
@@ -90,7 +90,7 @@ def shared(request: pytest.FixtureRequest) -> Path | None:
 
 
 def check_recording(rec: Recording) -> None:
-    """What every reader must give, whatever the format (STYLE habit 4)."""
+    """What every reader must give, whatever the format."""
     assert isinstance(rec, Recording)
     assert rec.data.ndim == 2
     rows, cols = rec.shape
@@ -129,8 +129,16 @@ def test_atf_samples(name: str, shared: Path | None) -> None:
     assert len(rec.header) == nrec
     assert rec.titles[: len(titles)] == titles
     # Independent parse: pandas on the lines after the header and the titles.
-    expected = pd.read_csv(path, sep="\t", header=None, skiprows=nrec + 3, dtype=str,
-                           keep_default_na=False, quoting=3, skip_blank_lines=True)
+    expected = pd.read_csv(
+        path,
+        sep="\t",
+        header=None,
+        skiprows=nrec + 3,
+        dtype=str,
+        keep_default_na=False,
+        quoting=3,
+        skip_blank_lines=True,
+    )
     expected = expected[expected.apply(lambda r: "".join(r).strip() != "", axis=1)]
     assert expected.shape == (rows, cols)
     text = TEXT_COLUMNS.get(name, [])
@@ -139,8 +147,9 @@ def test_atf_samples(name: str, shared: Path | None) -> None:
         if j in text:
             assert col.tolist() == expected[j].tolist()
         else:
-            np.testing.assert_array_equal(col.astype(np.float64),
-                                          expected[j].astype(np.float64).to_numpy())
+            np.testing.assert_array_equal(
+                col.astype(np.float64), expected[j].astype(np.float64).to_numpy()
+            )
     if name in TEXT_COLUMNS:
         assert rec.data.dtype == object
         dtypes = frame_dtypes(rec)
@@ -317,10 +326,10 @@ def test_vwrite_all_types(tmp_path: Path, order: str) -> None:
 
 @pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
 def test_atf_line_endings_and_separators(tmp_path: Path, eol: str) -> None:
-    lines = ['ATF 1.0', '1\t2   ', '"Comment=x"', '"Time (s)"\t"V (mV)"', "0\t1", "1\t2"]
+    lines = ["ATF 1.0", "1\t2   ", '"Comment=x"', '"Time (s)"\t"V (mV)"', "0\t1", "1\t2"]
     rec = load_atf(write(tmp_path, eol.join(lines), "a.atf"))
     assert rec.data.tolist() == [[0, 1], [1, 2]] and rec.units == ["s", "mV"]
-    comma = ['ATF\t1.0', '0\t2', '"Time (s)","V (mV)"', "0,1", "1,2", " ", ""]
+    comma = ["ATF\t1.0", "0\t2", '"Time (s)","V (mV)"', "0,1", "1,2", " ", ""]
     rec = load_atf(write(tmp_path, eol.join(comma), "c.atf"))
     assert rec.data.tolist() == [[0, 1], [1, 2]] and rec.attrs["separator"] == ","
 
@@ -328,25 +337,38 @@ def test_atf_line_endings_and_separators(tmp_path: Path, eol: str) -> None:
 # -- malformed input: one exception, naming the file, line and what was expected ------
 MALFORMED = {
     "atf-empty": ("a.atf", b"", 1, "empty file"),
-    "atf-signature": ("a.atf", b"ATX\t1.0\n0\t1\n\"t\"\n1\n", 1, "'ATF'"),
-    "atf-version": ("a.atf", b"ATF\tx\n0\t1\n\"t\"\n1\n", 1, "version"),
-    "atf-counts": ("a.atf", b"ATF\t1.0\n0\n\"t\"\n1\n", 2, "header records"),
+    "atf-signature": ("a.atf", b'ATX\t1.0\n0\t1\n"t"\n1\n', 1, "'ATF'"),
+    "atf-version": ("a.atf", b'ATF\tx\n0\t1\n"t"\n1\n', 1, "version"),
+    "atf-counts": ("a.atf", b'ATF\t1.0\n0\n"t"\n1\n', 2, "header records"),
     "atf-too-many-records": ("a.atf", b'ATF\t1.0\n2\t1\n"A=1"\n"t"\n1\n', 4, "Key=Value"),
     "atf-too-few-records": (
-        "a.atf", b'ATF\t1.0\n0\t2\n"A=1"\n"t"\t"u"\n1\t2\n', 3, "column titles",
+        "a.atf",
+        b'ATF\t1.0\n0\t2\n"A=1"\n"t"\t"u"\n1\t2\n',
+        3,
+        "column titles",
     ),
     "atf-header-eof": ("a.atf", b'ATF\t1.0\n3\t2\n"A=1"\n', 4, "3 header records"),
     "atf-ragged": ("a.atf", b'ATF\t1.0\n0\t2\n"t"\t"v"\n1\t2\n3\n5\t6\n', 5, "2 fields"),
     "atf-too-many-fields": ("a.atf", b'ATF\t1.0\n0\t2\n"t"\t"v"\n1\t2\n3\t4\t5\n', 5, "2 fields"),
     "atf-text-in-trace": (
-        "a.atf", b'ATF\t1.0\n1\t2\n"Signals="\t"IN 0"\n"t"\t"v"\n1\t2\n3\tx\n', 6, "a number",
+        "a.atf",
+        b'ATF\t1.0\n1\t2\n"Signals="\t"IN 0"\n"t"\t"v"\n1\t2\n3\tx\n',
+        6,
+        "a number",
     ),
-    "atf-text-in-unit-column": ("a.atf", b'ATF\t1.0\n0\t2\n"n"\t"v (mV)"\na\t2\nb\tq\n', 5,
-                                "a number in column 2"),
+    "atf-text-in-unit-column": (
+        "a.atf",
+        b'ATF\t1.0\n0\t2\n"n"\t"v (mV)"\na\t2\nb\tq\n',
+        5,
+        "a number in column 2",
+    ),
     # Windows-1252 is accepted (Clampfit writes "µ" so) but 0x81 is undefined there.
     "atf-undecodable": ("a.atf", b'ATF\t1.0\n0\t2\n"t"\t"v"\n1\t2\n3\t\x81\n', 5, "undecodable"),
     "atf-undecodable-trace": (
-        "a.atf", b'ATF\t1.0\n1\t2\n"Signals="\t"IN 0"\n"t"\t"v"\n1\t2\n3\t\xff\n', 6, "utf-8",
+        "a.atf",
+        b'ATF\t1.0\n1\t2\n"Signals="\t"IN 0"\n"t"\t"v"\n1\t2\n3\t\xff\n',
+        6,
+        "utf-8",
     ),
     "atf-binary": ("a.atf", b'ATF\t1.0\n0\t2\n"t"\t"v"\n1\t2\n3\x00\x01\t4\n', 5, "NUL"),
     "nrn-empty": ("n.dat", b"", 1, "empty file"),
@@ -463,8 +485,9 @@ def test_blockwise_parse_matches_one_call(
     for i in range(100, len(rows), 977):
         rows[i] += eol
     path = tmp_path / "t.atf"
-    path.write_bytes(("ATF\t1.0" + eol + "0\t2" + eol + '"t"\t"v"' + eol
-                      + eol.join(rows) + eol).encode())  # fmt: skip
+    path.write_bytes(
+        ("ATF\t1.0" + eol + "0\t2" + eol + '"t"\t"v"' + eol + eol.join(rows) + eol).encode()
+    )
     whole = load_atf(path)
     monkeypatch.setattr(_text, "BLOCKWISE_BYTES", 0)
     monkeypatch.setattr(_text, "BLOCK_BYTES", (4096, 4096))
@@ -543,8 +566,9 @@ def test_free_memory_is_capped_by_a_cgroup_limit() -> None:
         pytest.skip(f"cannot create a memory cgroup here: {exc}")
     try:
         try:
-            with open(os.path.join(group, "memory.limit_in_bytes" if v1 else "memory.max"),
-                      "w") as f:  # fmt: skip
+            with open(
+                os.path.join(group, "memory.limit_in_bytes" if v1 else "memory.max"), "w"
+            ) as f:
                 f.write(str(256 << 20))
         except OSError as exc:
             pytest.skip(f"cannot limit a memory cgroup here: {exc}")
@@ -572,7 +596,7 @@ print(json.dumps([(status("VmHWM:") - before) / data.nbytes, float(data[-1, 0])]
 
 def test_blockwise_parse_peaks_under_twice_the_table(tmp_path: Path) -> None:
     # Measured in a fresh interpreter with real RSS. One read_csv call on the
-    # same file peaks at about 3x (issue 3 asks for at most 2x).
+    # same file peaks at about 3x; the readers promise at most 2x.
     n = 2_000_000
     data = np.column_stack([np.arange(n) * 0.025, np.round(np.sin(np.arange(n)), 4)])
     path, small = tmp_path / "big.dat", tmp_path / "small.dat"

@@ -1,7 +1,9 @@
-"""Import of legacy recordings into a DataManager session (issue 3)."""
+"""Import of legacy recordings into a DataManager session."""
 
 from __future__ import annotations
 
+import inspect
+import pydoc
 import shutil
 from pathlib import Path
 
@@ -35,7 +37,8 @@ def test_import_folder_twice(dm: DataManager, folder: Path) -> None:
     assert first.session == default_session_name(folder)
     assert sorted(first.imported) == sorted(
         [f"cells/{p.name}" for p in DATA.glob("*.atf")]
-        + [p.name for p in DATA.glob("*.dat")] + ["multi.dat"]
+        + [p.name for p in DATA.glob("*.dat")]
+        + ["multi.dat"]
     )
     assert first.skipped == ["notes.txt"]
     assert list(first.failed) == ["broken.dat"]
@@ -81,3 +84,12 @@ def test_safe_mode_reads_imported_recordings(tmp_path: Path, folder: Path) -> No
     safe = DataManager("lab", str(tmp_path / "dm"), safe=True)
     values = safe.get_flat_matching("")
     assert values and all(isinstance(v, Recording) for v in values)
+
+
+def test_method_shows_the_function_signature() -> None:
+    function = list(inspect.signature(import_recordings).parameters.values())
+    method = list(inspect.signature(DataManager.import_recordings).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in function[1:]] == [
+        (p.name, p.kind, p.default) for p in method[1:]
+    ]  # the method is the function, with the DataManager as ``self``
+    assert "ImportSummary" in pydoc.render_doc(DataManager.import_recordings)

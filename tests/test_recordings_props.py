@@ -1,4 +1,4 @@
-"""Property tests of the recording writers and readers, and a fuzz test (issue 3).
+"""Property tests of the recording writers and readers, and a fuzz test.
 
 Round trips: whatever the writers produce reads back the same. Fuzz: random
 and mutated files give a correct parse or RecordingFormatError, nothing else.
@@ -26,20 +26,33 @@ from datamanager.recordings import (
 )
 
 DATA = Path(__file__).resolve().parent / "data"
-SETTINGS = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
-names = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"),
-                              blacklist_characters='"()\t\r\n\x85'), max_size=12)
-units = st.one_of(st.none(), st.text(st.characters(whitelist_categories=("L", "N")),
-                                     min_size=1, max_size=4))
+names = st.text(
+    st.characters(
+        blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters='"()\t\r\n\x85'
+    ),
+    max_size=12,
+)
+units = st.one_of(
+    st.none(), st.text(st.characters(whitelist_categories=("L", "N")), min_size=1, max_size=4)
+)
 keys = st.text(st.characters(whitelist_categories=("L", "N")), min_size=1, max_size=10)
 values = st.one_of(
-    st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"),
-                          blacklist_characters='"\t\r\n\x85'), max_size=20),
-    st.lists(st.text(st.characters(whitelist_categories=("L", "N", "Zs")), max_size=8),
-             min_size=1, max_size=4).filter(lambda v: v[0] != ""),
+    st.text(
+        st.characters(
+            blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters='"\t\r\n\x85'
+        ),
+        max_size=20,
+    ),
+    st.lists(
+        st.text(st.characters(whitelist_categories=("L", "N", "Zs")), max_size=8),
+        min_size=1,
+        max_size=4,
+    ).filter(lambda v: v[0] != ""),
 )
 
 
@@ -51,8 +64,9 @@ def _tmp() -> str:
 def tables(draw: st.DrawFn) -> Recording:
     ncols = draw(st.integers(1, 5))
     nrows = draw(st.integers(0, 30))
-    data = draw(st.lists(st.lists(floats, min_size=ncols, max_size=ncols),
-                         min_size=nrows, max_size=nrows))
+    data = draw(
+        st.lists(st.lists(floats, min_size=ncols, max_size=ncols), min_size=nrows, max_size=nrows)
+    )
     arr = np.array(data, dtype=np.float64).reshape(nrows, ncols)
     cols = draw(st.lists(names, min_size=ncols, max_size=ncols))
     header = draw(st.dictionaries(keys, values, max_size=5))
@@ -81,8 +95,12 @@ def test_atf_round_trip(rec: Recording) -> None:
 @SETTINGS
 @given(
     x=st.lists(floats, max_size=50),
-    label=st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs",),
-                                                     blacklist_characters="\r\n\0"), max_size=15)),
+    label=st.one_of(
+        st.none(),
+        st.text(
+            st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\0"), max_size=15
+        ),
+    ),
 )
 def test_neuron_round_trip(x: list[float], label: str | None) -> None:
     t = np.arange(len(x)) * 0.025
@@ -90,21 +108,33 @@ def test_neuron_round_trip(x: list[float], label: str | None) -> None:
     write_neuron_dat(path, t, x, label=label)
     [rec] = load_neuron_dat(path)
     assert rec.layout == "clipboard" and rec.label == label
-    np.testing.assert_array_equal(rec.data, np.column_stack([t, np.array(x, dtype=float)])
-                                  .reshape(len(x), 2))
+    np.testing.assert_array_equal(
+        rec.data, np.column_stack([t, np.array(x, dtype=float)]).reshape(len(x), 2)
+    )
     assert load_recording(path) == [rec]
 
 
 @SETTINGS
-@given(rows=st.lists(st.tuples(floats, st.text("ab ,", max_size=5).filter(
-    lambda s: s.strip() != "" and not s.startswith(" "))), min_size=1, max_size=10))
+@given(
+    rows=st.lists(
+        st.tuples(
+            floats,
+            st.text("ab ,", max_size=5).filter(
+                lambda s: s.strip() != "" and not s.startswith(" ")
+            ),
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
 def test_atf_text_columns_round_trip(rows: list[tuple[float, str]]) -> None:
     data = np.array([[v, s] for v, s in rows], dtype=object)
     path = _tmp() + ".atf"
     write_atf(path, data, columns=["Value (mV)", "Name"])
     back = load_atf(path)
-    assert back.data[:, 1].tolist() == [s.rstrip() if i == len(rows) - 1 else s
-                                          for i, (_, s) in enumerate(rows)]
+    assert back.data[:, 1].tolist() == [
+        s.rstrip() if i == len(rows) - 1 else s for i, (_, s) in enumerate(rows)
+    ]
     np.testing.assert_array_equal(back.data[:, 0].astype(float), data[:, 0].astype(float))
 
 
@@ -128,8 +158,10 @@ def mutated(draw: st.DrawFn) -> bytes:
         if op == "flip" and base:
             base[pos] = draw(st.integers(0, 255))
         elif op == "insert":
-            base[pos:pos] = draw(st.binary(min_size=1, max_size=4)
-                                 | st.sampled_from([b"\t", b"\n", b"\r", b" ", b"x", b"\x00"]))
+            base[pos:pos] = draw(
+                st.binary(min_size=1, max_size=4)
+                | st.sampled_from([b"\t", b"\n", b"\r", b" ", b"x", b"\x00"])
+            )
         elif op == "delete":
             del base[pos : pos + draw(st.integers(1, 5))]
         else:
@@ -161,10 +193,12 @@ def test_fuzz_mutated_samples(content: bytes) -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(content=st.one_of(
-    st.binary(max_size=200),
-    st.text("0123456789.-e\t\n\r ,label:ATF\"=#()", max_size=200).map(str.encode),
-))
+@given(
+    content=st.one_of(
+        st.binary(max_size=200),
+        st.text('0123456789.-e\t\n\r ,label:ATF"=#()', max_size=200).map(str.encode),
+    )
+)
 def test_fuzz_random_files(content: bytes) -> None:
     _accepts(content)
 

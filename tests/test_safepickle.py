@@ -106,8 +106,17 @@ def test_values_load_in_safe_mode_as_pickle_loads_them(name, protocol):
     assert _same(_safe(data), pickle.loads(data))
 
 
-@pytest.mark.parametrize("name", ["float64 2-d", "structured", "datetime64[ms]",
-                                  "fortran slice", "float32 scalar", "object array"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "float64 2-d",
+        "structured",
+        "datetime64[ms]",
+        "fortran slice",
+        "float32 scalar",
+        "object array",
+    ],
+)
 def test_numpy_1_pickles_load_in_safe_mode(name):
     # numpy 1.x names its functions numpy.core.*; in protocol 3 they are
     # newline-terminated names, so the 1.x pickle is a plain replacement.
@@ -134,10 +143,12 @@ _PY2_SCALAR = (
     + np.float64(2.5).tobytes()
     + b"\x86R."
 )
-_PY2_RECORDS = (_PY2_NEW + b"(K\x01K\x02\x85cnumpy\ndtype\nU\x03V12K\x00K\x01\x87R"
-                b"(K\x03U\x01|NU\x01a"
-                b"U\x01b\x86}(U\x01a" + _PY2_I4 + b"K\x00\x86U\x01b" + _PY2_F8 + b"K\x04\x86uK\x0c"
-                b"K\x01K\x10tb\x89U\x18" + bytes(range(24)) + b"tb.")  # fmt: skip
+_PY2_RECORDS = (
+    _PY2_NEW + b"(K\x01K\x02\x85cnumpy\ndtype\nU\x03V12K\x00K\x01\x87R"
+    b"(K\x03U\x01|NU\x01a"
+    b"U\x01b\x86}(U\x01a" + _PY2_I4 + b"K\x00\x86U\x01b" + _PY2_F8 + b"K\x04\x86uK\x0c"
+    b"K\x01K\x10tb\x89U\x18" + bytes(range(24)) + b"tb."
+)
 
 
 def test_python_2_numpy_pickles_load_in_safe_mode():
@@ -161,8 +172,17 @@ class _Reduce:
 def _dtype(code: str, **state_changes) -> _Reduce:
     """numpy's pickle of ``np.dtype(code)``, with fields of its state replaced."""
     cls, args, state = np.dtype(code).__reduce__()
-    names = ["version", "byteorder", "subarray", "names", "fields", "elsize", "alignment",
-             "flags", "metadata"][: len(state)]  # fmt: skip
+    names = [
+        "version",
+        "byteorder",
+        "subarray",
+        "names",
+        "fields",
+        "elsize",
+        "alignment",
+        "flags",
+        "metadata",
+    ][: len(state)]
     return _Reduce(cls, args, tuple(state_changes.get(n, v) for n, v in zip(names, state)))
 
 
@@ -184,8 +204,9 @@ _SCALAR = np.float64(0).__reduce__()[0]
 
 def _struct(fields: dict, flags: int = 16) -> _Reduce:
     """numpy's pickle of an 8-byte structured dtype with *fields* as given."""
-    return _Reduce(np.dtype, ("V8", False, True),
-                   (3, "|", None, tuple(fields), fields, 8, 1, flags))  # fmt: skip
+    return _Reduce(
+        np.dtype, ("V8", False, True), (3, "|", None, tuple(fields), fields, 8, 1, flags)
+    )
 
 
 _F8_STATE = b"(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"
@@ -260,12 +281,20 @@ def test_crafted_object_dtype_cannot_crash_safe_readers(dm):
     with dm.session("crafted") as s:
         s["x"] = 0
     _store_raw(s.path, "x", _crafted_object_array())
-    read = subprocess.run([sys.executable, "-c", READ_CRAFTED, dm.datapath],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    read = subprocess.run(
+        [sys.executable, "-c", READ_CRAFTED, dm.datapath],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert read.returncode == 0, f"reader died ({read.returncode}):\n{read.stderr}"
     assert "refused:" in read.stdout and "(key 'x')" in read.stdout
-    show = subprocess.run([sys.executable, "-m", "datamanager", "show", dm.basepath, "x"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    show = subprocess.run(
+        [sys.executable, "-m", "datamanager", "show", dm.basepath, "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert show.returncode == 1, f"show died ({show.returncode}):\n{show.stderr}"
     assert show.stderr.startswith("Error: ") and "Traceback" not in show.stderr
 
@@ -274,11 +303,16 @@ def test_crafted_object_dtype_cannot_crash_safe_readers(dm):
 
 FUZZ_BASES = [
     pickle.dumps(value, protocol)
-    for value in (VALUES["structured"], VALUES["datetime64[ms]"], VALUES["void scalar"],
-                  VALUES["object field"], VALUES["dtypes in containers"],
-                  {"a": [1, 2.5, "x"], "b": (1, b"zz")})
+    for value in (
+        VALUES["structured"],
+        VALUES["datetime64[ms]"],
+        VALUES["void scalar"],
+        VALUES["object field"],
+        VALUES["dtypes in containers"],
+        {"a": [1, 2.5, "x"], "b": (1, b"zz")},
+    )
     for protocol in (2, 3, 5)
-]  # fmt: skip
+]
 
 
 def _memo_blowup(data: bytes) -> bool:
@@ -316,18 +350,34 @@ def mutated_pickles(draw) -> bytes:
 @st.composite
 def crafted_dtype_states(draw) -> bytes:
     code = draw(st.sampled_from(["O", "f8", "V8", "U2", "M8[s]", "S3"]))
-    field = draw(st.sampled_from(["byteorder", "subarray", "names", "fields", "elsize",
-                                  "alignment", "flags"]))  # fmt: skip
-    junk = draw(st.one_of(st.integers(-(2**40), 2**40), st.text(max_size=3), st.none(),
-                          st.tuples(st.integers(), st.integers())))  # fmt: skip
+    field = draw(
+        st.sampled_from(
+            ["byteorder", "subarray", "names", "fields", "elsize", "alignment", "flags"]
+        )
+    )
+    junk = draw(
+        st.one_of(
+            st.integers(-(2**40), 2**40),
+            st.text(max_size=3),
+            st.none(),
+            st.tuples(st.integers(), st.integers()),
+        )
+    )
     data = draw(st.binary(max_size=32))
-    return pickle.dumps(_array(_dtype(code, **{field: junk}), data, (len(data) // 8,)),
-                        draw(st.sampled_from([3, 5])))  # fmt: skip
+    return pickle.dumps(
+        _array(_dtype(code, **{field: junk}), data, (len(data) // 8,)),
+        draw(st.sampled_from([3, 5])),
+    )
 
 
 @pytest.mark.stress
-@settings(max_examples=stress_size(600, 150), derandomize=True, database=None, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=stress_size(600, 150),
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.one_of(mutated_pickles(), crafted_dtype_states()))
 def test_safe_loader_fuzz_gives_a_value_or_a_clear_error(data):
     if _memo_blowup(data):
@@ -364,7 +414,10 @@ def test_safe_loader_fuzz_batch_in_a_subprocess_exits_cleanly():
     tests = str(Path(__file__).parent)
     proc = subprocess.run(
         [sys.executable, "-c", FUZZ_BATCH, "20251130", str(stress_size(3000, 400))],
-        capture_output=True, text=True, timeout=300, cwd=tests,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tests,
+    )
     assert proc.returncode == 0, f"fuzz batch died ({proc.returncode}):\n{proc.stderr[-2000:]}"
     assert proc.stdout.strip() == "done"

@@ -139,8 +139,17 @@ def test_metadata_is_recorded_but_is_not_a_key(dm):
     s = dm.session()
     s["x"] = 1
     meta = s.metadata
-    for field in ("created", "user", "host", "pid", "python", "argv", "cwd",
-                  "numpy_version", "datamanager_version"):  # fmt: skip
+    for field in (
+        "created",
+        "user",
+        "host",
+        "pid",
+        "python",
+        "argv",
+        "cwd",
+        "numpy_version",
+        "datamanager_version",
+    ):
         assert field in meta, field
     assert meta["pid"] == os.getpid() and meta["numpy_version"] == np.__version__
     assert list(s) == ["x"]
@@ -234,10 +243,16 @@ def test_rollback_journal_sessions_work(tmp_path):
     dm = DataManager("nfs-like", str(tmp_path), journal_mode="delete")
     s = dm.session()
     s["x"] = [1]
-    conn = s._connection(create=False)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert s.journal_mode == "delete"
+    # WAL mode is a property of the file, so another connection would see it.
+    outside = sqlite3.connect(s.path)
+    try:
+        assert outside.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        outside.close()
+    assert not os.path.exists(s.path + "-wal")
     assert dm.get("x") == {s.name: [1]}
+    s.close()
 
 
 def test_session_rejects_foreign_file_names(tmp_path):

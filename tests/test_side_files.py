@@ -136,8 +136,11 @@ def test_garbage_names_outside_the_blob_folder_are_never_deleted(dm, tmp_path):
         str(victims[0]),  # absolute
         "../../other.npy",  # relative to the blob folder, out of it
         "../received.sqlite",  # the session itself
-        "", ".", b"0123456789abcdef0123456789abcdef.npy", 7,
-    ]  # fmt: skip
+        "",
+        ".",
+        b"0123456789abcdef0123456789abcdef.npy",
+        7,
+    ]
     _edit(path, "INSERT INTO garbage (side) VALUES (?)", [(b,) for b in bad])
     assert len(dm.verify()) == len(bad)
     s = dm.session("received")  # opening for writing collects the garbage
@@ -157,8 +160,11 @@ def test_item_side_names_outside_the_blob_folder_are_corrupt(dm, tmp_path):
     path = _received_session(dm)
     secret = tmp_path / "secret.npy"
     np.save(secret, np.arange(5))
-    _edit(path, "UPDATE items SET side = ?, side_size = ? WHERE key = 'big'",
-          [(str(secret), secret.stat().st_size)])  # fmt: skip
+    _edit(
+        path,
+        "UPDATE items SET side = ?, side_size = ? WHERE key = 'big'",
+        [(str(secret), secret.stat().st_size)],
+    )
     with pytest.raises(CorruptSessionError, match=r"secret\.npy") as info:
         dm.get("big", strict=True)
     assert info.value.key == "big"

@@ -1,4 +1,4 @@
-"""run_tasks on real process pools and a real Dask cluster, with real kills (issue #5)."""
+"""run_tasks on real process pools and a real Dask cluster, with real kills."""
 
 from __future__ import annotations
 
@@ -90,10 +90,32 @@ def test_equal_items_get_equal_keys():
 
 def test_different_items_get_different_keys():
     distinct = [
-        1, 1.0, True, "1", b"1", [1], (1,), {1}, {"1": 1}, np.array([1]),
-        np.array([1.0]), np.array([[1]]), None, 0, False, [], (), "", 1 + 0j,
-        np.float32(0.1), 0.1, [1, 2], [2, 1], {"a": [1, 2]}, {"a": (1, 2)},
-    ]  # fmt: skip
+        1,
+        1.0,
+        True,
+        "1",
+        b"1",
+        [1],
+        (1,),
+        {1},
+        {"1": 1},
+        np.array([1]),
+        np.array([1.0]),
+        np.array([[1]]),
+        None,
+        0,
+        False,
+        [],
+        (),
+        "",
+        1 + 0j,
+        np.float32(0.1),
+        0.1,
+        [1, 2],
+        [2, 1],
+        {"a": [1, 2]},
+        {"a": (1, 2)},
+    ]
     keys = [item_key(v) for v in distinct]
     assert len(set(keys)) == len(keys)
 
@@ -218,9 +240,12 @@ def test_tasks_need_a_name_when_their_own_is_ambiguous(dm):
 
 def test_dask_sweep_on_a_local_cluster(dm):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         summary = run_tasks(dm, picky, ITEMS, client=client, progress=False)
         worker_pids = set(client.run(os.getpid).values())
     bad = [x for x in ITEMS if x % 5 == 0]
@@ -254,8 +279,11 @@ def start_driver(tmp_path: Path, n: int) -> tuple[subprocess.Popen, DataManager]
     script.write_text(DRIVER)
     proc = subprocess.Popen(
         [sys.executable, str(script), str(tmp_path), str(n)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
+    )
     return proc, DataManager("sweep", str(tmp_path))
 
 
@@ -337,8 +365,13 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
         proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert b"8/8" in shown and b"task/s" in shown
-    quiet = subprocess.run([*command[:2], str(tmp_path / "b"), "8", "progress"],
-                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    quiet = subprocess.run(
+        [*command[:2], str(tmp_path / "b"), "8", "progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert quiet.stderr == "" and "8 done" in quiet.stdout
 
 

@@ -1,8 +1,8 @@
 """Shared machinery of the text readers: header lines, numeric blocks, errors.
 
 The readers parse a header with Python, line by line, and hand the numeric
-body to pandas' C parser on the exact byte range it occupies (issue 3: the
-readers must keep up with ``pandas.read_csv``). pandas reports a bad cell
+body to pandas' C parser on the exact byte range it occupies, so that the
+readers keep up with ``pandas.read_csv``. pandas reports a bad cell
 without its line, so when it refuses a block a slow Python scan of the same
 bytes finds the first bad line and says what was expected there.
 
@@ -43,8 +43,9 @@ BLOCKWISE_BYTES: int | None = None
 MAX_HEADER_LINE = 1 << 20
 # The spellings of not-a-number that C's printf (NEURON) and Clampfit write.
 NAN_STRINGS = ["nan", "NaN", "NAN", "-nan", "-NaN", "-NAN", "+nan", "nan(ind)", "-nan(ind)"]
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf|infinity)",
-                     re.IGNORECASE)
+_NUMBER = re.compile(
+    r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf|infinity)", re.IGNORECASE
+)
 
 
 def show(raw: object, limit: int = 40) -> str:
@@ -78,7 +79,9 @@ def decode(raw: bytes, path: str, lineno: int, encodings: Sequence[str] = ("utf-
     assert err is not None
     bad = raw[err.start : err.start + 1]
     raise RecordingFormatError(
-        path, lineno, f"{'/'.join(encodings)} text",
+        path,
+        lineno,
+        f"{'/'.join(encodings)} text",
         f"undecodable byte {show(bad)} at column {err.start + 1}",
     )
 
@@ -144,7 +147,9 @@ class LineReader:
                 return None
             if len(self.buf) - self.pos > limit:
                 raise RecordingFormatError(
-                    self.path, self.lineno + 1, "a line of text",
+                    self.path,
+                    self.lineno + 1,
+                    "a line of text",
                     f"more than {limit} bytes without a line ending (binary data?)",
                 )
             self._fill()
@@ -307,8 +312,9 @@ def free_memory() -> int:
     found = []
     try:
         with open("/proc/meminfo", "rb") as f:
-            found += [int(line.split()[1]) * 1024 for line in f
-                      if line.startswith(b"MemAvailable:")]  # fmt: skip
+            found += [
+                int(line.split()[1]) * 1024 for line in f if line.startswith(b"MemAvailable:")
+            ]
     except (OSError, ValueError):
         pass
     try:
@@ -320,8 +326,10 @@ def free_memory() -> int:
         if controllers == "":
             root, files = "/sys/fs/cgroup", ("memory.max", "memory.current")
         elif "memory" in controllers.split(","):
-            root, files = "/sys/fs/cgroup/memory", ("memory.limit_in_bytes",
-                                                     "memory.usage_in_bytes")  # fmt: skip
+            root, files = (
+                "/sys/fs/cgroup/memory",
+                ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+            )
         else:
             continue
         # Inside a cgroup namespace the mount's root is the process's own group.
@@ -431,8 +439,10 @@ def _parse_blocks(
     so the peak is the table plus the blocks in flight.
     """
     fd = fh.fileno()
-    workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else os.cpu_count() or 1)  # fmt: skip
+    workers = min(
+        4,
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+    )
     # workers + 1 blocks in flight, each costing pandas about 5x its bytes:
     # a twelfth of the body in flight keeps that near 0.4x the body.
     size = min(max((end - start) // (12 * (workers + 1)), BLOCK_BYTES[0]), BLOCK_BYTES[1])
@@ -468,8 +478,12 @@ def _parse_blocks(
 def _parse_block(fd: int, path: str, start: int, end: int, sep: str | None) -> np.ndarray | None:
     raw = os.pread(fd, end - start, start)
     if len(raw) < end - start:  # never a silently shorter table
-        raise RecordingFormatError(path, None, f"{end - start} bytes at byte {start}",
-                                   f"{len(raw)}: the file shrank while it was read")  # fmt: skip
+        raise RecordingFormatError(
+            path,
+            None,
+            f"{end - start} bytes at byte {start}",
+            f"{len(raw)}: the file shrank while it was read",
+        )
     # Binary garbage shows up as NUL bytes: let diagnose report the line
     # rather than trust how a C parser treats them.
     if b"\x00" in raw:
@@ -577,8 +591,9 @@ def two_columns(data: np.ndarray, path: str | None) -> tuple[np.ndarray, np.ndar
         if col.dtype == object:  # a text column (Clampfit result sheets)
             bad = next((v for v in col.tolist() if isinstance(v, str)), None)
             if bad is not None:
-                raise RecordingFormatError(path or "", None, f"numbers in column {j + 1}",
-                                           show(bad))  # fmt: skip
+                raise RecordingFormatError(
+                    path or "", None, f"numbers in column {j + 1}", show(bad)
+                )
             col = col.astype(np.float64)
         out.append(col)
     return out[0], out[1]

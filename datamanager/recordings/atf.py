@@ -131,7 +131,9 @@ def _read_header(
         raw = lines.readline()
         if raw is None:
             raise RecordingFormatError(
-                path, lines.lineno + 1, f"{nrec} header records (the count on line 2)",
+                path,
+                lines.lineno + 1,
+                f"{nrec} header records (the count on line 2)",
                 f"the end of the file after {i}",
             )
         key, value = _record(decode(raw, path, lines.lineno, _ENCODINGS), path, lines.lineno)
@@ -144,7 +146,9 @@ def _read_header(
     titles, sep = _split_title(decode(raw, path, lines.lineno, _ENCODINGS))
     if len(titles) != ncols:
         raise RecordingFormatError(
-            path, lines.lineno, f"{ncols} column titles (the count on line 2)",
+            path,
+            lines.lineno,
+            f"{ncols} column titles (the count on line 2)",
             f"{len(titles)} in {show(raw)}",
         )
     return version, ncols, header, titles, sep, lines
@@ -265,10 +269,8 @@ def load_atf(path: PathLike) -> Recording:
                 raise
             declared = [u is not None for u in units]
             data = _mixed_table(fh, path, start, end, first, ncols, sep, declared)
-    return Recording(
-        data, list(names), list(units), header, None, path, "atf",
-        {"version": version, "separator": sep},
-    )
+    attrs = {"version": version, "separator": sep}
+    return Recording(data, list(names), list(units), header, path=path, layout="atf", attrs=attrs)
 
 
 def read_atf(name: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -354,4 +356,3 @@ def write_atf(
         raise ValueError(f"cannot write a table of dtype {rec.data.dtype} to an ATF file")
     data = rec.data if rec.data.dtype.kind in "fO" else rec.data.astype(np.float64)
     atomic_write(os.fspath(path), [("\n".join(lines) + "\n"), *format_rows(data, "\t")])
-

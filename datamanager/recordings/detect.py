@@ -51,8 +51,12 @@ def load_recording(path: PathLike) -> list[Recording]:
         If *path* does not exist.
     """
     if os.path.isdir(path):
-        raise RecordingFormatError(os.fspath(path), None, "a recording file",
-                                   "a directory (import_recordings reads folders)")  # fmt: skip
+        raise RecordingFormatError(
+            os.fspath(path),
+            None,
+            "a recording file",
+            "a directory (import_recordings reads folders)",
+        )
     kind = sniff(path)
     if kind == "atf":
         return [load_atf(path)]
@@ -61,6 +65,8 @@ def load_recording(path: PathLike) -> list[Recording]:
     with open(path, "rb") as fh:
         head = fh.read(40)
     raise RecordingFormatError(
-        os.fspath(path), 1, "an ATF signature or a NEURON layout",
+        os.fspath(path),
+        1,
+        "an ATF signature or a NEURON layout",
         "an empty file" if not head else repr(head)[1:],
     )

@@ -171,8 +171,11 @@ def import_recordings(
         with session.transaction():
             values: dict[str, Any] = {}
             for rel, digest, recordings in pending:
-                keys = [rel] if len(recordings) == 1 else [f"{rel}#{i}" for i in
-                                                           range(len(recordings))]
+                keys = (
+                    [rel]
+                    if len(recordings) == 1
+                    else [f"{rel}#{i}" for i in range(len(recordings))]
+                )
                 for old in (index.get(rel) or {}).get("keys", []):
                     if old not in keys and old in session:
                         del session[old]
@@ -193,8 +196,10 @@ def import_recordings(
                 summary.skipped.append(rel)
                 continue
             known = index.get(rel)
-            if known and known.get("sha256") == digest and all(
-                k in session for k in known.get("keys", [])
+            if (
+                known
+                and known.get("sha256") == digest
+                and all(k in session for k in known.get("keys", []))
             ):
                 summary.unchanged.append(rel)
                 continue
@@ -202,7 +207,7 @@ def import_recordings(
         except (RecordingFormatError, OSError) as exc:
             summary.failed[rel] = str(exc)
             continue
-        except Exception as exc:  # one bad file never stops the others (issue 3)
+        except Exception as exc:  # one bad file never stops the others
             summary.failed[rel] = f"{type(exc).__name__}: {exc}"
             continue
         pending.append((rel, digest, recordings))

@@ -97,7 +97,9 @@ def _read_vwrite(fh: BinaryIO, path: str, size: int, order: str) -> list[np.ndar
         n, code = struct.unpack(order + "ii", head)
         if code not in _VTYPES or n < 0:
             raise RecordingFormatError(
-                path, None, f"a vwrite header (count, type 1-5) at byte {off}",
+                path,
+                None,
+                f"a vwrite header (count, type 1-5) at byte {off}",
                 f"count {n}, type {code}",
             )
         kind, scaled = _VTYPES[code]
@@ -105,7 +107,9 @@ def _read_vwrite(fh: BinaryIO, path: str, size: int, order: str) -> list[np.ndar
         need = 8 + (16 if scaled else 0) + n * dtype.itemsize
         if off + need > size:
             raise RecordingFormatError(
-                path, None, f"{need} bytes for a vwrite vector of {n} values at byte {off}",
+                path,
+                None,
+                f"{need} bytes for a vwrite vector of {n} values at byte {off}",
                 f"{size - off} (truncated file)",
             )
         scale, low = struct.unpack(order + "dd", fh.read(16)) if scaled else (1.0, 0.0)
@@ -124,11 +128,11 @@ def _read_vwrite(fh: BinaryIO, path: str, size: int, order: str) -> list[np.ndar
 def _vwrite_recordings(vectors: list[np.ndarray], path: str, order: str) -> list[Recording]:
     attrs = {"byteorder": "little" if order == "<" else "big"}
     if len({len(v) for v in vectors}) == 1:
+        names = [f"col{j + 1}" for j in range(len(vectors))]
         data = np.column_stack(vectors)
-        return [Recording(data, [f"col{j + 1}" for j in range(len(vectors))], None, {},
-                          None, path, "vwrite", attrs)]
+        return [Recording(data, names, path=path, layout="vwrite", attrs=attrs)]
     return [
-        Recording(v[:, None], ["col1"], None, {}, None, path, "vwrite", {**attrs, "block": i})
+        Recording(v[:, None], ["col1"], path=path, layout="vwrite", attrs={**attrs, "block": i})
         for i, v in enumerate(vectors)
     ]
 
@@ -209,23 +213,25 @@ def _names(text: str, count: int) -> list[str]:
 def _graph(t: _Text, path: str) -> list[Recording]:
     lineno, m = t.match(_COUNT, "'<number of lines> <number of points>'")
     if m.group(2) is None:
-        raise RecordingFormatError(path, lineno, "'<number of lines> <number of points>'",
-                                   show(m.group(0)))
+        raise RecordingFormatError(
+            path, lineno, "'<number of lines> <number of points>'", show(m.group(0))
+        )
     nlines, npts = int(m.group(1)), int(m.group(2))
     _, names_line = t.next("a line of names")
     names = _names(names_line, nlines + 1)
-    out = [Recording(t.rows(npts, nlines + 1, "x and the addvar lines"), names, None,
-                     {"names": names_line}, " ".join(names[1:]), path, "graph-addvar",
-                     {"block": 0})]
+    data = t.rows(npts, nlines + 1, "x and the addvar lines")
+    header, label = {"names": names_line}, " ".join(names[1:])
+    out = [Recording(data, names, None, header, label, path, "graph-addvar", {"block": 0})]
     _, m = t.match(_UNLABELED, "'<n> unlabeled lines'")
     for k in range(int(m.group(1))):
         _, cm = t.match(_COUNT, "the point count of an unlabeled line")
         if cm.group(2) is not None:
-            raise RecordingFormatError(path, t.items[t.i - 1][0], "one point count",
-                                       show(cm.group(0)))
+            raise RecordingFormatError(
+                path, t.items[t.i - 1][0], "one point count", show(cm.group(0))
+            )
         data = t.rows(int(cm.group(1)), 2, "x y")
-        out.append(Recording(data, ["x", "y"], None, {}, None, path, "graph-addvar",
-                             {"block": k + 1}))
+        attrs = {"block": k + 1}
+        out.append(Recording(data, ["x", "y"], path=path, layout="graph-addvar", attrs=attrs))
     t.end()
     return out
 
@@ -236,7 +242,7 @@ def _polylines(t: _Text, path: str) -> list[Recording]:
     # "x expression: NAME" is written without a line ending of its own, so it
     # prefixes whatever line follows (ivoc/graph.cpp, Graph::ascii_save).
     if text.startswith("x expression: "):
-        text = text[len("x expression: "):]
+        text = text[len("x expression: ") :]
         m = _ADDVAR.fullmatch(text)
         if m:
             header["x expression"], text = m.group(1), m.group(2)
@@ -259,8 +265,8 @@ def _polylines(t: _Text, path: str) -> list[Recording]:
             names[0] = names[0][:half]
     data = t.rows(nrows, ncols, "x and the labeled lines")
     t.end()
-    return [Recording(data, names, None, {**header, "names": names_line},
-                      " ".join(names[1:]), path, "polylines-matrix", {"block": 0})]
+    header, label = {**header, "names": names_line}, " ".join(names[1:])
+    return [Recording(data, names, None, header, label, path, "polylines-matrix", {"block": 0})]
 
 
 def _manifest(t: _Text, path: str, header: dict[str, Any]) -> list[Recording]:
@@ -271,17 +277,20 @@ def _manifest(t: _Text, path: str, header: dict[str, Any]) -> list[Recording]:
             break
         m = _BLOCK_COUNT.fullmatch(text)
         if not m:
-            raise RecordingFormatError(path, lineno, "a point count (and label) or "
-                                       "'End of Line Manifest'", show(text))
+            raise RecordingFormatError(
+                path, lineno, "a point count (and label) or 'End of Line Manifest'", show(text)
+            )
         manifest.append((int(m.group(1)), m.group(2) or None))
     out = []
     for k, (count, label) in enumerate(manifest):
         lineno, m = t.match(_BLOCK_COUNT, f"the point count of line {k + 1}")
         if int(m.group(1)) != count or (m.group(2) or None) != label:
-            raise RecordingFormatError(path, lineno, f"'{count}' as in the manifest",
-                                       show(m.group(0)))
-        out.append(Recording(t.rows(count, 2, "x y"), ["x", label or "y"], None,
-                             dict(header), label, path, "polylines-manifest", {"block": k}))
+            raise RecordingFormatError(
+                path, lineno, f"'{count}' as in the manifest", show(m.group(0))
+            )
+        data, names = t.rows(count, 2, "x y"), ["x", label or "y"]
+        layout = "polylines-manifest"
+        out.append(Recording(data, names, None, header, label, path, layout, {"block": k}))
     t.end()
     return out
 
@@ -295,13 +304,16 @@ def _printf_blocks(t: _Text, path: str) -> list[Recording]:
         elif blocks[-1]:
             blocks.append([])
     blocks = [b for b in blocks if b]
-    layout = "vector-printf" if len(blocks) > 1 or t.last > (t.items[-1][0] if t.items else 0) \
+    layout = (
+        "vector-printf"
+        if len(blocks) > 1 or t.last > (t.items[-1][0] if t.items else 0)
         else "columns"
+    )
     out = []
     for k, block in enumerate(blocks):
         data = parse_lines([x for _, x in block], path, block[0][0], 1, None)
-        out.append(Recording(data, ["col1"], None, {}, None, path, layout,
-                             {"block": k} if layout == "vector-printf" else {}))
+        attrs = {"block": k} if layout == "vector-printf" else {}
+        out.append(Recording(data, ["col1"], path=path, layout=layout, attrs=attrs))
     return out
 
 
@@ -352,7 +364,7 @@ def load_neuron_dat(path: PathLike) -> list[Recording]:
         assert raw is not None
         first = decode(raw, path, 1)
         if first.startswith("label:"):
-            return _clipboard(fh, lines, path, size, first[len("label:"):])
+            return _clipboard(fh, lines, path, size, first[len("label:") :])
         if first.strip() == GRAPH:
             return _graph(_Text(lines, path), path)
         if first.strip() == POLYLINES:
@@ -361,8 +373,9 @@ def load_neuron_dat(path: PathLike) -> list[Recording]:
         if count:
             second = _peek(fh, lines, path)
             cells = None if second is None else _numbers(second)
-            fits = cells is not None and len(cells) >= 2 and count.group(2) in (
-                None, str(len(cells)))
+            fits = (
+                cells is not None and len(cells) >= 2 and count.group(2) in (None, str(len(cells)))
+            )
             # "0" alone: an empty clipboard vector written without a label.
             empty = second is None and int(count.group(1)) == 0
             if fits or empty:
@@ -375,8 +388,8 @@ def load_neuron_dat(path: PathLike) -> list[Recording]:
             return _printf_blocks(_Text(LineReader(fh, path), path), path)
         end = content_end(fh, size)
         data = parse_numeric(fh, path, 0, end, 1, ncols, _sep_of(first))
-        return [Recording(data, [f"col{j + 1}" for j in range(ncols)], None, {}, None, path,
-                          "columns")]
+        names = [f"col{j + 1}" for j in range(ncols)]
+        return [Recording(data, names, path=path, layout="columns")]
 
 
 def _peek(fh: BinaryIO, lines: LineReader, path: str) -> str | None:
@@ -402,7 +415,9 @@ def _clipboard(
         count = None if text is None else _COUNT.fullmatch(text)
         if count is None:
             raise RecordingFormatError(
-                path, count_lineno, "a count line ('<rows>' or '<rows> <columns>')",
+                path,
+                count_lineno,
+                "a count line ('<rows>' or '<rows> <columns>')",
                 "the end of the file" if text is None else show(text),
             )
     nrows = int(count.group(1))
@@ -412,8 +427,17 @@ def _clipboard(
     start, first = lines.offset, lines.lineno + 1
     end = content_end(fh, size)
     second = _peek(fh, lines, path) or ""
-    data = parse_numeric(fh, path, start, max(end, start), first, ncols, _sep_of(second),
-                         expected_rows=nrows, count_lineno=count_lineno)
+    data = parse_numeric(
+        fh,
+        path,
+        start,
+        max(end, start),
+        first,
+        ncols,
+        _sep_of(second),
+        expected_rows=nrows,
+        count_lineno=count_lineno,
+    )
     names = ["x", label if label else "y"] if ncols == 2 else [f"col{j + 1}" for j in range(ncols)]
     header = {} if label is None else {"label": label}
     return [Recording(data, names, None, header, label, path, "clipboard")]
