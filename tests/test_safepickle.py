@@ -78,7 +78,8 @@ def _same(a, b) -> bool:
         same_layout = a.shape == b.shape and (a.strides == b.strides or a.size == 0)
         return (
             a.dtype == b.dtype
-            and a.dtype.metadata == b.dtype.metadata
+            # numpy 2.0's unpickling gives datetime dtypes metadata {} where None was stored
+            and (a.dtype.metadata or None) == (b.dtype.metadata or None)
             and same_layout
             and a.flags.writeable == b.flags.writeable
             and _same(a.tolist(), b.tolist())
