@@ -28,10 +28,10 @@ from .errors import (
     UnsupportedValueError,
 )
 from .hdf5 import ExportReport, export_hdf5, load_hdf5
+from .importer import ImportSummary
 from .locking import LockingSession
 from .manager import DataManager, Problem
 from .recordings import (
-    ImportSummary,
     Recording,
     load_atf,
     load_neuron_dat,

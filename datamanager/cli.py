@@ -51,13 +51,15 @@ def _summary(value: Any) -> tuple[str, str, str]:
     """``(type, shape or length, short preview)`` without printing the value."""
     import numpy as np
 
+    from .recordings.recording import Recording
+
     kind = type(value).__name__
     if isinstance(value, np.ndarray):
         return f"ndarray[{value.dtype}]", str(value.shape), ""
     if isinstance(value, (list, tuple, dict, set, frozenset, str, bytes)):
         return kind, f"len {len(value)}", _preview(value)
-    if hasattr(value, "shape") and hasattr(value, "columns"):  # a Recording
-        return kind, str(tuple(value.shape)), ", ".join(map(str, value.columns))[:40]
+    if isinstance(value, Recording):
+        return kind, str(value.shape), ", ".join(value.columns)[:40]
     return kind, "", _preview(value)
 
 

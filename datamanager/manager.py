@@ -363,7 +363,7 @@ class DataManager:
         :func:`datamanager.recordings.import_recordings` ``(dm, ...)``; see
         there for the parameters.
         """
-        from .recordings.importer import import_recordings
+        from .importer import import_recordings
 
         return import_recordings(self, paths_or_folder, session_name)
 

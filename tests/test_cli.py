@@ -25,6 +25,16 @@ class Secret:
         self.x = x
 
 
+class Grid:
+    """Not a Recording, though it has a shape and a ``columns`` attribute."""
+
+    shape = (2, 3)
+    columns = 3
+
+    def __repr__(self) -> str:
+        return "Grid(2x3)"
+
+
 @pytest.fixture
 def datadir(dm: DataManager) -> str:
     for i in range(3):
@@ -59,6 +69,19 @@ def test_show_summarises_without_dumping(datadir: str, capsys: pytest.CaptureFix
     assert "merged: list of 6 items" in capsys.readouterr().out
     assert main(["show", datadir, "params"]) == 0
     assert "not mergeable" in capsys.readouterr().out
+
+
+def test_show_tells_a_recording_from_lookalikes(
+    dm: DataManager, capsys: pytest.CaptureFixture[str]
+):
+    with dm.session() as s:
+        s["rec"] = Recording(np.zeros((4, 2)), ["t", "v"])
+        s["grid"] = Grid()
+    assert main(["show", dm.basepath, "rec"]) == 0
+    out = capsys.readouterr().out
+    assert "Recording" in out and "(4, 2)" in out and "t, v" in out
+    assert main(["--unsafe", "show", dm.basepath, "grid"]) == 0
+    assert "Grid(2x3)" in capsys.readouterr().out
 
 
 def test_show_missing_key_is_an_error(datadir: str, capsys: pytest.CaptureFixture[str]):

@@ -25,9 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from datamanager import DataManager, ExportError, ExportFormatError, UnsupportedValueError
-from datamanager._h5read import read
-from datamanager._h5schema import Writer
+from datamanager import (
+    DataManager,
+    ExportError,
+    ExportFormatError,
+    Recording,
+    UnsupportedValueError,
+)
 from datamanager.hdf5 import (
     PickledValue,
     escape_name,
@@ -35,6 +39,8 @@ from datamanager.hdf5 import (
     load_hdf5,
     unescape_name,
 )
+from datamanager.hdf5.load import read
+from datamanager.hdf5.schema import Writer
 
 from conftest import interruptible, run_python
 
@@ -148,6 +154,19 @@ def test_schema_group_mapping(value: Any, ptype: Any, members: list[str]):
         assert group.attrs.get("python_type") == ptype
         assert list(group) == members
         assert_same(read(group), value)
+
+
+class LabelledRecording(Recording):
+    """A Recording in all but its class name."""
+
+    __slots__ = ()
+
+
+def test_a_recording_subclass_is_written_as_a_recording():
+    data = np.arange(6.0).reshape(3, 2)
+    back = roundtrip(LabelledRecording(data, ["t", "v"], ["ms", "mV"]))
+    assert type(back) is Recording
+    assert back == Recording(data, ["t", "v"], ["ms", "mV"])
 
 
 def test_large_python_int_list_is_a_group_not_an_overflow():

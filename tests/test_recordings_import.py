@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from datamanager import DataManager
+from datamanager.importer import default_session_name, import_recordings
 from datamanager.recordings import Recording, load_recording, write_neuron_dat
-from datamanager.recordings.importer import default_session_name, import_recordings
 
 DATA = Path(__file__).resolve().parent / "data"
 

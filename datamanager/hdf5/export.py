@@ -1,22 +1,7 @@
-"""Export collated results to one self-describing HDF5 file, and read it back.
-
-The file needs neither datamanager nor pickle to be read: every value maps to
-plain HDF5 datasets and groups (the schema in README.rst and
-:mod:`datamanager._h5schema`).  :func:`load_hdf5` reverses it exactly
-(:mod:`datamanager._h5read`).
-
-Layout of an export::
-
-    /                        attrs: datamanager_version, datamanager_name, export_time, ...
-    /sessions/<session>      group; attr ``metadata``: the session metadata as JSON
-    /sessions/<session>/<key>
-    /merged/<key>            with merged=True: the get_merged result
-    /merged_index/<key>      (session, start, stop) rows when /merged/<key> also
-                             holds the per-session values (they are then not
-                             repeated under /sessions)
+"""Export collated results to one self-describing HDF5 file.
 
 This module does the file handling (temporary name, atomic publish) and the
-reading of the sessions; :mod:`datamanager._h5merge` writes the values.
+reading of the sessions; :mod:`datamanager.hdf5.merge` writes the values.
 h5py is imported inside the functions: ``import datamanager`` must stay cheap
 for simulation processes that only write.
 """
@@ -25,137 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import os
-import sys
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Iterator, Union
 
-import numpy as np
+from .._progress import progress_bar
+from ..errors import ExportError
+from .interrupts import DeferredInterrupt
+from .merge import Exporter, NpyFile
+from .schema import SCHEMA_VERSION
 
-from ._h5merge import METADATA_ATTR, SESSION_TYPE_ATTR, Exporter, NpyFile
-from ._h5read import decoding, malformed, member, members, read, required
-from ._h5schema import (
-    ITEMS_ATTR,
-    TYPE_ATTR,
-    PickledValue,
-    escape_name,
-    get_attrs,
-    items_from_array,
-    unescape_name,
-)
-from ._interrupts import DeferredInterrupt
-from .errors import ExportError
-
-__all__ = [
-    "ExportReport",
-    "PickledValue",
-    "escape_name",
-    "export_hdf5",
-    "load_hdf5",
-    "unescape_name",
-]
-
-#: 2: session metadata in one JSON attribute (1: one attribute per field).
-SCHEMA_VERSION = 2
-
-
-def load_hdf5(
-    path: Union[str, os.PathLike], *, unpickle: bool = False, metadata: bool = False
-) -> dict[str, Any]:
-    """Read an export written by :func:`export_hdf5` back into Python values.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The ``.h5`` file.
-    unpickle : bool
-        Unpickle values stored with ``on_unsupported='pickle'``.  By default
-        they come back as :class:`PickledValue`, because unpickling runs code
-        from the file.
-    metadata : bool
-        Also return ``'metadata'`` (``{session: dict}``) and ``'attrs'`` (the
-        file attributes: datamanager version, name, export time).
-
-    Returns
-    -------
-    dict
-        ``{'sessions': {session: {key: value}}}``, plus ``'merged': {key:
-        value}`` when the export had ``merged=True``.  Values have the types,
-        dtypes and shapes that were exported (a list stays a list).  With
-        ``merged=True`` the key order inside a session may differ from the
-        original.
-
-    Raises
-    ------
-    ExportFormatError
-        The file is HDF5 but not as :func:`export_hdf5` writes it: a missing
-        or misplaced group, a value that does not decode, or any link other
-        than one hard link per object.  Soft and external links are refused
-        without being followed (the writer makes neither), so a crafted file
-        cannot send the reader round a cycle or into another file.
-    OSError
-        The file cannot be opened or read as HDF5.
-    """
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        sessions: dict[str, dict[str, Any]] = {}
-        meta: dict[str, dict[str, Any]] = {}
-        for gname, group in members(required(f, "sessions", h5py.Group), h5py.Group):
-            name = unescape_name(gname)
-            sessions[name] = {unescape_name(k): read(v, unpickle) for k, v in members(group)}
-            meta[name] = _metadata(group)
-        out: dict[str, Any] = {"sessions": sessions}
-        stacked = member(f, "merged", h5py.Group)
-        if stacked is not None:
-            merged = out["merged"] = {}
-            index = member(f, "merged_index", h5py.Group)
-            for dname, obj in members(stacked):
-                key = unescape_name(dname)
-                merged[key] = read(obj, unpickle)
-                rows = None if index is None else member(index, dname, h5py.Dataset, shared=True)
-                if rows is not None:
-                    with decoding(rows):
-                        _unstack(obj, rows[()], key, sessions)
-        if metadata:
-            out["metadata"] = meta
-            with decoding(f):
-                out["attrs"] = get_attrs(f)
-    return out
-
-
-def _metadata(group: Any) -> dict[str, Any]:
-    with decoding(group):
-        if METADATA_ATTR not in group.attrs:
-            return get_attrs(group)  # schema version 1
-        found = json.loads(group.attrs[METADATA_ATTR])
-    if not isinstance(found, dict):
-        raise malformed(
-            group,
-            group.name,
-            f"a JSON object in attribute {METADATA_ATTR!r}",
-            f"a JSON {type(found).__name__}",
-        )
-    return found
-
-
-def _unstack(obj: Any, rows: np.ndarray, key: str, sessions: dict[str, dict[str, Any]]) -> None:
-    """Hand each session its slice of a stacked /merged dataset."""
-    arr = obj[()]
-    stype = obj.attrs.get(SESSION_TYPE_ATTR) or ("list" if TYPE_ATTR in obj.attrs else "ndarray")
-    for session, start, stop in rows:
-        name = unescape_name(session.decode() if isinstance(session, bytes) else session)
-        part = arr[start:stop]
-        value = (
-            part if stype == "ndarray" else items_from_array(part, obj.attrs[ITEMS_ATTR], stype)
-        )
-        sessions.setdefault(name, {})[key] = value
-
-
-# ---------------------------------------------------------------------------
-# Export
+__all__ = ["ExportReport", "export_hdf5"]
 
 
 @dataclasses.dataclass
@@ -213,21 +79,18 @@ def _matcher(match: Union[str, Callable[[str], bool], None]) -> Callable[[str], 
 def _progress(dm: Any, progress: bool | None) -> Iterable[Any]:
     """``dm.iter_sessions()``, behind a bar only for a person watching.
 
-    Never in logs, pipes or CI; and the session count, which opens every
-    session once more, is only taken for a bar.
+    The session count, which opens every session once more, is only taken
+    for a bar.
     """
     sessions = dm.iter_sessions()
-    if progress is False or not sys.stderr.isatty():
-        return sessions
-    try:
-        from tqdm import tqdm
-    except ImportError:
+    bar = progress_bar(progress is not False)
+    if bar is None:
         return sessions
     try:
         total: int | None = len(dm.session_filenames())
     except Exception:
         total = None
-    return tqdm(sessions, total=total, unit="session", file=sys.stderr, leave=False)
+    return bar(sessions, total=total, unit="session", leave=False)
 
 
 def _fsync(path: str) -> None:
@@ -409,7 +272,7 @@ def _write_file(
     checkpoint: Callable[[], None],
 ) -> None:
     try:
-        from . import __version__ as version
+        from .. import __version__ as version
     except ImportError:
         version = "unknown"
     f.attrs["datamanager_version"] = str(version)

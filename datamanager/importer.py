@@ -17,12 +17,15 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Union
+from typing import TYPE_CHECKING, Any, Iterable, Union
 
-from ..errors import RecordingFormatError
-from .atf import is_atf
-from .detect import load_recording
-from .neuron import is_neuron
+from .errors import RecordingFormatError
+from .recordings.atf import is_atf
+from .recordings.detect import load_recording
+from .recordings.neuron import is_neuron
+
+if TYPE_CHECKING:
+    from .manager import DataManager
 
 __all__ = ["ImportSummary", "default_session_name", "import_recordings"]
 
@@ -128,7 +131,7 @@ def _head_and_sha256(path: str) -> tuple[bytes, str]:
 
 
 def import_recordings(
-    dm: Any, paths_or_folder: Any, session_name: str | None = None
+    dm: DataManager, paths_or_folder: Any, session_name: str | None = None
 ) -> ImportSummary:
     """Read every recording under a folder (recursively) into one session.
 

@@ -1,8 +1,8 @@
 """The HDF5 schema: how each Python value maps to HDF5 objects, and back.
 
-One value becomes one dataset or one group (README.rst, "Exporting to HDF5").
+One value becomes one dataset or one group (the schema in the reference).
 Where the HDF5 object alone does not say which Python type it came from, the
-string attribute ``python_type`` does; :func:`datamanager._h5read.read`
+string attribute ``python_type`` does; :func:`datamanager.hdf5.load.read`
 reverses :class:`Writer` exactly.  Names go through :func:`escape_name`.
 
 h5py is imported inside the functions: ``import datamanager`` must stay cheap
@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..recordings.recording import Recording
+
 __all__ = ["PickledValue", "escape_name", "unescape_name"]
 
 #: Attribute naming the Python type of a dataset or group; absent on plain
@@ -25,11 +27,18 @@ __all__ = ["PickledValue", "escape_name", "unescape_name"]
 TYPE_ATTR = "python_type"
 #: Attribute of an array-backed list/tuple/set: the Python type of its items.
 ITEMS_ATTR = "items"
+#: The one attribute of a session group: its metadata as JSON text.  One
+#: attribute rather than one per field, because each HDF5 attribute costs
+#: about as much as a small dataset (``benchmarks/bench_hdf5.py``).
+METADATA_ATTR = "metadata"
+#: Attribute of a stacked ``/merged/<key>`` whose per-session values are tuples.
+SESSION_TYPE_ATTR = "session_type"
+#: 2: session metadata in one JSON attribute (1: one attribute per field).
+SCHEMA_VERSION = 2
 
 _NUMERIC_KINDS = "biufc"
 _PY_SCALARS = {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}
 SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
-_RECORDING = ("datamanager.recordings.recording", "Recording")
 
 # ---------------------------------------------------------------------------
 # Names
@@ -275,7 +284,7 @@ class Writer:
                 group = parent.create_group(name, track_order=True)
                 for key, item in value.items():
                     self.write(group, escape_name(key), item)
-        elif (cls.__module__, cls.__name__) == _RECORDING:
+        elif isinstance(value, Recording):
             self.recording(parent, name, value)
         else:
             self._unsupported(parent, name, value)
@@ -292,7 +301,7 @@ class Writer:
         for i, item in enumerate(value):
             self.write(group, str(i), item)
 
-    def recording(self, parent: Any, name: str, rec: Any) -> None:
+    def recording(self, parent: Any, name: str, rec: Recording) -> None:
         group = parent.create_group(name, track_order=True)
         group.attrs[TYPE_ATTR] = "Recording"
         data = rec.data
@@ -304,7 +313,7 @@ class Writer:
         else:
             self.write(group, "data", data)
         for attr in ("columns", "units", "header", "label", "path", "layout", "attrs"):
-            set_attr(group, attr, getattr(rec, attr, None))
+            set_attr(group, attr, getattr(rec, attr))
 
     def _unsupported(self, parent: Any, name: str, value: Any) -> None:
         if self.on_unsupported != "pickle":

@@ -20,8 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._h5schema import (
+from .._npyheader import read_npy_header
+from ..errors import UnsupportedValueError
+from .schema import (
     ITEMS_ATTR,
+    METADATA_ATTR,
+    SESSION_TYPE_ATTR,
     TYPE_ATTR,
     Unsupported,
     Writer,
@@ -32,8 +36,6 @@ from ._h5schema import (
     numeric,
     unescape_name,
 )
-from ._npyheader import read_npy_header
-from .errors import UnsupportedValueError
 
 # Bytes of a side file mapped at a time: never more than the array itself,
 # so memory stays under the largest value; 64 MiB rather than 16 gains about
@@ -44,13 +46,6 @@ _MAP: dict[str, Any] = (
     if hasattr(mmap, "MAP_POPULATE")  # Linux
     else {"access": mmap.ACCESS_READ}
 )
-
-#: The one attribute of a session group: its metadata as JSON text.  One
-#: attribute rather than one per field, because each HDF5 attribute costs
-#: about as much as a small dataset (``benchmarks/bench_hdf5.py``).
-METADATA_ATTR = "metadata"
-#: Attribute of a stacked ``/merged/<key>`` whose per-session values are tuples.
-SESSION_TYPE_ATTR = "session_type"
 
 _KEY_FLUSH = 1 << 20  # bytes buffered per stacked key before an append
 _ALL_FLUSH = 64 << 20  # bytes buffered over all keys: bounds memory

@@ -1,20 +1,17 @@
-"""Where the tasks of a sweep run: worker processes and the pools that feed them.
+"""The worker side of a sweep: running chunks of items and storing their results.
 
-The worker side (:class:`Worker`) runs chunks of items in one process and
-stores their results in that process's own session; the driver side hands
-chunks to a local :class:`concurrent.futures.ProcessPoolExecutor`
-(:class:`LocalPool`) or to a ``dask.distributed.Client`` (:class:`DaskPool`)
-and gets back only small acknowledgements.  Functions sent to
-worker processes are module-level, so they pickle by reference.
+A :class:`Worker` runs chunks of items in one process and stores their
+results in that process's own session, sending back only a small
+acknowledgement.  The module-level entry points (:func:`init_local`,
+:func:`run_local`, :func:`run_dask`, :func:`close_dask`) are what the pools
+of :mod:`datamanager.tasks.pools` send to worker processes: module-level, so
+they pickle by reference.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import math
 import multiprocessing.util
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -22,21 +19,23 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import UnstorableValueError
+from ..errors import UnstorableValueError
 
 if TYPE_CHECKING:
-    from .manager import DataManager
+    from ..manager import DataManager
+
+__all__ = ["COMMIT_SECONDS", "Ack", "Entry", "Spec", "Worker", "describe", "worker_name"]
 
 #: A worker commits what it has computed at least this often (seconds).
 COMMIT_SECONDS = 1.0
-#: Work per chunk sent to a Dask cluster (seconds, as measured).
-CHUNK_SECONDS = 0.2
 
 # What a chunk sends back: failures (index, key, error, traceback, worker), the
 # number of items run, their compute time and the session name.
 Ack = tuple[list[tuple[Any, ...]], int, float, str]
+# One item to run: its index in the caller's items, its key, the item.
+Entry = tuple[int, str, Any]
 
 
 def worker_name() -> str:
@@ -48,9 +47,6 @@ def describe(exc: BaseException) -> tuple[str, str]:
     """Return ``('<ExceptionType>: <message>', traceback)`` for a failure record."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return f"{type(exc).__name__}: {exc}", tb
-
-
-# -- the worker side ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -86,7 +82,7 @@ class Worker:
                 self.session = session
             return self.session
 
-    def run(self, chunk: list[tuple[int, str, Any]], stop: Any = None, counter: Any = None) -> Ack:
+    def run(self, chunk: list[Entry], stop: Any = None, counter: Any = None) -> Ack:
         """Run and store one chunk; return only a small acknowledgement.
 
         Results are committed at the end of the chunk and at least every
@@ -168,12 +164,12 @@ class Worker:
             self.session.close()
 
 
-# This pool worker's state, set by _init_local: the worker, the driver's stop
+# This pool worker's state, set by init_local: the worker, the driver's stop
 # event and the shared count of finished items.
 _LOCAL: tuple[Worker, Any, Any] | None = None
 
 
-def _init_local(spec: Spec, parent_pid: int | None, stop: Any, counter: Any) -> None:
+def init_local(spec: Spec, parent_pid: int | None, stop: Any, counter: Any) -> None:
     global _LOCAL
     # Ctrl-C at a terminal reaches the whole process group; the driver alone
     # decides what happens then (it sets *stop*), so no task is cut in half.
@@ -212,7 +208,7 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="datamanager-watch-parent").start()
 
 
-def _run_local(chunk: list[tuple[int, str, Any]]) -> Ack:
+def run_local(chunk: list[Entry]) -> Ack:
     assert _LOCAL is not None, "run_tasks worker used outside its pool"
     worker, stop, counter = _LOCAL
     return worker.run(chunk, stop, counter)
@@ -222,7 +218,7 @@ _DASK: dict[str, Worker] = {}  # run id -> state, in each Dask worker process
 _DASK_LOCK = threading.Lock()
 
 
-def _run_dask(spec: Spec, chunk: list[tuple[int, str, Any]]) -> Ack:
+def run_dask(spec: Spec, chunk: list[Entry]) -> Ack:
     with _DASK_LOCK:
         worker = _DASK.get(spec.run_id)
         if worker is None:
@@ -230,126 +226,8 @@ def _run_dask(spec: Spec, chunk: list[tuple[int, str, Any]]) -> Ack:
     return worker.run(chunk)
 
 
-def _close_dask(run_id: str) -> None:
+def close_dask(run_id: str) -> None:
     with _DASK_LOCK:
         worker = _DASK.pop(run_id, None)
     if worker is not None:
         worker.close()
-
-
-# -- the driver side ---------------------------------------------------------------------
-
-
-class LocalPool:
-    """Chunks on a local process pool; the pool schedules, we only batch."""
-
-    def __init__(self, spec: Spec, processes: int, ctx: Any, chunksize: int | None) -> None:
-        method = ctx.get_start_method()
-        if method != "fork":  # the task travels to the workers by pickle
-            try:
-                pickle.dumps(spec.task, protocol=5)
-            except Exception as exc:
-                raise TypeError(
-                    f"the task {spec.qualname} cannot be pickled for {method!r} workers "
-                    f"({exc}); define it at module level"
-                ) from exc
-        # Under forkserver the workers' parent is the fork server, not us.
-        parent = os.getpid() if method in ("fork", "spawn") else None
-        self.slots, self.chunksize = processes, chunksize
-        self.stop, self.counter = ctx.Event(), ctx.Value("q", 0)
-        self.executor = cf.ProcessPoolExecutor(
-            processes,
-            mp_context=ctx,
-            initializer=_init_local,
-            initargs=(spec, parent, self.stop, self.counter),
-        )
-
-    def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
-        # Pool.map's choice: four chunks per worker.  Workers commit within a
-        # chunk, report progress through the shared counter and stop between
-        # items, so a large chunk costs neither durability nor a prompt Ctrl-C.
-        return self.chunksize or max(1, math.ceil(total / (4 * self.slots)))
-
-    def submit(self, chunk: list[tuple[int, str, Any]]) -> Any:
-        return self.executor.submit(_run_local, chunk)
-
-    def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
-        return cf.wait(pending, timeout, return_when=cf.FIRST_COMPLETED).done
-
-    def finished(self) -> int | None:
-        return self.counter.value
-
-    def interrupt(self, pending: Iterable[Any]) -> list[Any]:
-        """Start nothing new, end running chunks after their current item."""
-        self.stop.set()
-        return [f for f in pending if not f.cancel()]
-
-    def terminate(self) -> None:
-        stop = getattr(self.executor, "terminate_workers", None)  # Python >= 3.14
-        if stop is not None:
-            stop()
-            return
-        # Before 3.14 the executor offers no way to stop a busy worker; its
-        # process table is the only handle on them.
-        for process in list(getattr(self.executor, "_processes", {}).values()):
-            process.terminate()
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-
-
-class DaskPool:
-    """Chunks on a Dask cluster; only acknowledgements come back."""
-
-    def __init__(self, spec: Spec, client: Any, chunksize: int | None) -> None:
-        from distributed import as_completed
-
-        self.spec, self.client, self.chunksize = spec, client, chunksize
-        self.completed = as_completed()
-        self._slots, self._checked = 1, -math.inf
-
-    @property
-    def slots(self) -> int:
-        # Adaptive clusters (dask-jobqueue) grow and shrink while we run.
-        if time.monotonic() - self._checked > 1.0:
-            self._slots = max(1, sum(self.client.nthreads().values()))
-            self._checked = time.monotonic()
-        return self._slots
-
-    def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
-        # Workers may join late, and a running Dask task can be neither
-        # interrupted nor watched: chunks of about CHUNK_SECONDS of measured
-        # work (one item until something is measured), never more than a fair
-        # share of what is left, so the tail stays balanced.
-        if self.chunksize:
-            return self.chunksize
-        if per_item is None:
-            return 1
-        size = math.ceil(remaining / (2 * self.slots))
-        return max(1, min(size, int(CHUNK_SECONDS / per_item) if per_item > 0 else size))
-
-    def submit(self, chunk: list[tuple[int, str, Any]]) -> Any:
-        future = self.client.submit(_run_dask, self.spec, chunk, pure=False)
-        self.completed.add(future)
-        return future
-
-    def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
-        return self.completed.next_batch(block=True)
-
-    def finished(self) -> int | None:
-        return None
-
-    def interrupt(self, pending: Iterable[Any]) -> list[Any]:
-        # A running Dask task cannot be stopped: it finishes and stores its
-        # results after we return.
-        self.client.cancel(list(pending))
-        return []
-
-    def terminate(self) -> None:
-        pass
-
-    def close(self) -> None:
-        try:
-            self.client.run(_close_dask, self.spec.run_id)
-        except Exception:  # a lost worker: its session is durable anyway
-            pass

@@ -1,4 +1,5 @@
-"""Reading an export back: :func:`read` reverses :class:`~datamanager._h5schema.Writer`.
+"""Reading an export back: :func:`load_hdf5`, and :func:`read`, which reverses
+:class:`~datamanager.hdf5.schema.Writer` value by value.
 
 Only what the writer makes is read.  Every object is reached through
 :func:`member`, which refuses any link but one hard link per object before
@@ -7,26 +8,127 @@ following it, and every failure to decode a value becomes an
 crafted or damaged file can neither send the reader round a link cycle or
 into another file, nor end in a traceback from deep inside h5py.
 
-h5py is imported inside the functions, as in :mod:`datamanager._h5schema`.
+h5py is imported inside the functions, as in :mod:`datamanager.hdf5.schema`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+import json
+import os
+from typing import Any, Iterator, Union
 
 import numpy as np
 
-from ._h5schema import (
+from ..errors import ExportFormatError
+from ..recordings.recording import Recording
+from .schema import (
     ITEMS_ATTR,
+    METADATA_ATTR,
     SEQUENCES,
+    SESSION_TYPE_ATTR,
     TYPE_ATTR,
     PickledValue,
     get_attrs,
     items_from_array,
     unescape_name,
 )
-from .errors import ExportFormatError
+
+__all__ = ["load_hdf5", "read"]
+
+
+def load_hdf5(
+    path: Union[str, os.PathLike], *, unpickle: bool = False, metadata: bool = False
+) -> dict[str, Any]:
+    """Read an export written by :func:`export_hdf5` back into Python values.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.h5`` file.
+    unpickle : bool
+        Unpickle values stored with ``on_unsupported='pickle'``.  By default
+        they come back as :class:`PickledValue`, because unpickling runs code
+        from the file.
+    metadata : bool
+        Also return ``'metadata'`` (``{session: dict}``) and ``'attrs'`` (the
+        file attributes: datamanager version, name, export time).
+
+    Returns
+    -------
+    dict
+        ``{'sessions': {session: {key: value}}}``, plus ``'merged': {key:
+        value}`` when the export had ``merged=True``.  Values have the types,
+        dtypes and shapes that were exported (a list stays a list).  With
+        ``merged=True`` the key order inside a session may differ from the
+        original.
+
+    Raises
+    ------
+    ExportFormatError
+        The file is HDF5 but not as :func:`export_hdf5` writes it: a missing
+        or misplaced group, a value that does not decode, or any link other
+        than one hard link per object.  Soft and external links are refused
+        without being followed (the writer makes neither), so a crafted file
+        cannot send the reader round a cycle or into another file.
+    OSError
+        The file cannot be opened or read as HDF5.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        sessions: dict[str, dict[str, Any]] = {}
+        meta: dict[str, dict[str, Any]] = {}
+        for gname, group in members(required(f, "sessions", h5py.Group), h5py.Group):
+            name = unescape_name(gname)
+            sessions[name] = {unescape_name(k): read(v, unpickle) for k, v in members(group)}
+            meta[name] = _metadata(group)
+        out: dict[str, Any] = {"sessions": sessions}
+        stacked = member(f, "merged", h5py.Group)
+        if stacked is not None:
+            merged = out["merged"] = {}
+            index = member(f, "merged_index", h5py.Group)
+            for dname, obj in members(stacked):
+                key = unescape_name(dname)
+                merged[key] = read(obj, unpickle)
+                rows = None if index is None else member(index, dname, h5py.Dataset, shared=True)
+                if rows is not None:
+                    with decoding(rows):
+                        _unstack(obj, rows[()], key, sessions)
+        if metadata:
+            out["metadata"] = meta
+            with decoding(f):
+                out["attrs"] = get_attrs(f)
+    return out
+
+
+def _metadata(group: Any) -> dict[str, Any]:
+    with decoding(group):
+        if METADATA_ATTR not in group.attrs:
+            return get_attrs(group)  # schema version 1
+        found = json.loads(group.attrs[METADATA_ATTR])
+    if not isinstance(found, dict):
+        raise malformed(
+            group,
+            group.name,
+            f"a JSON object in attribute {METADATA_ATTR!r}",
+            f"a JSON {type(found).__name__}",
+        )
+    return found
+
+
+def _unstack(obj: Any, rows: np.ndarray, key: str, sessions: dict[str, dict[str, Any]]) -> None:
+    """Hand each session its slice of a stacked /merged dataset."""
+    arr = obj[()]
+    stype = obj.attrs.get(SESSION_TYPE_ATTR) or ("list" if TYPE_ATTR in obj.attrs else "ndarray")
+    for session, start, stop in rows:
+        name = unescape_name(session.decode() if isinstance(session, bytes) else session)
+        part = arr[start:stop]
+        value = (
+            part if stype == "ndarray" else items_from_array(part, obj.attrs[ITEMS_ATTR], stype)
+        )
+        sessions.setdefault(name, {})[key] = value
+
 
 #: What decoding a crafted value can raise (a missing attribute, a wrong
 #: dtype, bad JSON or UTF-8, nesting deeper than Python's stack, ...).
@@ -163,8 +265,6 @@ def _read(obj: Any, unpickle: bool) -> Any:
 
 
 def _read_recording(group: Any, unpickle: bool) -> Any:
-    from .recordings.recording import Recording
-
     fields = get_attrs(group)
     fields.pop(TYPE_ATTR, None)
     stored = required(group, "data")

@@ -1,0 +1,44 @@
+"""Task farming: run a function over many items in parallel, keeping every result.
+
+:func:`run_tasks` calls ``task(item)`` for each item on a local process pool
+(:class:`concurrent.futures.ProcessPoolExecutor`) or on the workers of a
+``dask.distributed.Client``; it never schedules anything itself.
+Each worker process opens its own session once and stores every result under
+a key derived from the item, so a sweep that is killed finishes by running the
+same call again, and the results collate with the usual API.
+
+Keys, for a sweep named ``name`` (the task's ``__qualname__`` by default) and an
+item whose :func:`item_key` is ``k``:
+
+- ``name/k``: the result, exactly as the task returned it;
+- ``name.items/k``: the item, written in the same transaction as the result;
+- ``name.failures/k``: a failure record (a dict of builtin values) when the
+  task raised or its result could not be stored.
+
+The modules: :mod:`~datamanager.tasks.run` (:func:`run_tasks`),
+:mod:`~datamanager.tasks.driver` (a sweep's chunks and counters),
+:mod:`~datamanager.tasks.pools` and :mod:`~datamanager.tasks.worker` (where
+chunks run), :mod:`~datamanager.tasks.itemkeys` (the keys),
+:mod:`~datamanager.tasks.queries` (reading a sweep back) and
+:mod:`~datamanager.tasks.records` (what a sweep reports).
+"""
+
+from __future__ import annotations
+
+from .itemkeys import item_key
+from .pools import CHUNK_SECONDS
+from .queries import task_failures, task_results
+from .records import TaskFailure, TaskSummary
+from .run import run_tasks
+from .worker import COMMIT_SECONDS
+
+__all__ = [
+    "CHUNK_SECONDS",
+    "COMMIT_SECONDS",
+    "TaskFailure",
+    "TaskSummary",
+    "item_key",
+    "run_tasks",
+    "task_failures",
+    "task_results",
+]

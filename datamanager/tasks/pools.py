@@ -1,0 +1,167 @@
+"""Where the chunks of a sweep run: a local process pool or a Dask cluster.
+
+:class:`LocalPool` hands chunks to a
+:class:`concurrent.futures.ProcessPoolExecutor`, :class:`DaskPool` to a
+``dask.distributed.Client``; both only batch items and get back small
+acknowledgements, leaving the scheduling to the executor.  :class:`Pool` is
+what the driver (:class:`datamanager.tasks.driver.Sweep`) asks of either.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import os
+import pickle
+import time
+from typing import Any, Iterable, Protocol
+
+from .worker import Entry, Spec, close_dask, init_local, run_dask, run_local
+
+__all__ = ["CHUNK_SECONDS", "DaskPool", "LocalPool", "Pool"]
+
+#: Work per chunk sent to a Dask cluster (seconds, as measured).
+CHUNK_SECONDS = 0.2
+
+
+class Pool(Protocol):
+    """What the driver needs of a pool of workers."""
+
+    #: Workers (threads, on Dask) that can run a chunk at once.
+    slots: int
+
+    def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
+        """Items for the next chunk, given the measured seconds per item (if any)."""
+
+    def submit(self, chunk: list[Entry]) -> Any:
+        """Start running *chunk*; return a future of its :data:`~.worker.Ack`."""
+
+    def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
+        """Return futures of *pending* that finished, waiting at most *timeout*."""
+
+    def finished(self) -> int | None:
+        """Items the workers have finished so far, where the pool can tell."""
+
+    def interrupt(self, pending: Iterable[Any]) -> list[Any]:
+        """Start nothing new; return the futures still running."""
+
+    def terminate(self) -> None:
+        """Stop the workers at once."""
+
+    def close(self) -> None:
+        """Shut the pool down, waiting for its workers."""
+
+
+class LocalPool:
+    """Chunks on a local process pool; the pool schedules, we only batch."""
+
+    def __init__(self, spec: Spec, processes: int, ctx: Any, chunksize: int | None) -> None:
+        method = ctx.get_start_method()
+        if method != "fork":  # the task travels to the workers by pickle
+            try:
+                pickle.dumps(spec.task, protocol=5)
+            except Exception as exc:
+                raise TypeError(
+                    f"the task {spec.qualname} cannot be pickled for {method!r} workers "
+                    f"({exc}); define it at module level"
+                ) from exc
+        # Under forkserver the workers' parent is the fork server, not us.
+        parent = os.getpid() if method in ("fork", "spawn") else None
+        self.slots, self.chunksize = processes, chunksize
+        self.stop, self.counter = ctx.Event(), ctx.Value("q", 0)
+        self.executor = cf.ProcessPoolExecutor(
+            processes,
+            mp_context=ctx,
+            initializer=init_local,
+            initargs=(spec, parent, self.stop, self.counter),
+        )
+
+    def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
+        # Pool.map's choice: four chunks per worker.  Workers commit within a
+        # chunk, report progress through the shared counter and stop between
+        # items, so a large chunk costs neither durability nor a prompt Ctrl-C.
+        return self.chunksize or max(1, math.ceil(total / (4 * self.slots)))
+
+    def submit(self, chunk: list[Entry]) -> Any:
+        return self.executor.submit(run_local, chunk)
+
+    def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
+        return cf.wait(pending, timeout, return_when=cf.FIRST_COMPLETED).done
+
+    def finished(self) -> int | None:
+        return self.counter.value
+
+    def interrupt(self, pending: Iterable[Any]) -> list[Any]:
+        """Start nothing new, end running chunks after their current item."""
+        self.stop.set()
+        return [f for f in pending if not f.cancel()]
+
+    def terminate(self) -> None:
+        stop = getattr(self.executor, "terminate_workers", None)  # Python >= 3.14
+        if stop is not None:
+            stop()
+            return
+        # Before 3.14 the executor offers no way to stop a busy worker; its
+        # process table is the only handle on them.
+        for process in list(getattr(self.executor, "_processes", {}).values()):
+            process.terminate()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskPool:
+    """Chunks on a Dask cluster; only acknowledgements come back."""
+
+    def __init__(self, spec: Spec, client: Any, chunksize: int | None) -> None:
+        from distributed import as_completed
+
+        self.spec, self.client, self.chunksize = spec, client, chunksize
+        self.completed = as_completed()
+        self._slots, self._checked = 1, -math.inf
+
+    @property
+    def slots(self) -> int:
+        # Adaptive clusters (dask-jobqueue) grow and shrink while we run.
+        if time.monotonic() - self._checked > 1.0:
+            self._slots = max(1, sum(self.client.nthreads().values()))
+            self._checked = time.monotonic()
+        return self._slots
+
+    def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
+        # Workers may join late, and a running Dask task can be neither
+        # interrupted nor watched: chunks of about CHUNK_SECONDS of measured
+        # work (one item until something is measured), never more than a fair
+        # share of what is left, so the tail stays balanced.
+        if self.chunksize:
+            return self.chunksize
+        if per_item is None:
+            return 1
+        size = math.ceil(remaining / (2 * self.slots))
+        return max(1, min(size, int(CHUNK_SECONDS / per_item) if per_item > 0 else size))
+
+    def submit(self, chunk: list[Entry]) -> Any:
+        future = self.client.submit(run_dask, self.spec, chunk, pure=False)
+        self.completed.add(future)
+        return future
+
+    def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
+        return self.completed.next_batch(block=True)
+
+    def finished(self) -> int | None:
+        return None
+
+    def interrupt(self, pending: Iterable[Any]) -> list[Any]:
+        # A running Dask task cannot be stopped: it finishes and stores its
+        # results after we return.
+        self.client.cancel(list(pending))
+        return []
+
+    def terminate(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            self.client.run(close_dask, self.spec.run_id)
+        except Exception:  # a lost worker: its session is durable anyway
+            pass

@@ -1,0 +1,218 @@
+"""Running a sweep: :func:`run_tasks` checks its arguments, keys the items,
+picks the pool and hands over to a :class:`~datamanager.tasks.driver.Sweep`.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import pickle
+import sys
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .. import provenance
+from .._progress import progress_bar
+from .driver import Sweep
+from .itemkeys import digest
+from .pools import DaskPool, LocalPool, Pool
+from .queries import stored_keys
+from .records import TaskSummary, sweep_name
+from .worker import Entry, Spec, describe
+
+if TYPE_CHECKING:
+    from ..manager import DataManager
+
+__all__ = ["plan", "run_tasks"]
+
+
+def run_tasks(
+    dm: DataManager,
+    task: Callable[[Any], Any],
+    items: Iterable[Any],
+    processes: int | None = None,
+    client: Any = None,
+    progress: bool = True,
+    resume: bool = True,
+    *,
+    name: str | None = None,
+    key: Callable[[Any], str] | None = None,
+    mp_context: Any = None,
+    chunksize: int | None = None,
+) -> TaskSummary:
+    """Run ``task(item)`` for every item in parallel, storing each result in *dm*.
+
+    Each worker process opens its own session once (``dm.session()``, with the
+    task recorded in its metadata) and stores the result of ``item`` under
+    ``<name>/<key>``, the item itself under ``<name>.items/<key>``, where the
+    key is :func:`item_key` of the item.  Items travel to the workers in
+    chunks; a worker commits its results at the end of each chunk and at
+    least every :data:`COMMIT_SECONDS`, and only a small acknowledgement comes
+    back.
+
+    A task that raises does not stop the sweep: the traceback, item and worker
+    are stored as a failure record (see :func:`task_failures`) and counted in
+    the summary; a later run retries the item.  With *resume*, items whose
+    result is already stored anywhere in the data directory are skipped, so a
+    sweep killed half-way (Ctrl-C, SIGKILL of this process, a lost worker)
+    finishes by calling ``run_tasks`` again.  Local workers die with this
+    process, so none stores anything after it.  Ctrl-C stops cleanly: nothing
+    new starts, local workers stop after their current item and store what
+    they computed (a second Ctrl-C stops them at once), the pool shuts down
+    and :class:`KeyboardInterrupt` propagates.  On Dask, chunks already
+    running finish (and store) after the call returns.
+
+    Parameters
+    ----------
+    dm : DataManager
+        Where results go; pickled (as configuration) to the workers.
+    task : callable
+        ``task(item) -> result``; the result must be picklable.
+    items : iterable
+        The parameter sets (see :func:`item_key` for what they may hold).
+    processes : int, optional
+        Size of the local pool; ``os.cpu_count()`` by default.
+    client : dask.distributed.Client, optional
+        Run on this cluster instead.  Every worker must see the data
+        directory at the same path (a shared filesystem).
+    progress : bool
+        Show a tqdm progress bar (when tqdm is installed and stderr is a
+        terminal).
+    resume : bool
+        Skip items whose result is already stored.
+    name : str, optional
+        The sweep's name, the prefix of its keys; the task's ``__qualname__``
+        by default (required for lambdas and partials).
+    key : callable, optional
+        ``key(item) -> str``, used instead of :func:`item_key`, for items that
+        have no canonical form.
+    mp_context : str or multiprocessing context, optional
+        Start method of the local pool; Python's default when omitted.
+    chunksize : int, optional
+        Items per chunk.  By default four chunks per local worker (as
+        ``Pool.map``); on Dask about :data:`CHUNK_SECONDS` of measured work,
+        never more than a fair share of what is left.
+
+    Returns
+    -------
+    TaskSummary
+
+    Raises
+    ------
+    TypeError
+        An item without a canonical form (before anything runs), or a task
+        that cannot be named.
+    KeyboardInterrupt
+        After a clean stop on Ctrl-C.
+
+    Notes
+    -----
+    A local worker that dies (a crash, the OOM killer) takes its chunk with
+    it: the items of the chunks in flight are recorded as failed (which item
+    was to blame is unknown), a new pool takes over and a later run retries
+    them.  Dask retries a lost worker's chunk elsewhere by itself; if the
+    worker had already committed part of it, those items are stored twice
+    (:func:`task_results` keeps the newest).  With a start method other than
+    ``fork`` (and on Dask) the task must be importable or picklable.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from datamanager import DataManager
+    >>> dm = DataManager("sweep", tempfile.mkdtemp())
+    >>> def square(x):
+    ...     return x * x
+    >>> print(run_tasks(dm, square, range(4), processes=2, progress=False))  # doctest: +ELLIPSIS
+    square: 4 done, 0 skipped, 0 failed in ... s
+    >>> from datamanager.tasks import task_results
+    >>> sorted(result for item, result in task_results(dm, square))
+    [0, 1, 4, 9]
+    >>> run_tasks(dm, square, range(6), processes=2).skipped
+    4
+    """
+    started = time.perf_counter()
+    if not callable(task):
+        raise TypeError(f"task must be callable, not {type(task).__name__}")
+    name = name if name is not None else sweep_name(task)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, not {name!r}")
+    qualname = f"{getattr(task, '__module__', None)}.{getattr(task, '__qualname__', name)}"
+    spec = Spec(dm, task, name, qualname, uuid.uuid4().hex)
+    todo, skipped, rejected = plan(items, name, key, stored_keys(dm) if resume else set())
+    new_pool = _pool_maker(spec, len(todo), processes, client, mp_context, chunksize)
+    sweep = Sweep(spec, todo, new_pool, skipped=skipped, started=started)
+    bar = None
+    try:
+        if rejected:
+            sweep.reject(rejected)
+        make_bar = progress_bar(progress and bool(todo))
+        if make_bar is not None:
+            bar = make_bar(total=len(todo), desc=name, unit="task", dynamic_ncols=True)
+        if todo:
+            # One git subprocess here, cached: forked workers inherit the answer
+            # instead of each running its own when its session opens.
+            provenance.git_state(provenance.script_directory())
+        sweep.run(bar)
+    except KeyboardInterrupt:
+        print(
+            "\nrun_tasks: interrupted; storing what the workers have computed "
+            "(Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+        sweep.interrupt()
+        print(f"run_tasks: {sweep.summary()}; run again to resume", file=sys.stderr)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        sweep.close()
+    return sweep.summary()
+
+
+def _pool_maker(
+    spec: Spec,
+    todo: int,
+    processes: int | None,
+    client: Any,
+    mp_context: Any,
+    chunksize: int | None,
+) -> Callable[[], Pool]:
+    """What makes the sweep's pools: Dask's for a *client*, else local processes."""
+    if client is not None:
+        return functools.partial(DaskPool, spec, client, chunksize)
+    ctx = mp_context
+    if ctx is None or isinstance(ctx, str):
+        ctx = multiprocessing.get_context(ctx)
+    workers = min(processes or os.cpu_count() or 1, todo or 1)
+    return functools.partial(LocalPool, spec, workers, ctx, chunksize)
+
+
+def plan(
+    items: Iterable[Any], name: str, key: Callable[[Any], str] | None, stored: set[str]
+) -> tuple[list[Entry], int, list[tuple[Any, ...]]]:
+    """Key every item; return what to run, how many to skip, and the unpicklable.
+
+    The rejected come as failure outcomes ``(index, key, repr(item), None,
+    error)`` for :meth:`Worker.store <datamanager.tasks.worker.Worker.store>`.
+    """
+    todo, seen, skipped, rejected = [], set(), 0, []
+    for index, item in enumerate(items):
+        if key is None:
+            k = digest(item, f"items[{index}]")
+        else:
+            k = key(item)
+            if not isinstance(k, str) or not k:
+                raise TypeError(f"key(items[{index}]) returned {k!r}, not a non-empty str")
+            try:  # a process pool would choke on it later, far from the cause
+                pickle.dumps(item, protocol=5)
+            except Exception as exc:
+                rejected.append((index, k, repr(item), None, describe(exc)))
+                continue
+        if k in seen or f"{name}/{k}" in stored:
+            skipped += 1
+            continue
+        seen.add(k)
+        todo.append((index, k, item))
+    return todo, skipped, rejected
