@@ -13,7 +13,6 @@ collates the values across all sessions of a data directory.
 
 from __future__ import annotations
 
-from .collate import SessionReader
 from .errors import (
     CorruptSessionError,
     DataManagerError,
@@ -30,6 +29,7 @@ from .errors import (
 from .hdf5 import ExportReport, export_hdf5, load_hdf5
 from .locking import LockingSession
 from .manager import DataManager, Problem
+from .readers import SessionReader
 from .recordings import (
     ImportSummary,
     Recording,

@@ -29,7 +29,7 @@ from datamanager import (
     DataManagerWarning,
     UnsafeValueError,
 )
-from datamanager.session import blob_dir
+from datamanager._format import blob_dir
 
 from conftest import can_mount_read_only, run_python
 

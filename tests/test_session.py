@@ -17,8 +17,8 @@ from datamanager import (
     Session,
     UnstorableValueError,
 )
+from datamanager._format import SIDE_FILE_THRESHOLD, blob_dir
 from datamanager.filesystem import choose_journal_mode, filesystem_type
-from datamanager.session import SIDE_FILE_THRESHOLD, blob_dir
 
 BIG = SIDE_FILE_THRESHOLD // 8 + 10  # float64 elements: just over the side-file threshold
 
