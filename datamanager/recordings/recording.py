@@ -4,7 +4,7 @@ A :class:`Recording` is a 2-D table of samples (one row per sample, one
 column per signal) with the column names, their units, the file's header
 records, the block label, the source path and the layout the reader detected.
 It pickles to builtins and numpy arrays only, so a session opened in safe
-mode can load it back (the safe unpickler allow-lists exactly this class).
+mode can load it back: it registers itself with the safe unpickler.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any, Sequence, Union
 
 import numpy as np
+
+from ..safepickle import register_safe_type
 
 __all__ = ["Recording"]
 
@@ -31,6 +33,7 @@ def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a, b))
 
 
+@register_safe_type
 class Recording:
     """A table of samples read from (or to be written to) a recording file.
 
@@ -168,8 +171,8 @@ class Recording:
 
     # -- protocol ----------------------------------------------------------
     def __reduce__(self) -> tuple[Any, ...]:
-        # Builtins and numpy arrays only: the session's safe unpickler
-        # allow-lists this class and nothing else from datamanager.
+        # Builtins and numpy arrays only: what register_safe_type requires
+        # for the safe unpickler to rebuild this class.
         return (
             Recording,
             (
