@@ -170,6 +170,24 @@ def inline_row(key: str, value: Any) -> tuple[str, bytes, None, None]:
     return (key, safepickle.dumps(key, value), None, None)
 
 
+def same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays hold equal items in the same shape, NaN equal to NaN.
+
+    Object arrays (tables mixing text and numbers) are compared cell by cell,
+    where a NaN cell must still equal a NaN cell.
+    """
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind == "O" or b.dtype.kind == "O":
+        for x, y in zip(a.ravel().tolist(), b.ravel().tolist()):
+            both_nan = isinstance(x, float) and isinstance(y, float) and x != x and y != y
+            if not both_nan and not bool(x == y):
+                return False
+        return True
+    nan = a.dtype.kind in "fc" and b.dtype.kind in "fc"
+    return bool(np.array_equal(a, b, equal_nan=nan))
+
+
 def new_side_name() -> str:
     """A fresh side-file name, unique without asking the disk."""
     return uuid.uuid4().hex + ".npy"

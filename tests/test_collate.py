@@ -472,6 +472,18 @@ def test_truncated_side_file_is_an_error_not_a_short_array(dm):
         dm.get("big", strict=True)
 
 
+def test_migrate_keeps_an_object_array_holding_nan(dm):
+    # A table mixing text and numbers, with a missing number: read back,
+    # NaN must count as equal to NaN or the migration is rolled back.
+    table = np.array([["a", 1.0], ["b", float("nan")]], dtype=object)
+    os.makedirs(dm.basepath)
+    _write_legacy(os.path.join(dm.basepath, "old"), {"table": table})
+    assert dm.migrate() == ["old"]
+    [(name, value)] = dm.get("table").items()
+    assert name == "old" and value[1, 0] == "b" and value[1, 1] != value[1, 1]
+    assert dm.session_filenames() == [os.path.join(dm.basepath, "old.sqlite")]
+
+
 def test_python2_pickles_in_legacy_shelves(dm):
     # Brian ran on Python 2: its shelves hold protocol-2 pickles of byte
     # strings, which load as str (latin-1), numpy's convention.

@@ -13,24 +13,10 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from .._format import same_array
 from ..safepickle import register_safe_type
 
 __all__ = ["Recording"]
-
-
-def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.shape != b.shape:
-        return False
-    if a.dtype.kind == "f" and b.dtype.kind == "f":
-        return bool(np.array_equal(a, b, equal_nan=True))
-    if a.dtype.kind == "O" or b.dtype.kind == "O":
-        # Object tables mix str and float cells; NaN must still equal NaN.
-        for x, y in zip(a.ravel().tolist(), b.ravel().tolist()):
-            both_nan = isinstance(x, float) and isinstance(y, float) and x != x and y != y
-            if x != y and not both_nan:
-                return False
-        return True
-    return bool(np.array_equal(a, b))
 
 
 @register_safe_type
@@ -198,7 +184,7 @@ class Recording:
             and self.path == other.path
             and self.layout == other.layout
             and self.attrs == other.attrs
-            and _same_array(self.data, other.data)
+            and same_array(self.data, other.data)
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
