@@ -27,7 +27,7 @@ import sqlite3
 import tempfile
 import weakref
 
-from .session import held
+from ._descriptors import held
 
 __all__ = ["CopyChanged", "PrivateCopy", "needs_copy", "refused_recovery"]
 

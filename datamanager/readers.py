@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar, Union
 
 from . import _format as fmt
-from ._descriptors import check_descriptors
+from ._descriptors import check_descriptors, hold
 from ._format import BLOB_SUFFIX, COMPANIONS, SESSION_SUFFIX
 from ._snapshot import CopyChanged, PrivateCopy, needs_copy, refused_recovery
 from .errors import CorruptSessionError
-from .session import BUSY_TIMEOUT, hold
+from .session import BUSY_TIMEOUT
 
 __all__ = [
     "NativeReader",

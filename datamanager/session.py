@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import _format as fmt
+from ._descriptors import hold
 from ._format import SESSION_SUFFIX, UPSERT, blob_dir, inline_row, is_side_array, is_side_name
 from .errors import CorruptSessionError, TransactionAbortedError
 from .filesystem import choose_journal_mode
@@ -54,30 +55,6 @@ CHECKPOINT_TIMEOUT = 10.0
 # use or close them (closing could disturb the parent's locks), so they are
 # parked here for the child's lifetime.
 _ABANDONED: list[sqlite3.Connection] = []
-
-# How many SQLite connections this process has open to each session file.
-# SQLite locks files with POSIX locks, which the kernel drops as soon as the
-# process closes *any* descriptor of that file: code that reads a session file
-# with plain open() must not do so while SQLite may hold locks on it here.
-_HELD: dict[str, int] = {}
-_HELD_LOCK = threading.Lock()
-
-
-def hold(path: str, count: int = 1) -> None:
-    """Count one connection of this process to *path* opened (or, with -1, closed)."""
-    if not os.path.isabs(path):
-        path = os.path.abspath(path)  # a relative datapath names the same file
-    with _HELD_LOCK:
-        left = _HELD.get(path, 0) + count
-        if left > 0:
-            _HELD[path] = left
-        else:
-            _HELD.pop(path, None)
-
-
-def held(path: str) -> bool:
-    """Whether this process has a connection open to the session file *path*."""
-    return bool(_HELD) and os.path.abspath(path) in _HELD
 
 
 class Session(MutableMapping):
