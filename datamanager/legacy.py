@@ -248,7 +248,7 @@ class ShelfReader(SessionReader):
         return sum(os.path.getsize(f) for f in self._files)
 
     def close(self) -> None:
-        db, self._db = getattr(self, "_db", None), None
+        db, self._db = self._db, None
         if db is not None:
             db.close()
 
