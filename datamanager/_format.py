@@ -53,6 +53,8 @@ BLOB_SUFFIX = ".blobs"
 LOCK_SUFFIX = ".lock"
 #: The files SQLite keeps beside a database (a session, or a dbm.sqlite3 shelf).
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+#: The files that hold a database's data, by suffix: the ``-shm`` index is rebuilt from them.
+SQLITE_DATA = ("", "-journal", "-wal")
 #: Name endings of everything beside ``<name>.sqlite`` that belongs to that session.
 COMPANIONS = (
     *(SESSION_SUFFIX + s for s in SQLITE_COMPANIONS),

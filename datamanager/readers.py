@@ -330,9 +330,9 @@ class NativeReader(SessionReader):
     @property
     def nbytes(self) -> int:
         total = 0
-        for path in fmt.session_files(self.path):
+        for suffix in fmt.SQLITE_DATA:
             try:
-                total += os.path.getsize(path)
+                total += os.path.getsize(self.path + suffix)
             except OSError:
                 pass
         try:
