@@ -13,7 +13,6 @@ collates the values across all sessions of a data directory.
 
 from __future__ import annotations
 
-from .collate import SessionReader
 from .errors import (
     CorruptSessionError,
     DataManagerError,
@@ -31,6 +30,7 @@ from .hdf5 import ExportReport, export_hdf5, load_hdf5
 from .importer import ImportSummary
 from .locking import LockingSession
 from .manager import DataManager, Problem
+from .readers import SessionReader
 from .recordings import (
     Recording,
     load_atf,

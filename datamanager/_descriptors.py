@@ -1,4 +1,5 @@
-"""File descriptors: how many readers may stay open, and telling a shortage from damage.
+"""File descriptors: how many readers may stay open, telling a shortage from damage,
+and which session files this process holds open.
 
 A process may hold only so many open files (``ulimit -n``: 256 by default on
 macOS, often 1024 on Linux).  SQLite reports a descriptor it could not get as
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
-__all__ = ["PER_READER", "check_descriptors", "reader_budget"]
+__all__ = ["PER_READER", "check_descriptors", "held", "hold", "reader_budget"]
 
 #: Descriptors one reader may hold: the database, its ``-wal`` file and the
 #: ``-shm`` index of a session open in WAL mode.
@@ -59,13 +61,13 @@ def check_descriptors(path: str) -> None:
     did not tell: a process short of descriptors must get that answer, not
     a report of a corrupt file.
     """
-    held: list[int] = []
+    fds: list[int] = []
     try:
         # The null device opens whenever a descriptor is free, whatever the
         # session's file and folder allow, so a failure here is the shortage.
-        held.append(os.open(os.devnull, os.O_RDONLY))
-        while len(held) < PER_READER:
-            held.append(os.dup(held[0]))
+        fds.append(os.open(os.devnull, os.O_RDONLY))
+        while len(fds) < PER_READER:
+            fds.append(os.dup(fds[0]))
     except OSError as exc:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             limit = _limit()
@@ -76,5 +78,30 @@ def check_descriptors(path: str) -> None:
             )
             raise OSError(exc.errno, reason, path) from None
     finally:
-        for fd in held:
+        for fd in fds:
             os.close(fd)
+
+
+# How many SQLite connections this process has open to each session file.
+# SQLite locks files with POSIX locks, which the kernel drops as soon as the
+# process closes *any* descriptor of that file: code that reads a session file
+# with plain open() must not do so while SQLite may hold locks on it here.
+_HELD: dict[str, int] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def hold(path: str, count: int = 1) -> None:
+    """Count one connection of this process to *path* opened (or, with -1, closed)."""
+    if not os.path.isabs(path):
+        path = os.path.abspath(path)  # a relative datapath names the same file
+    with _HELD_LOCK:
+        left = _HELD.get(path, 0) + count
+        if left > 0:
+            _HELD[path] = left
+        else:
+            _HELD.pop(path, None)
+
+
+def held(path: str) -> bool:
+    """Whether this process has a connection open to the session file *path*."""
+    return bool(_HELD) and os.path.abspath(path) in _HELD

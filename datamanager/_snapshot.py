@@ -27,12 +27,11 @@ import sqlite3
 import tempfile
 import weakref
 
-from .session import held
+from ._descriptors import held
+from ._format import SESSION_SUFFIX, SQLITE_DATA
 
 __all__ = ["CopyChanged", "PrivateCopy", "needs_copy", "refused_recovery"]
 
-# The files SQLite reads for one database; the copy takes those present.
-_PARTS = ("", "-journal", "-wal")
 # Offset of the file format version bytes in the database header: 2 means WAL.
 _VERSION_BYTES = 18
 
@@ -70,7 +69,7 @@ def refused_recovery(exc: sqlite3.Error) -> bool:
 def _identity(path: str) -> list[tuple[int, ...] | None]:
     """What changes whenever any of the files of *path* is written, replaced or removed."""
     found: list[tuple[int, ...] | None] = []
-    for suffix in _PARTS:
+    for suffix in SQLITE_DATA:
         try:
             st = os.stat(path + suffix)
         except FileNotFoundError:
@@ -98,10 +97,10 @@ class PrivateCopy:
         self.directory = tempfile.mkdtemp(prefix="datamanager-")
         # Removed with the copy even if its owner is never closed.
         self._remove = weakref.finalize(self, shutil.rmtree, self.directory, True)
-        self.path = os.path.join(self.directory, "session.sqlite")
+        self.path = os.path.join(self.directory, "session" + SESSION_SUFFIX)
         try:
             before = _identity(source)
-            for suffix, stat in zip(_PARTS, before):
+            for suffix, stat in zip(SQLITE_DATA, before):
                 if stat is not None:
                     shutil.copyfile(source + suffix, self.path + suffix)
             if _identity(source) != before:

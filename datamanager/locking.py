@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
 from typing import Any
 
 from filelock import FileLock
 
+from ._format import LOCK_SUFFIX
 from .session import Session
 
 __all__ = ["LockingSession"]
+
+
+class _Both:
+    """Hold the cross-process lock, then the thread lock; release in reverse order."""
+
+    def __init__(self, outer: FileLock, inner: threading.RLock) -> None:
+        self.outer, self.inner = outer, inner
+
+    def __enter__(self) -> None:
+        self.outer.acquire()
+        try:
+            self.inner.acquire()
+        except BaseException:
+            self.outer.release()
+            raise
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.inner.release()
+        self.outer.release()
 
 
 class LockingSession(Session):
@@ -37,30 +56,8 @@ class LockingSession(Session):
         super().__init__(path, journal_mode)
         # Short polls: under contention the default 50 ms poll interval would
         # dominate the cost of a small transaction.
-        self.lock = FileLock(self.path + ".lock", poll_interval=0.002)
+        self.lock = FileLock(self.path + LOCK_SUFFIX, poll_interval=0.002)
+        self._both = _Both(self.lock, self._lock)
 
-    @contextmanager
-    def transaction(self) -> Iterator[LockingSession]:
-        """Hold the lock and one SQLite transaction across the whole block."""
-        with self.lock, super().transaction():
-            yield self
-
-    def _write(self, sql: str, params: tuple[Any, ...], new_side: str | None = None) -> int:
-        with self.lock:
-            return super()._write(sql, params, new_side)
-
-    def __getitem__(self, key: str) -> Any:
-        with self.lock:
-            return super().__getitem__(key)
-
-    def __iter__(self) -> Iterator[str]:
-        with self.lock:
-            return super().__iter__()
-
-    def __len__(self) -> int:
-        with self.lock:
-            return super().__len__()
-
-    def __contains__(self, key: object) -> bool:
-        with self.lock:
-            return super().__contains__(key)
+    def _guard(self) -> _Both:
+        return self._both

@@ -12,16 +12,19 @@ import functools
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from . import collate
+import numpy as np
+
 from ._descriptors import reader_budget
-from .collate import Match, SessionEntry, SessionReader, check_match, merge_values
+from ._format import SESSION_SUFFIX, validate_session_name
 from .errors import CorruptSessionError, warn_caller
+from .legacy import find_sessions, migrate
 from .locking import LockingSession
 from .provenance import computer_name
-from .session import SESSION_SUFFIX, Session, _check_key, validate_session_name
+from .readers import Match, SessionEntry, SessionReader, check_match
+from .session import Session, _check_key
+from .verify import Problem, verify
 
 if TYPE_CHECKING:
     import pandas
@@ -35,17 +38,6 @@ T = TypeVar("T")
 _MISSING = object()
 #: Readers iter_sessions keeps open at most, however many descriptors are free.
 _MAX_OPEN = 256
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem found by :meth:`DataManager.verify`."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
 
 
 class DataManager:
@@ -150,7 +142,7 @@ class DataManager:
 
     def _entries(self, warn: bool = True) -> list[SessionEntry]:
         """The sessions of the data directory; FileNotFoundError where it cannot exist."""
-        entries = collate.find_sessions(self.basepath, warn)
+        entries = find_sessions(self.basepath, warn)
         if not entries and not os.path.isdir(self._needed):
             what = (
                 "no such data directory"
@@ -169,26 +161,31 @@ class DataManager:
         where = f" (key {exc.key!r})" if exc.key is not None else ""
         warn_caller(f"skipping corrupt session {entry.path}{where}: {exc.reason}")
 
-    def _ordered(
-        self, read: Callable[[SessionReader], T], strict: bool
-    ) -> list[tuple[SessionEntry, T]]:
-        """Apply *read* to every session, each opened once; results in creation order.
+    def _open(self, entry: SessionEntry, strict: bool) -> SessionReader | None:
+        """Open *entry*; None for a session skipped as corrupt."""
+        try:
+            return entry.open(self.safe)
+        except CorruptSessionError as exc:
+            self._skip(entry, exc, strict)
+            return None
 
-        Sessions sort by creation time, ties by name, so that a collation run
-        twice on the same data gives the same order.
+    def _collect(self, read: Callable[[SessionReader], T], strict: bool) -> list[tuple[str, T]]:
+        """``(name, read(reader))`` for every session, each opened once, in creation order.
+
+        Sessions sort by creation time, ties by name (see :meth:`iter_sessions`).
         """
         found = []
         for entry in self._entries():
-            try:
-                with entry.open(self.safe) as reader:
-                    found.append((reader.created, entry.name, entry, read(reader)))
-            except CorruptSessionError as exc:
-                self._skip(entry, exc, strict)
-        found.sort(key=lambda t: (t[0], t[1]))
-        return [(entry, result) for _, _, entry, result in found]
-
-    def _collect(self, read: Callable[[SessionReader], T], strict: bool) -> list[tuple[str, T]]:
-        return [(entry.name, result) for entry, result in self._ordered(read, strict)]
+            reader = self._open(entry, strict)
+            if reader is None:
+                continue
+            with reader:
+                try:
+                    found.append(((reader.created, entry.name), read(reader)))
+                except CorruptSessionError as exc:
+                    self._skip(entry, exc, strict)
+        found.sort(key=lambda t: t[0])
+        return [(order[1], result) for order, result in found]
 
     def iter_sessions(self, strict: bool = False) -> Iterator[SessionReader]:
         """Yield a read-only reader for each session, in creation order.
@@ -199,6 +196,8 @@ class DataManager:
         (or use it as a context manager).  Sessions that cannot be read are
         skipped with a warning, or raise with ``strict=True``.  A process out
         of file descriptors gets ``OSError(EMFILE)``, never a skipped session.
+        Sessions sort by creation time, ties by name, so that a collation run
+        twice on the same data gives the same order.
         """
         entries = self._entries()
         # Readers stay open from the pass that orders them, so each session is
@@ -208,10 +207,8 @@ class DataManager:
         found: list[tuple[float, str, SessionEntry, SessionReader | None]] = []
         try:
             for entry in entries:
-                try:
-                    reader = entry.open(self.safe)
-                except CorruptSessionError as exc:
-                    self._skip(entry, exc, strict)
+                reader = self._open(entry, strict)
+                if reader is None:
                     continue
                 found.append((reader.created, entry.name, entry, reader if keep else None))
                 if not keep:
@@ -220,10 +217,8 @@ class DataManager:
             for i, (created, name, entry, kept) in enumerate(found):
                 found[i] = (created, name, entry, None)  # handed over to the caller
                 if kept is None:
-                    try:
-                        kept = entry.open(self.safe)
-                    except CorruptSessionError as exc:
-                        self._skip(entry, exc, strict)
+                    kept = self._open(entry, strict)
+                    if kept is None:
                         continue
                 yield kept
                 kept.close()  # the caller has moved on to the next one
@@ -343,16 +338,15 @@ class DataManager:
     # -- maintenance --
 
     def verify(self) -> list[Problem]:
-        """Check every session without changing anything; return the problems found."""
-        from .maintenance import verify
+        """Check every session without changing anything; return the problems found.
 
-        return verify(self)
+        See :func:`datamanager.verify.verify` for what is checked.
+        """
+        return verify(self.basepath, self._entries(warn=False))
 
     def migrate(self) -> list[str]:
-        """Convert legacy shelves into native sessions (see :func:`.maintenance.migrate`)."""
-        from .maintenance import migrate
-
-        return migrate(self)
+        """Convert legacy shelves into native sessions (see :func:`.legacy.migrate`)."""
+        return migrate(self, self._entries(warn=False))
 
     def import_recordings(
         self, paths_or_folder: Any, session_name: str | None = None
@@ -397,3 +391,30 @@ class DataManager:
             progress=progress,
             fsync=fsync,
         )
+
+
+def merge_values(key: str, values: list[tuple[str, Any]]) -> Any:
+    """Merge one key's values across sessions, as :meth:`DataManager.get_merged`.
+
+    Lists and tuples are concatenated into one list; where every value is a
+    numpy array the result is one array, concatenated along axis 0.
+    """
+    if values and all(isinstance(v, np.ndarray) for _, v in values):
+        for session, v in values:
+            if v.ndim == 0:
+                raise TypeError(f"cannot merge key {key!r}: session {session!r} holds a 0-d array")
+        try:
+            return np.concatenate([v for _, v in values], axis=0)
+        except ValueError as exc:
+            shapes = ", ".join(f"{s}: {v.shape}" for s, v in values)
+            raise ValueError(f"cannot merge key {key!r}: shapes differ ({shapes})") from exc
+    merged: list[Any] = []
+    for session, v in values:
+        if not isinstance(v, (list, tuple)):
+            raise TypeError(
+                f"cannot merge key {key!r}: session {session!r} holds a "
+                f"{type(v).__name__}, but merging needs list or tuple values in every "
+                "session (or numpy arrays in every session); use get() and merge by hand"
+            )
+        merged.extend(v)
+    return merged

@@ -3,10 +3,12 @@
 Safe mode exists because a pickle can run any code when it is loaded: a data
 directory received from somebody else must be readable without that risk.  In
 safe mode a pickle may name only the globals below, which is enough for
-builtin values, numpy arrays, dtypes and scalars, and the library's own
-:class:`~datamanager.recordings.recording.Recording`.  None of them is numpy's
-own unpickling code, which trusts what it is given: numpy values are rebuilt
-by the checked stand-ins of :mod:`datamanager._safenumpy`.
+builtin values, numpy arrays, dtypes and scalars, and the classes that
+register themselves with :func:`register_safe_type` (the library's own
+:class:`~datamanager.Recording` does, so the store needs no knowledge of
+recordings).  None of them is numpy's own unpickling code, which trusts what
+it is given: numpy values are rebuilt by the checked stand-ins of
+:mod:`datamanager._safenumpy`.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import io
 import pickle
 import pickletools
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from . import _safenumpy as sn
 from .errors import UnsafeValueError, UnstorableValueError
 
-__all__ = ["PROTOCOL", "dumps", "loads", "malformed"]
+__all__ = ["PROTOCOL", "dumps", "loads", "malformed", "register_safe_type"]
 
 PROTOCOL = 5
+T = TypeVar("T")
 
 # numpy 1.x pickles name numpy.core, numpy 2.x numpy._core.
 _NUMPY_CORE = (
@@ -60,12 +63,6 @@ def _encode(text: Any, encoding: Any) -> bytes:
     return text.encode("latin-1")
 
 
-def _recording(*args: Any) -> Any:
-    from .recordings.recording import Recording
-
-    return Recording(*sn.resolve_all(args))  # its data may be an object array stand-in
-
-
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "complex"): complex,
     ("builtins", "slice"): slice,
@@ -77,11 +74,29 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): _encode,
     ("numpy", "ndarray"): sn.NDARRAY,
     ("numpy", "dtype"): sn.DtypeStandIn,
-    ("datamanager.recordings.recording", "Recording"): _recording,
     **{(module, "_reconstruct"): sn.reconstruct for module in _NUMPY_CORE},
     **{(module, "_frombuffer"): sn.frombuffer for module in _NUMPY_CORE},
     **{(module, "scalar"): sn.scalar for module in _NUMPY_CORE},
 }
+
+
+def register_safe_type(cls: type[T], *old_names: str) -> type[T]:
+    """Let safe mode unpickle instances of *cls*; returns *cls* (a class decorator).
+
+    Only for a class whose ``__reduce__`` returns ``(cls, args)`` with args of
+    builtin values and numpy arrays, which safe mode rebuilds and checks
+    before *cls* sees them.  A pickle names the class by module and name:
+    *old_names* (``"module.Name"``) keep values stored before the class moved
+    loading.
+    """
+
+    def make(*args: Any) -> T:
+        return cls(*sn.resolve_all(args))  # an argument may be an array stand-in
+
+    for name in (f"{cls.__module__}.{cls.__qualname__}", *old_names):
+        module, _, qualname = name.rpartition(".")
+        _SAFE_GLOBALS[(module, qualname)] = make
+    return cls
 
 
 class _UnsafeGlobal(pickle.UnpicklingError):

@@ -21,195 +21,40 @@ from __future__ import annotations
 
 import errno
 import itertools
-import json
-import math
 import os
-import re
 import shutil
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
 
-from . import safepickle
-from ._npyheader import read_npy_header
-from .errors import (
-    CorruptSessionError,
-    InvalidNameError,
-    TransactionAbortedError,
-    UnsafeValueError,
-)
+from . import _format as fmt
+from ._descriptors import hold
+from ._format import SESSION_SUFFIX, UPSERT, blob_dir, inline_row, is_side_array, is_side_name
+from .errors import CorruptSessionError, TransactionAbortedError
 from .filesystem import choose_journal_mode
 from .provenance import session_metadata
 
-__all__ = ["SESSION_SUFFIX", "SIDE_FILE_THRESHOLD", "Session", "validate_session_name"]
+__all__ = ["Session"]
 
-SESSION_SUFFIX = ".sqlite"
-BLOB_SUFFIX = ".blobs"
-#: numpy arrays of at least this many bytes are stored in a side file.
-SIDE_FILE_THRESHOLD = 1 << 20
 #: SQLite page size of new sessions; see _open.
 PAGE_SIZE = 2048
 #: How long a writer waits for another process holding the same session.
 BUSY_TIMEOUT = 60.0
-#: The name of every side file: what _write_side makes, a uuid4 in hex.
-_SIDE_NAME = re.compile(r"[0-9a-f]{32}\.npy")
 #: SQLite's result code for a full disk (or an exceeded quota).
 _SQLITE_FULL = 13
 _NO_SPACE = os.strerror(errno.ENOSPC)
 #: How long close() waits for a reader of an older state before copying the WAL into the file.
 CHECKPOINT_TIMEOUT = 10.0
 
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS items (
-        key TEXT PRIMARY KEY NOT NULL,
-        value BLOB,         -- the pickled value, or NULL when it lives in a side file
-        side TEXT,          -- name of the side file in <name>.blobs/, or NULL
-        side_size INTEGER)""",
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
-    # Side files that no row references any more, to be deleted.  Triggers
-    # fill it inside the very statement that replaces or deletes a row, so a
-    # plain write stays one statement and a crash forgets no file.
-    "CREATE TABLE IF NOT EXISTS garbage (side TEXT NOT NULL)",
-    """CREATE TRIGGER IF NOT EXISTS replaced_side AFTER UPDATE OF side ON items
-        WHEN old.side IS NOT NULL AND old.side IS NOT new.side
-        BEGIN INSERT INTO garbage (side) VALUES (old.side); END""",
-    """CREATE TRIGGER IF NOT EXISTS deleted_side AFTER DELETE ON items
-        WHEN old.side IS NOT NULL
-        BEGIN INSERT INTO garbage (side) VALUES (old.side); END""",
-]
-_UPSERT = (
-    "INSERT INTO items (key, value, side, side_size) VALUES (?, ?, ?, ?) "
-    # An upsert (not INSERT OR REPLACE) keeps the row id, so a key keeps its
-    # place in iteration order when it is overwritten, as in a dict.
-    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, side = excluded.side, "
-    "side_size = excluded.side_size"
-)
-
 # Connections opened before a fork belong to the parent: the child must never
 # use or close them (closing could disturb the parent's locks), so they are
 # parked here for the child's lifetime.
 _ABANDONED: list[sqlite3.Connection] = []
-
-# How many SQLite connections this process has open to each session file.
-# SQLite locks files with POSIX locks, which the kernel drops as soon as the
-# process closes *any* descriptor of that file: code that reads a session file
-# with plain open() must not do so while SQLite may hold locks on it here.
-_HELD: dict[str, int] = {}
-_HELD_LOCK = threading.Lock()
-
-
-def hold(path: str, count: int = 1) -> None:
-    """Count one connection of this process to *path* opened (or, with -1, closed)."""
-    if not os.path.isabs(path):
-        path = os.path.abspath(path)  # a relative datapath names the same file
-    with _HELD_LOCK:
-        left = _HELD.get(path, 0) + count
-        if left > 0:
-            _HELD[path] = left
-        else:
-            _HELD.pop(path, None)
-
-
-def held(path: str) -> bool:
-    """Whether this process has a connection open to the session file *path*."""
-    return bool(_HELD) and os.path.abspath(path) in _HELD
-
-
-def validate_session_name(name: Any) -> str:
-    """Return *name* if it can name a session file, else raise InvalidNameError."""
-    if not isinstance(name, str):
-        raise InvalidNameError(name, f"must be a str, not {type(name).__name__}")
-    if not name or not name.strip():
-        raise InvalidNameError(name, "must not be empty")
-    for bad, why in (("/", "a path separator"), ("\\", "a path separator"), ("\0", "NUL")):
-        if bad in name:
-            raise InvalidNameError(name, f"contains {why} ({bad!r})")
-    if ".." in name:
-        raise InvalidNameError(name, "contains '..'")
-    if name.startswith("."):
-        raise InvalidNameError(name, "must not start with '.' (hidden files are not sessions)")
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate is no text: it comes from a file name in another
-        # encoding (os.listdir keeps such bytes with surrogateescape) and
-        # neither an export nor another machine could store or show it.
-        raise InvalidNameError(name, "cannot be encoded as UTF-8") from None
-    if len(encoded) > 200:
-        raise InvalidNameError(name, "is longer than 200 bytes")
-    return name
-
-
-def blob_dir(path: str) -> str:
-    """Return the side-file folder of the session stored at *path*."""
-    return path[: -len(SESSION_SUFFIX)] + BLOB_SUFFIX
-
-
-def is_side_name(name: Any) -> bool:
-    """Whether *name* is a side-file name as the writer makes them.
-
-    A session's tables name its side files, and a session received from
-    elsewhere may name anything there: an absolute path, ``../..``.  Only
-    the exact form the writer uses (32 lowercase hex digits and ``.npy``)
-    is accepted, so a name can only ever mean one plain file inside the
-    session's own blob folder; being stricter than "no separator" costs no
-    genuine session anything.
-    """
-    return type(name) is str and _SIDE_NAME.fullmatch(name) is not None
-
-
-def side_path(path: str, side: Any, key: str) -> str:
-    """Return the path of side file *side* of key *key* of the session at *path*.
-
-    Raises
-    ------
-    CorruptSessionError
-        If *side* is not a side-file name (see :func:`is_side_name`).
-    """
-    if not is_side_name(side):
-        raise CorruptSessionError(
-            path, f"side file name {side!r} is not a file of this session's blob folder", key
-        )
-    return os.path.join(blob_dir(path), side)
-
-
-def _is_side_array(value: Any) -> bool:
-    return (
-        type(value) is np.ndarray
-        and value.nbytes >= SIDE_FILE_THRESHOLD
-        and not value.dtype.hasobject
-    )
-
-
-def load_side_file(path: str, expected_size: int | None, session_path: str, key: str) -> Any:
-    """Load side file *path* of key *key*, checking it is whole and its header describes it.
-
-    Its damage is reported as a :class:`CorruptSessionError` of the session at
-    *session_path*, which owns the file.
-    """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if expected_size is not None and size != expected_size:
-            raise CorruptSessionError(
-                session_path, f"side file {path} has {size} bytes, expected {expected_size}", key
-            )
-        try:
-            header = read_npy_header(f)
-            if header.size != size:
-                raise ValueError(f"{size} bytes, but its header describes {header.size}")
-            count = math.prod(header.shape)
-            array = np.fromfile(f, header.dtype, count)
-            if array.size != count:
-                raise ValueError(f"{array.size} of {count} items could be read")
-        except ValueError as exc:
-            raise CorruptSessionError(session_path, f"side file {path}: {exc}", key) from exc
-    return array.reshape(header.shape, order="F" if header.fortran_order else "C")
 
 
 class Session(MutableMapping):
@@ -270,6 +115,15 @@ class Session(MutableMapping):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} at {self.path!r}>"
 
+    def _guard(self) -> AbstractContextManager[Any]:
+        """What every read and write of the session holds while it runs.
+
+        The one hook for a subclass that must hold more (a cross-process
+        lock): every operation, transactions included, enters it.  Here, the
+        lock that serialises the threads of this process.
+        """
+        return self._lock
+
     # -- connection management --
 
     def _connection(self, create: bool) -> sqlite3.Connection | None:
@@ -306,12 +160,9 @@ class Session(MutableMapping):
             # same named session at the same instant.
             _retry_locked(lambda: conn.execute(f"PRAGMA journal_mode={self.journal_mode}"))
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
+            for statement in fmt.SCHEMA:
                 conn.execute(statement)
-            conn.executemany(
-                "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in session_metadata().items()],
-            )
+            conn.executemany(fmt.ADD_METADATA, fmt.metadata_rows(session_metadata()))
             conn.execute("COMMIT")
             self._collect_garbage(conn)  # left behind by a process killed mid-way
         except sqlite3.DatabaseError as exc:
@@ -405,7 +256,7 @@ class Session(MutableMapping):
         >>> sorted(s)
         ['a', 'b']
         """
-        with self._lock:
+        with self._guard():
             conn = self._connection(create=True)
             assert conn is not None
             if self._aborted is not None:
@@ -495,17 +346,17 @@ class Session(MutableMapping):
         Other names stay listed, unused, so that ``verify()`` keeps reporting
         them instead of a writer wiping out the trace of the damage.
         """
-        if not any(is_side_name(r[0]) for r in conn.execute("SELECT side FROM garbage")):
+        if not any(is_side_name(r[1]) for r in conn.execute(fmt.GARBAGE)):
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                listed = conn.execute("SELECT rowid, side FROM garbage").fetchall()
+                listed = conn.execute(fmt.GARBAGE).fetchall()
                 rows = [(rowid, side) for rowid, side in listed if is_side_name(side)]
                 # Files go before their rows: a crash in between leaves names of
                 # missing files (skipped next time), never an unlisted orphan.
                 self._unlink_sides([side for _, side in rows])
-                conn.executemany("DELETE FROM garbage WHERE rowid = ?", [(r,) for r, _ in rows])
+                conn.executemany(fmt.DELETE_GARBAGE, [(r,) for r, _ in rows])
                 conn.execute("COMMIT")
             finally:
                 if conn.in_transaction:
@@ -531,7 +382,7 @@ class Session(MutableMapping):
 
         Returns the number of rows it changed (not counting trigger rows).
         """
-        with self._lock:
+        with self._guard():
             conn = None
             try:
                 conn = self._writable()
@@ -557,11 +408,11 @@ class Session(MutableMapping):
         # hot path of every simulation.
         if type(key) is not str:
             _check_key(key)
-        if type(value) is np.ndarray and _is_side_array(value):
+        if type(value) is np.ndarray and is_side_array(value):
             side, size = self._write_side(key, value)
-            self._write(_UPSERT, (key, None, side, size), new_side=side)
+            self._write(UPSERT, (key, None, side, size), new_side=side)
         else:
-            self._write(_UPSERT, (key, safepickle.dumps(key, value), None, None))
+            self._write(UPSERT, inline_row(key, value))
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Store several items at once: one transaction, all of them or none.
@@ -593,27 +444,25 @@ class Session(MutableMapping):
             for key, value in itertools.chain(pairs, kwargs.items()):
                 if type(key) is not str:
                     _check_key(key)
-                if type(value) is np.ndarray and _is_side_array(value):
-                    conn.executemany(_UPSERT, rows)  # keep the order of the keys
+                if type(value) is np.ndarray and is_side_array(value):
+                    conn.executemany(UPSERT, rows)  # keep the order of the keys
                     rows = []
                     self[key] = value
                 else:
-                    rows.append((key, safepickle.dumps(key, value), None, None))
-            conn.executemany(_UPSERT, rows)
+                    rows.append(inline_row(key, value))
+            conn.executemany(UPSERT, rows)
 
     def _write_side(self, key: str, array: np.ndarray) -> tuple[str, int]:
-        with self._lock:
+        with self._guard():
             # The session file, with its tables, exists before any side file:
             # a writer killed in between leaves an empty session, never a
             # blob folder that belongs to no session.
             conn = self._writable()
         directory = blob_dir(self.path)
-        name = uuid.uuid4().hex + ".npy"
+        name = fmt.new_side_name()
         try:
             os.makedirs(directory, exist_ok=True)
-            with open(os.path.join(directory, name), "xb") as f:
-                np.save(f, array, allow_pickle=False)
-                size = f.tell()
+            size = fmt.save_side(os.path.join(directory, name), array)
         except BaseException as exc:
             self._unlink_sides([name])
             if not isinstance(exc, OSError):
@@ -638,56 +487,50 @@ class Session(MutableMapping):
         _check_key(key)
         if self._conn is None and not os.path.exists(self.path):
             raise KeyError(key)  # never written: do not create it just to say so
-        if not self._write("DELETE FROM items WHERE key = ?", (key,)):
+        if not self._write(fmt.DELETE, (key,)):
             raise KeyError(key)
 
     def update_metadata(self, entries: Mapping[str, Any]) -> None:
         """Add or replace metadata entries (JSON-able values), stored apart from the keys."""
-        rows = [(str(k), json.dumps(v)) for k, v in entries.items()]
+        rows = fmt.metadata_rows(dict(entries))
         with self.transaction() as s:
             assert s._conn is not None
-            s._conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", rows)
+            s._conn.executemany(fmt.SET_METADATA, rows)
 
     # -- reading --
 
     def __getitem__(self, key: str) -> Any:
         _check_key(key)
-        with self._lock:
+        with self._guard():
             conn = self._connection(create=False)
             if conn is None:
                 raise KeyError(key)
-            return read_value(conn, self.path, self.name, key, safe=False)
+            return fmt.read_value(conn, self.path, self.name, key, safe=False)
 
     def __iter__(self) -> Iterator[str]:
-        with self._lock:
+        with self._guard():
             conn = self._connection(create=False)
-            keys = [] if conn is None else [r[0] for r in conn.execute(_KEYS)]
+            keys = [] if conn is None else [r[0] for r in conn.execute(fmt.KEYS)]
         return iter(keys)
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._guard():
             conn = self._connection(create=False)
-            return 0 if conn is None else conn.execute(_COUNT).fetchone()[0]
+            return 0 if conn is None else conn.execute(fmt.COUNT).fetchone()[0]
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
             return False
-        with self._lock:
+        with self._guard():
             conn = self._connection(create=False)
-            return conn is not None and conn.execute(_HAS, (key,)).fetchone() is not None
+            return conn is not None and conn.execute(fmt.HAS, (key,)).fetchone() is not None
 
     @property
     def metadata(self) -> dict[str, Any]:
         """The session's metadata: who wrote it, when, where, with what."""
-        with self._lock:
+        with self._guard():
             conn = self._connection(create=False)
-            return {} if conn is None else read_metadata(conn, self.path)
-
-
-_KEYS = "SELECT key FROM items ORDER BY rowid"
-_COUNT = "SELECT count(*) FROM items"
-_HAS = "SELECT 1 FROM items WHERE key = ?"
-_VALUE = "SELECT value, side, side_size FROM items WHERE key = ?"
+            return {} if conn is None else fmt.read_metadata(conn, self.path)
 
 
 def _check_key(key: Any) -> None:
@@ -712,81 +555,3 @@ def _retry_locked(operation: Any, attempts: int = 200) -> Any:
                 raise
             time.sleep(0.01 + 0.001 * attempt)
     return None  # pragma: no cover - the loop returns or raises
-
-
-def read_metadata(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
-    """Return the metadata table of an open session connection as a dict."""
-    rows = conn.execute("SELECT name, value FROM meta")
-    return {name: decode_metadata(name, value, path) for name, value in rows}
-
-
-def decode_metadata(name: Any, text: Any, path: str) -> Any:
-    """Parse one metadata entry (JSON text), or raise CorruptSessionError."""
-    if type(name) is not str or type(text) is not str:
-        found = type(text if type(name) is str else name).__name__
-        raise CorruptSessionError(path, f"metadata entry {name!r:.40} holds {found}, not text")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise CorruptSessionError(path, f"metadata entry {name!r} is not JSON ({exc})") from exc
-
-
-def decode_created(text: Any, path: str) -> float:
-    """The creation time of a session from its metadata entry 'created'."""
-    if type(text) is str:
-        # Every reader asks this once: a plain number (what the writer
-        # stores) skips the JSON decoder.
-        try:
-            seconds = float(text)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(seconds):
-                return seconds
-    created = decode_metadata("created", text, path)
-    if type(created) not in (int, float):
-        raise CorruptSessionError(path, f"metadata entry 'created' is {created!r:.40}, not a time")
-    return float(created)
-
-
-def read_value(conn: sqlite3.Connection, path: str, session: str, key: str, safe: bool) -> Any:
-    """Read one value from an open session connection (writer or reader)."""
-    for _attempt in range(5):
-        row = conn.execute(_VALUE, (key,)).fetchone()
-        if row is None:
-            raise KeyError(key)
-        data, side, side_size = row
-        if side is None:
-            return decode(data, path, session, key, safe)
-        try:
-            return load_side_file(side_path(path, side, key), side_size, path, key)
-        except FileNotFoundError:
-            # A writer may have replaced the value and removed its old side
-            # file between our two reads: read the row again.
-            continue
-    raise CorruptSessionError(path, f"side file {side} is missing", key)
-
-
-def decode(data: bytes, path: str, session: str, key: str, safe: bool) -> Any:
-    """Unpickle one stored value, turning damaged bytes into CorruptSessionError.
-
-    Unpickling damaged bytes can raise almost any exception type (and in
-    unsafe mode so can the code a pickle runs): each becomes a
-    CorruptSessionError naming the key and the original error.  A
-    MemoryError does only when the pickle is malformed (a damaged length or
-    memo index asks for absurd sizes); from a well-formed pickle it means
-    the value does not fit in the memory left, and stays a MemoryError.
-    """
-    try:
-        return safepickle.loads(data, safe=safe, session=session, key=key)
-    except UnsafeValueError:
-        raise
-    except MemoryError as exc:
-        reason = safepickle.malformed(data) if type(data) is bytes else "not bytes"
-        if reason is None:
-            raise
-        reason = f"cannot unpickle the value (MemoryError from a malformed pickle: {reason})"
-        raise CorruptSessionError(path, reason, key) from exc
-    except Exception as exc:
-        reason = f"cannot unpickle the value ({type(exc).__name__}: {exc})"
-        raise CorruptSessionError(path, reason, key) from exc

@@ -29,7 +29,7 @@ from datamanager import (
     DataManagerWarning,
     UnsafeValueError,
 )
-from datamanager.session import blob_dir
+from datamanager._format import blob_dir
 
 from conftest import can_mount_read_only, run_python
 
@@ -470,6 +470,18 @@ def test_truncated_side_file_is_an_error_not_a_short_array(dm):
     shutil.rmtree(blob_dir(s.path))
     with pytest.raises(CorruptSessionError, match="missing"):
         dm.get("big", strict=True)
+
+
+def test_migrate_keeps_an_object_array_holding_nan(dm):
+    # A table mixing text and numbers, with a missing number: read back,
+    # NaN must count as equal to NaN or the migration is rolled back.
+    table = np.array([["a", 1.0], ["b", float("nan")]], dtype=object)
+    os.makedirs(dm.basepath)
+    _write_legacy(os.path.join(dm.basepath, "old"), {"table": table})
+    assert dm.migrate() == ["old"]
+    [(name, value)] = dm.get("table").items()
+    assert name == "old" and value[1, 0] == "b" and value[1, 1] != value[1, 1]
+    assert dm.session_filenames() == [os.path.join(dm.basepath, "old.sqlite")]
 
 
 def test_python2_pickles_in_legacy_shelves(dm):

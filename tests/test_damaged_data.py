@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from datamanager import CorruptSessionError, DataManager, DataManagerWarning
+from datamanager._format import blob_dir
 from datamanager.cli import main
-from datamanager.session import blob_dir
 
 ARRAY = np.arange(6.0).reshape(2, 3)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from datamanager import CorruptSessionError, DataManager, TransactionAbortedError
-from datamanager.session import SIDE_FILE_THRESHOLD, blob_dir
+from datamanager._format import SIDE_FILE_THRESHOLD, blob_dir
 
 BIG = SIDE_FILE_THRESHOLD // 8 + 10  # float64 elements: just over the side-file threshold
 

@@ -20,7 +20,7 @@ from datamanager import (
     export_hdf5,
     load_hdf5,
 )
-from datamanager.session import SIDE_FILE_THRESHOLD, blob_dir
+from datamanager._format import SIDE_FILE_THRESHOLD, blob_dir
 
 
 def check_os_fields(err: OSError, code: int | None, reason: str, path: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from test_collate import _write_legacy
 
 from datamanager import DataManager, InvalidNameError
-from datamanager.session import validate_session_name
+from datamanager._format import validate_session_name
 
 from conftest import run_python, start_python
 
@@ -140,7 +140,7 @@ writer.close()
 
 NO_DESCRIPTOR_LEFT = """
 import errno, os, resource, sys, warnings
-import datamanager.maintenance  # imported now: an import needs a descriptor too
+import datamanager  # every module imported now: an import needs a descriptor too
 from datamanager import DataManager
 
 dm = DataManager.from_path(sys.argv[1])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from datamanager import CorruptSessionError, DataManager, DataManagerWarning
-from datamanager.session import blob_dir
+from datamanager._format import blob_dir
 
 from conftest import start_python, stress_size
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datamanager import CorruptSessionError, DataManager, DataManagerWarning, UnsafeValueError
+from datamanager._format import decode
 from datamanager.recordings.recording import Recording
-from datamanager.session import decode
 
 from conftest import stress_size
 
@@ -392,7 +392,7 @@ def test_safe_loader_fuzz_gives_a_value_or_a_clear_error(data):
 FUZZ_BATCH = """
 import pickle, random, sys
 from datamanager import CorruptSessionError, UnsafeValueError
-from datamanager.session import decode
+from datamanager._format import decode
 import test_safepickle as t
 rng = random.Random(int(sys.argv[1]))
 for n in range(int(sys.argv[2])):

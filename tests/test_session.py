@@ -6,7 +6,9 @@ import multiprocessing
 import os
 import pickle
 import sqlite3
+import subprocess
 
+import filelock
 import numpy as np
 import pytest
 
@@ -17,8 +19,10 @@ from datamanager import (
     Session,
     UnstorableValueError,
 )
+from datamanager._format import SIDE_FILE_THRESHOLD, blob_dir
 from datamanager.filesystem import choose_journal_mode, filesystem_type
-from datamanager.session import SIDE_FILE_THRESHOLD, blob_dir
+
+from conftest import start_python
 
 BIG = SIDE_FILE_THRESHOLD // 8 + 10  # float64 elements: just over the side-file threshold
 
@@ -215,6 +219,52 @@ def test_locking_session_pickles_and_locks(dm):
         assert s.lock.is_locked
         s["x"] = s["x"] + 1
     assert not s.lock.is_locked and copy["x"] == 2
+
+
+HOLD_LOCK = """
+import sys
+from filelock import FileLock
+
+with FileLock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test is done
+"""
+
+
+def test_every_locking_session_operation_waits_for_the_lock(dm):
+    s = dm.locking_session("guarded")
+    s.update({"x": 1})
+    holder = start_python(HOLD_LOCK, s.lock.lock_file, stdin=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        # Instead of waiting for the other process, each operation gives up
+        # at once: it must not have run without the lock.
+        s.lock.timeout = 0
+        operations = {
+            "metadata": lambda: s.metadata,
+            "update": lambda: s.update({"y": 2}),
+            "update_metadata": lambda: s.update_metadata({"note": 1}),
+            "getitem": lambda: s["x"],
+            "setitem": lambda: s.__setitem__("x", 3),
+            "delitem": lambda: s.__delitem__("x"),
+            "len": lambda: len(s),
+            "contains": lambda: "x" in s,
+            "iter": lambda: list(s),
+            "transaction": lambda: s.transaction().__enter__(),
+        }
+        unguarded = []
+        for name, operation in operations.items():
+            try:
+                operation()
+            except filelock.Timeout:
+                continue
+            unguarded.append(name)
+        assert unguarded == []
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
+    s.lock.timeout = -1
+    assert dict(s) == {"x": 1} and "note" not in s.metadata
 
 
 def test_filesystem_detection():

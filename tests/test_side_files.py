@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from datamanager import CorruptSessionError, DataManager, DataManagerWarning
-from datamanager.collate import find_sessions
-from datamanager.session import SIDE_FILE_THRESHOLD, blob_dir
+from datamanager._format import SIDE_FILE_THRESHOLD, blob_dir
+from datamanager.legacy import find_sessions
 
 from conftest import start_python, stress_size
 

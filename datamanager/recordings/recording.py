@@ -4,7 +4,7 @@ A :class:`Recording` is a 2-D table of samples (one row per sample, one
 column per signal) with the column names, their units, the file's header
 records, the block label, the source path and the layout the reader detected.
 It pickles to builtins and numpy arrays only, so a session opened in safe
-mode can load it back (the safe unpickler allow-lists exactly this class).
+mode can load it back: it registers itself with the safe unpickler.
 """
 
 from __future__ import annotations
@@ -13,24 +13,13 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from .._format import same_array
+from ..safepickle import register_safe_type
+
 __all__ = ["Recording"]
 
 
-def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.shape != b.shape:
-        return False
-    if a.dtype.kind == "f" and b.dtype.kind == "f":
-        return bool(np.array_equal(a, b, equal_nan=True))
-    if a.dtype.kind == "O" or b.dtype.kind == "O":
-        # Object tables mix str and float cells; NaN must still equal NaN.
-        for x, y in zip(a.ravel().tolist(), b.ravel().tolist()):
-            both_nan = isinstance(x, float) and isinstance(y, float) and x != x and y != y
-            if x != y and not both_nan:
-                return False
-        return True
-    return bool(np.array_equal(a, b))
-
-
+@register_safe_type
 class Recording:
     """A table of samples read from (or to be written to) a recording file.
 
@@ -168,8 +157,8 @@ class Recording:
 
     # -- protocol ----------------------------------------------------------
     def __reduce__(self) -> tuple[Any, ...]:
-        # Builtins and numpy arrays only: the session's safe unpickler
-        # allow-lists this class and nothing else from datamanager.
+        # Builtins and numpy arrays only: what register_safe_type requires
+        # for the safe unpickler to rebuild this class.
         return (
             Recording,
             (
@@ -195,7 +184,7 @@ class Recording:
             and self.path == other.path
             and self.layout == other.layout
             and self.attrs == other.attrs
-            and _same_array(self.data, other.data)
+            and same_array(self.data, other.data)
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value

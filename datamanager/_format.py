@@ -1,0 +1,363 @@
+"""The on-disk format of a data directory: the one module that knows it.
+
+A data directory holds one SQLite file per session, ``<name>.sqlite``, and
+beside it the files that belong to it: SQLite's ``-wal``, ``-shm`` and
+``-journal`` files, the ``.lock`` file of a
+:class:`~datamanager.locking.LockingSession`, and the ``<name>.blobs/`` folder
+of side files.  A value is one row of the ``items`` table: its pickle, or,
+for a large numpy array, the name of a side file (``np.save`` format, a
+uuid4 in hex plus ``.npy``) that is written whole before its row commits.
+The ``meta`` table holds JSON text: who wrote the session, when, where.
+
+Everything here is about bytes on disk: names, tables, statements, and the
+codec between a value and its row.  Connections, transactions and locking
+belong to :mod:`datamanager.session`, reading many sessions to
+:mod:`datamanager.readers`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sqlite3
+import uuid
+from typing import Any
+
+import numpy as np
+
+from . import safepickle
+from ._npyheader import NpyHeader, read_npy_header
+from .errors import CorruptSessionError, InvalidNameError, UnsafeValueError
+
+__all__ = [
+    "BLOB_SUFFIX",
+    "COMPANIONS",
+    "LOCK_SUFFIX",
+    "SESSION_SUFFIX",
+    "SIDE_FILE_THRESHOLD",
+    "SQLITE_COMPANIONS",
+    "blob_dir",
+    "decode",
+    "decode_created",
+    "is_side_name",
+    "load_side_file",
+    "read_metadata",
+    "read_value",
+    "validate_session_name",
+]
+
+SESSION_SUFFIX = ".sqlite"
+BLOB_SUFFIX = ".blobs"
+LOCK_SUFFIX = ".lock"
+#: The files SQLite keeps beside a database (a session, or a dbm.sqlite3 shelf).
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+#: The files that hold a database's data, by suffix: the ``-shm`` index is rebuilt from them.
+SQLITE_DATA = ("", "-journal", "-wal")
+#: Name endings of everything beside ``<name>.sqlite`` that belongs to that session.
+COMPANIONS = (
+    *(SESSION_SUFFIX + s for s in SQLITE_COMPANIONS),
+    SESSION_SUFFIX + LOCK_SUFFIX,
+    BLOB_SUFFIX,
+)
+#: numpy arrays of at least this many bytes are stored in a side file.
+SIDE_FILE_THRESHOLD = 1 << 20
+#: The name of every side file: what new_side_name makes, a uuid4 in hex.
+_SIDE_NAME = re.compile(r"[0-9a-f]{32}\.npy")
+#: Metadata entry of a session migrated from a legacy shelf, written once every
+#: value was read back and compared; only then does the session hide its shelf.
+MIGRATION_VERIFIED = "migration_verified"
+#: Metadata entry naming the legacy shelf a session was migrated from.
+MIGRATED_FROM = "migrated_from"
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS items (
+        key TEXT PRIMARY KEY NOT NULL,
+        value BLOB,         -- the pickled value, or NULL when it lives in a side file
+        side TEXT,          -- name of the side file in <name>.blobs/, or NULL
+        side_size INTEGER)""",
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+    # Side files that no row references any more, to be deleted.  Triggers
+    # fill it inside the very statement that replaces or deletes a row, so a
+    # plain write stays one statement and a crash forgets no file.
+    "CREATE TABLE IF NOT EXISTS garbage (side TEXT NOT NULL)",
+    """CREATE TRIGGER IF NOT EXISTS replaced_side AFTER UPDATE OF side ON items
+        WHEN old.side IS NOT NULL AND old.side IS NOT new.side
+        BEGIN INSERT INTO garbage (side) VALUES (old.side); END""",
+    """CREATE TRIGGER IF NOT EXISTS deleted_side AFTER DELETE ON items
+        WHEN old.side IS NOT NULL
+        BEGIN INSERT INTO garbage (side) VALUES (old.side); END""",
+]
+UPSERT = (
+    "INSERT INTO items (key, value, side, side_size) VALUES (?, ?, ?, ?) "
+    # An upsert (not INSERT OR REPLACE) keeps the row id, so a key keeps its
+    # place in iteration order when it is overwritten, as in a dict.
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, side = excluded.side, "
+    "side_size = excluded.side_size"
+)
+DELETE = "DELETE FROM items WHERE key = ?"
+KEYS = "SELECT key FROM items ORDER BY rowid"
+COUNT = "SELECT count(*) FROM items"
+HAS = "SELECT 1 FROM items WHERE key = ?"
+VALUE = "SELECT value, side, side_size FROM items WHERE key = ?"
+PREFIXED = "SELECT key FROM items WHERE substr(key, 1, ?) = ? ORDER BY rowid"
+BATCH = (
+    "SELECT rowid, key, value, side, side_size FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?"
+)
+SIDES = "SELECT key, side, side_size FROM items WHERE side IS NOT NULL"
+INLINE = "SELECT key, value FROM items WHERE side IS NULL"
+GARBAGE = "SELECT rowid, side FROM garbage"
+DELETE_GARBAGE = "DELETE FROM garbage WHERE rowid = ?"
+METADATA = "SELECT name, value FROM meta"
+CREATED = "SELECT value FROM meta WHERE name = 'created'"
+ADD_METADATA = "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)"
+SET_METADATA = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
+
+
+def validate_session_name(name: Any) -> str:
+    """Return *name* if it can name a session file, else raise InvalidNameError."""
+    if not isinstance(name, str):
+        raise InvalidNameError(name, f"must be a str, not {type(name).__name__}")
+    if not name or not name.strip():
+        raise InvalidNameError(name, "must not be empty")
+    for bad, why in (("/", "a path separator"), ("\\", "a path separator"), ("\0", "NUL")):
+        if bad in name:
+            raise InvalidNameError(name, f"contains {why} ({bad!r})")
+    if ".." in name:
+        raise InvalidNameError(name, "contains '..'")
+    if name.startswith("."):
+        raise InvalidNameError(name, "must not start with '.' (hidden files are not sessions)")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate is no text: it comes from a file name in another
+        # encoding (os.listdir keeps such bytes with surrogateescape) and
+        # neither an export nor another machine could store or show it.
+        raise InvalidNameError(name, "cannot be encoded as UTF-8") from None
+    if len(encoded) > 200:
+        raise InvalidNameError(name, "is longer than 200 bytes")
+    return name
+
+
+def blob_dir(path: str) -> str:
+    """Return the side-file folder of the session stored at *path*."""
+    return path[: -len(SESSION_SUFFIX)] + BLOB_SUFFIX
+
+
+def session_files(path: str) -> list[str]:
+    """The files of the session at *path* that SQLite reads, the database last.
+
+    Removing them in this order leaves no companion without its database: a
+    stale ``-wal`` or ``-journal`` would be replayed into the next session of
+    that name.
+    """
+    return [path + suffix for suffix in SQLITE_COMPANIONS] + [path]
+
+
+# -- values and rows --
+
+
+def is_side_array(value: Any) -> bool:
+    """Whether *value* is stored in a side file rather than pickled into its row."""
+    return (
+        type(value) is np.ndarray
+        and value.nbytes >= SIDE_FILE_THRESHOLD
+        and not value.dtype.hasobject
+    )
+
+
+def inline_row(key: str, value: Any) -> tuple[str, bytes, None, None]:
+    """The ``items`` row of a value stored inline, pickled."""
+    return (key, safepickle.dumps(key, value), None, None)
+
+
+def same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays hold equal items in the same shape, NaN equal to NaN.
+
+    Object arrays (tables mixing text and numbers) are compared cell by cell,
+    where a NaN cell must still equal a NaN cell.
+    """
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind == "O" or b.dtype.kind == "O":
+        for x, y in zip(a.ravel().tolist(), b.ravel().tolist()):
+            both_nan = isinstance(x, float) and isinstance(y, float) and x != x and y != y
+            if not both_nan and not bool(x == y):
+                return False
+        return True
+    nan = a.dtype.kind in "fc" and b.dtype.kind in "fc"
+    return bool(np.array_equal(a, b, equal_nan=nan))
+
+
+def new_side_name() -> str:
+    """A fresh side-file name, unique without asking the disk."""
+    return uuid.uuid4().hex + ".npy"
+
+
+def save_side(path: str, array: np.ndarray) -> int:
+    """Write *array* to the new side file *path*; return its size in bytes."""
+    with open(path, "xb") as f:
+        np.save(f, array, allow_pickle=False)
+        return f.tell()
+
+
+def is_side_name(name: Any) -> bool:
+    """Whether *name* is a side-file name as the writer makes them.
+
+    A session's tables name its side files, and a session received from
+    elsewhere may name anything there: an absolute path, ``../..``.  Only
+    the exact form the writer uses (32 lowercase hex digits and ``.npy``)
+    is accepted, so a name can only ever mean one plain file inside the
+    session's own blob folder; being stricter than "no separator" costs no
+    genuine session anything.
+    """
+    return type(name) is str and _SIDE_NAME.fullmatch(name) is not None
+
+
+def side_path(path: str, side: Any, key: str) -> str:
+    """Return the path of side file *side* of key *key* of the session at *path*.
+
+    Raises
+    ------
+    CorruptSessionError
+        If *side* is not a side-file name (see :func:`is_side_name`).
+    """
+    if not is_side_name(side):
+        raise CorruptSessionError(
+            path, f"side file name {side!r} is not a file of this session's blob folder", key
+        )
+    return os.path.join(blob_dir(path), side)
+
+
+class WrongSize(ValueError):
+    """A side file is not as long as its row, or its header, says."""
+
+
+def check_side_file(f: Any, expected_size: int | None) -> NpyHeader:
+    """Read the header of the open side file *f*, checking that it describes the file.
+
+    Raises
+    ------
+    WrongSize
+        If the file's size is not *expected_size* or not what its header describes.
+    ValueError
+        If the header is damaged (see :func:`read_npy_header`).
+    """
+    size = os.fstat(f.fileno()).st_size
+    if expected_size is not None and size != expected_size:
+        raise WrongSize(f"{size} bytes, expected {expected_size}")
+    header = read_npy_header(f)
+    if header.size != size:
+        raise WrongSize(f"{size} bytes, but its header describes {header.size}")
+    return header
+
+
+def load_side_file(path: str, expected_size: int | None, session_path: str, key: str) -> Any:
+    """Load side file *path* of key *key*, checking it is whole and its header describes it.
+
+    Its damage is reported as a :class:`CorruptSessionError` of the session at
+    *session_path*, which owns the file.
+    """
+    with open(path, "rb") as f:
+        try:
+            header = check_side_file(f, expected_size)
+            count = math.prod(header.shape)
+            array = np.fromfile(f, header.dtype, count)
+            if array.size != count:
+                raise ValueError(f"{array.size} of {count} items could be read")
+        except ValueError as exc:
+            raise CorruptSessionError(session_path, f"side file {path}: {exc}", key) from exc
+    return array.reshape(header.shape, order="F" if header.fortran_order else "C")
+
+
+def row_value(path: str, session: str, key: str, row: tuple[Any, Any, Any], safe: bool) -> Any:
+    """The value of the row ``(value, side, side_size)`` of key *key*.
+
+    Raises FileNotFoundError for a side file that is gone: a writer may have
+    replaced the value and removed its old side file since the row was read.
+    """
+    data, side, side_size = row
+    if side is None:
+        return decode(data, path, session, key, safe)
+    return load_side_file(side_path(path, side, key), side_size, path, key)
+
+
+def read_value(conn: sqlite3.Connection, path: str, session: str, key: str, safe: bool) -> Any:
+    """Read one value from an open session connection (writer or reader)."""
+    for _attempt in range(5):
+        row = conn.execute(VALUE, (key,)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        try:
+            return row_value(path, session, key, row, safe)
+        except FileNotFoundError:
+            continue  # replaced meanwhile: read the row again
+    raise CorruptSessionError(path, f"side file {row[1]} is missing", key)
+
+
+def decode(data: bytes, path: str, session: str, key: str, safe: bool) -> Any:
+    """Unpickle one stored value, turning damaged bytes into CorruptSessionError.
+
+    Unpickling damaged bytes can raise almost any exception type (and in
+    unsafe mode so can the code a pickle runs): each becomes a
+    CorruptSessionError naming the key and the original error.  A
+    MemoryError does only when the pickle is malformed (a damaged length or
+    memo index asks for absurd sizes); from a well-formed pickle it means
+    the value does not fit in the memory left, and stays a MemoryError.
+    """
+    try:
+        return safepickle.loads(data, safe=safe, session=session, key=key)
+    except UnsafeValueError:
+        raise
+    except MemoryError as exc:
+        reason = safepickle.malformed(data) if type(data) is bytes else "not bytes"
+        if reason is None:
+            raise
+        reason = f"cannot unpickle the value (MemoryError from a malformed pickle: {reason})"
+        raise CorruptSessionError(path, reason, key) from exc
+    except Exception as exc:
+        reason = f"cannot unpickle the value ({type(exc).__name__}: {exc})"
+        raise CorruptSessionError(path, reason, key) from exc
+
+
+# -- metadata --
+
+
+def metadata_rows(entries: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ``meta`` rows of metadata *entries* (JSON-able values)."""
+    return [(str(k), json.dumps(v)) for k, v in entries.items()]
+
+
+def read_metadata(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
+    """Return the metadata table of an open session connection as a dict."""
+    return {name: decode_metadata(name, value, path) for name, value in conn.execute(METADATA)}
+
+
+def decode_metadata(name: Any, text: Any, path: str) -> Any:
+    """Parse one metadata entry (JSON text), or raise CorruptSessionError."""
+    if type(name) is not str or type(text) is not str:
+        found = type(text if type(name) is str else name).__name__
+        raise CorruptSessionError(path, f"metadata entry {name!r:.40} holds {found}, not text")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptSessionError(path, f"metadata entry {name!r} is not JSON ({exc})") from exc
+
+
+def decode_created(text: Any, path: str) -> float:
+    """The creation time of a session from its metadata entry 'created'."""
+    if type(text) is str:
+        # Every reader asks this once: a plain number (what the writer
+        # stores) skips the JSON decoder.
+        try:
+            seconds = float(text)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(seconds):
+                return seconds
+    created = decode_metadata("created", text, path)
+    if type(created) not in (int, float):
+        raise CorruptSessionError(path, f"metadata entry 'created' is {created!r:.40}, not a time")
+    return float(created)

@@ -1,0 +1,195 @@
+"""Checking a data directory without changing it: what :meth:`DataManager.verify` reports."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import _format as fmt
+from ._format import BLOB_SUFFIX, SESSION_SUFFIX
+from .errors import CorruptSessionError, UnsafeValueError
+from .readers import SessionEntry, SessionReader
+from .safepickle import malformed
+
+__all__ = ["ORPHAN_AGE", "Problem", "verify"]
+
+#: Seconds after which verify() reports a side file no key refers to; younger
+#: ones may belong to a write that has not committed its key yet.
+ORPHAN_AGE = 60.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found by :meth:`DataManager.verify`."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def verify(basepath: str, entries: list[SessionEntry]) -> list[Problem]:
+    """Check the sessions *entries* of the data directory *basepath*; return the problems.
+
+    Checks the SQLite store (``PRAGMA quick_check``), the metadata, that
+    every side file is present, whole and a valid ``.npy`` file, that every
+    stored pickle is well formed (parsed with :mod:`pickletools`) and decodes
+    in safe mode (which runs no stored code; values of classes safe mode
+    refuses are not unpickled), and that legacy shelves can be read.  A
+    session that cannot be checked is reported, never raised.  Reports a
+    native session that shares a shelf's name without replacing it (an
+    interrupted ``migrate()`` leaves one), and side files that no key
+    refers to and that are older than :data:`ORPHAN_AGE` seconds: a writer killed between
+    writing a large array and committing its key leaves one; it holds no
+    key's value and can be deleted.  A blob folder of no session, as old, is
+    reported likewise.  Side-file names in a session's tables that are not
+    names of its own side files (a damaged or hostile file) are reported;
+    writers never delete such files.  Nothing is modified.
+    """
+    problems = [
+        Problem(
+            path,
+            "blob folder of no session (its writer was killed before it created "
+            "the session file?); it holds no value and can be deleted",
+        )
+        for path in _orphan_folders(basepath)
+    ]
+    for entry in entries:
+        if entry.twin_problem:
+            problems.append(Problem(entry.path + SESSION_SUFFIX, entry.twin_problem))
+        try:
+            with entry.open(safe=True) as reader:
+                problems.extend(Problem(path, msg) for path, msg in _check(reader))
+        except CorruptSessionError as exc:
+            problems.append(Problem(entry.path, exc.reason))
+        except Exception as exc:  # a check that fails is a finding, never a crash
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise  # this process is out of descriptors: nothing was checked
+            reason = f"cannot be checked ({type(exc).__name__}: {exc})"
+            problems.append(Problem(entry.path, reason))
+    return problems
+
+
+def _check(reader: SessionReader) -> list[tuple[str, str]]:
+    found = []
+    status = reader.integrity()
+    if status:
+        found.append((reader.path, "integrity check failed: " + "; ".join(status[:5])))
+    found.extend(_bad_side_names(reader))
+    referenced = set()
+    for key, path, size in reader.side_files():
+        referenced.add(os.path.basename(path))
+        message = _check_npy(path, size)
+        if message:
+            found.append((path, f"side file of key {key!r}: {message}"))
+    found.extend(
+        (
+            path,
+            "side file that no key refers to (left by a writer killed before it "
+            "committed the key?); it holds no value and can be deleted",
+        )
+        for path in _orphans(fmt.blob_dir(reader.path), referenced)
+    )
+    try:
+        _ = reader.metadata
+    except CorruptSessionError as exc:
+        found.append((reader.path, exc.reason))
+    for key, data in reader.raw_values():
+        message = _check_value(reader, key, data)
+        if message:
+            found.append((reader.path, f"key {key!r}: {message}"))
+    return found
+
+
+def _bad_side_names(reader: SessionReader) -> list[tuple[str, str]]:
+    found = []
+    for key, side in reader.listed_sides():
+        if fmt.is_side_name(side):
+            continue
+        if key is None:
+            message = (
+                f"garbage table lists {side!r}, not a file of this session's blob "
+                "folder; writers leave it alone"
+            )
+        else:
+            message = (
+                f"key {key!r}: side file name {side!r} is not a file of this "
+                "session's blob folder; the value cannot be read"
+            )
+        found.append((reader.path, message))
+    return found
+
+
+def _check_value(reader: SessionReader, key: str, data: Any) -> str | None:
+    """Why one stored pickle is damaged, or None: parsed, then safely unpickled."""
+    if type(data) is not bytes:
+        return f"holds {type(data).__name__}, not a pickle"
+    reason = malformed(data)
+    if reason:
+        return f"malformed pickle ({reason})"
+    try:
+        fmt.decode(data, reader.path, reader.name, key, safe=True)
+    except UnsafeValueError:
+        pass  # well formed; checking it further would run its code
+    except CorruptSessionError as exc:
+        return exc.reason
+    return None
+
+
+def _orphan_folders(basepath: str) -> list[str]:
+    """The blob folders in *basepath* whose session file is missing, and old."""
+    try:
+        with os.scandir(basepath) as it:
+            folders = sorted(
+                e.path
+                for e in it
+                if e.name.endswith(BLOB_SUFFIX) and not e.name.startswith(".") and e.is_dir()
+            )
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    now, old = time.time(), []
+    for folder in folders:
+        if os.path.lexists(folder[: -len(BLOB_SUFFIX)] + SESSION_SUFFIX):
+            continue
+        try:
+            with os.scandir(folder) as it:
+                newest = max([os.stat(folder).st_mtime, *(e.stat().st_mtime for e in it)])
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        if now - newest > ORPHAN_AGE:
+            old.append(folder)
+    return old
+
+
+def _orphans(directory: str, referenced: set[str]) -> list[str]:
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    now, old = time.time(), []
+    for name in names:
+        path = os.path.join(directory, name)
+        if name not in referenced:
+            try:
+                if now - os.stat(path).st_mtime > ORPHAN_AGE:
+                    old.append(path)
+            except FileNotFoundError:
+                pass  # deleted since the listing: garbage collected
+    return old
+
+
+def _check_npy(path: str, expected_size: int) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            fmt.check_side_file(f, expected_size)
+    except FileNotFoundError:
+        return "missing"
+    except fmt.WrongSize as exc:
+        return str(exc)
+    except (OSError, ValueError) as exc:
+        return f"not a valid .npy file ({exc})"
+    return None
