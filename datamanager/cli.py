@@ -88,9 +88,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    for key in _open(args.datadir, args.unsafe).keys():  # noqa: SIM118 (a DataManager)
-        if key.startswith(args.prefix):
-            print(key)
+    from .readers import match_keys
+
+    for key in match_keys(_open(args.datadir, args.unsafe).keys(), args.prefix):
+        print(key)
     return 0
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import pandas
 
     from .hdf5 import ExportReport
-    from .recordings import ImportSummary
+    from .importer import ImportSummary
 
 __all__ = ["DataManager", "Problem"]
 
@@ -354,7 +354,7 @@ class DataManager:
         """Import NEURON ``.dat`` and Axon ``.atf`` recordings into one session.
 
         ``dm.import_recordings(...)`` is
-        :func:`datamanager.recordings.import_recordings` ``(dm, ...)``; see
+        :func:`datamanager.importer.import_recordings` ``(dm, ...)``; see
         there for the parameters.
         """
         from .importer import import_recordings

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 
 from .._progress import progress_bar
 from ..errors import ExportError
+from ..readers import key_test
 from .interrupts import DeferredInterrupt
 from .merge import Exporter, NpyFile
 from .schema import SCHEMA_VERSION
@@ -67,13 +68,7 @@ class ExportReport:
 
 def _matcher(match: Union[str, Callable[[str], bool], None]) -> Callable[[str], bool] | None:
     """A test of the keys to export; None for all keys."""
-    if match is None:
-        return None
-    if isinstance(match, str):
-        return lambda key: key.startswith(match)
-    if callable(match):
-        return match
-    raise TypeError(f"match must be a key prefix (str) or a callable, not {type(match).__name__}")
+    return None if match is None else key_test(match)
 
 
 def _progress(dm: Any, progress: bool | None) -> Iterable[Any]:
