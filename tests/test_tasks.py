@@ -439,3 +439,11 @@ def test_importing_the_package_imports_no_dask_nor_tqdm():
         "assert not bad, bad\n"
     )
     run_python(code)
+
+
+def test_options_are_keyword_only(dm):
+    # run_tasks(dm, task, items, 2) would read as Brian's gui/poolsize order
+    # in a ported script; only names say which option is meant.
+    with pytest.raises(TypeError):
+        run_tasks(dm, square, [1, 2], 2)
+    assert not os.path.exists(dm.basepath)
