@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from . import _bdbhash
 from . import _format as fmt
 from ._descriptors import check_descriptors
 from ._format import MIGRATED_FROM, MIGRATION_VERIFIED, SESSION_SUFFIX, SQLITE_COMPANIONS
@@ -82,9 +83,9 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
 
 
 def _is_shelf(path: str) -> bool:
-    """Whether *path* names a shelf of a dbm module this Python knows, or of dbm.sqlite3."""
+    """Whether *path* is a shelf: of a dbm module this Python knows, dbm.sqlite3 or Berkeley DB."""
     try:
-        return bool(dbm.whichdb(path) or _is_sqlite(path))
+        return bool(dbm.whichdb(path) or _is_sqlite(path) or _bdbhash.locate(path))
     except OSError:
         return False
 
@@ -204,6 +205,8 @@ class ShelfReader(SessionReader):
         try:
             if _is_sqlite(self.path):
                 self._db = _SqliteShelf(self.path)
+            elif bdb := _bdbhash.locate(self.path):  # read alike with or without libdb
+                self._db = _bdbhash.BdbHash(bdb)
             else:
                 self._db = dbm.open(self.path, "r")  # noqa: SIM115 - closed by close()
         except Exception as exc:  # dbm.dumb raises SyntaxError/ValueError on a bad index
