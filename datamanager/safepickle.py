@@ -234,7 +234,12 @@ def loads(data: bytes, *, safe: bool, session: str, key: str) -> Any:
         Whatever damaged data makes the unpickler raise; in safe mode that
         includes ``pickle.UnpicklingError`` for numpy values numpy never writes.
     """
-    py2 = not data.startswith((b"\x80\x03", b"\x80\x04", b"\x80\x05"))
+    # Python 2 strings need the slower pure-Python unpickler: only a pickle
+    # of protocol 0-2 holding a byte of their opcodes (STRING, BINSTRING,
+    # SHORT_BINSTRING) may contain one.
+    py2 = not data.startswith((b"\x80\x03", b"\x80\x04", b"\x80\x05")) and any(
+        op in data for op in (b"S", b"T", b"U")
+    )
     if py2:
         unpickler: Any = (_SafePy2Unpickler if safe else _Py2Unpickler)(data)
     elif not safe:

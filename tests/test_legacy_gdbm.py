@@ -178,3 +178,15 @@ def test_python2_str_keys_and_values_follow_one_rule(tmp_path: Path):
         assert sorted(reader.keys()) == sorted(["clé", "café", "é", "\udce9"])
         assert reader.get("clé") == {"py2": "clé"} == reader.get("é")
         assert reader.get("café") == {"py2": "café"} == reader.get("\udce9")
+
+
+def test_gdbm_numsync_format_is_read(tmp_path: Path):
+    # gdbm >= 1.21 may write the "numsync" format: another magic number,
+    # which Python's dbm.whichdb does not know, and the same layout.
+    dm = _copy(tmp_path, "gdbm_py3.data")
+    path = Path(dm.basepath, "grace.node7.e1")
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, 0, 0x13579AD1)
+    path.write_bytes(bytes(data))
+    assert dm.get("v_rest", strict=True)["grace.node7.e1"] == [-72.0]
+    assert dm.itemcount() == 3 * 121
