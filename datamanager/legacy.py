@@ -26,8 +26,10 @@ from . import _bdbhash
 from . import _format as fmt
 from ._descriptors import check_descriptors
 from ._format import MIGRATED_FROM, MIGRATION_VERIFIED, SESSION_SUFFIX, SQLITE_COMPANIONS
+from ._gdbmfile import GdbmFile, is_gdbm
 from .errors import CorruptSessionError, DataManagerError, warn_caller
 from .readers import NativeReader, SessionEntry, SessionReader, list_directory, sqlite_uri
+from .safepickle import py2_text
 from .session import Session
 
 if TYPE_CHECKING:
@@ -83,9 +85,11 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
 
 
 def _is_shelf(path: str) -> bool:
-    """Whether *path* is a shelf: of a dbm module this Python knows, dbm.sqlite3 or Berkeley DB."""
+    """Whether *path* is a shelf: dbm this Python knows, dbm.sqlite3, Berkeley DB or GNU dbm."""
     try:
-        return bool(dbm.whichdb(path) or _is_sqlite(path) or _bdbhash.locate(path))
+        return bool(
+            dbm.whichdb(path) or _is_sqlite(path) or _bdbhash.locate(path) or is_gdbm(path)
+        )
     except OSError:
         return False
 
@@ -194,9 +198,10 @@ class _SqliteShelf:
 class ShelfReader(SessionReader):
     """Read-only view of a legacy shelf written through stdlib ``shelve``.
 
-    Values are read as raw bytes through ``dbm`` (flag ``'r'``), or
-    :class:`_SqliteShelf`, and unpickled here, so safe mode applies to them
-    too.  Its creation time is its files' mtime.
+    Values are read as raw bytes through ``dbm`` (flag ``'r'``),
+    :class:`_SqliteShelf` or :class:`~datamanager._gdbmfile.GdbmFile`, and
+    unpickled here, so safe mode applies to them too.  Its creation time is
+    its files' mtime.
     """
 
     def __init__(self, entry: SessionEntry, safe: bool = False) -> None:
@@ -207,6 +212,8 @@ class ShelfReader(SessionReader):
                 self._db = _SqliteShelf(self.path)
             elif bdb := _bdbhash.locate(self.path):  # read alike with or without libdb
                 self._db = _bdbhash.BdbHash(bdb)
+            elif is_gdbm(self.path):  # read by us, with or without dbm.gnu
+                self._db = GdbmFile(self.path)
             else:
                 self._db = dbm.open(self.path, "r")  # noqa: SIM115 - closed by close()
         except Exception as exc:  # dbm.dumb raises SyntaxError/ValueError on a bad index
@@ -215,7 +222,7 @@ class ShelfReader(SessionReader):
         candidates = [self.path + s for s in ("", *_DBM_SUFFIXES)]
         self._files = [f for f in candidates if os.path.isfile(f)]
         self.created = min(os.path.getmtime(f) for f in self._files)
-        self._index = {k.decode("utf-8", "surrogateescape"): k for k in self._db.keys()}  # noqa: SIM118
+        self._index = _key_names(self._db.keys())
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -254,6 +261,20 @@ class ShelfReader(SessionReader):
         db, self._db = self._db, None
         if db is not None:
             db.close()
+
+
+def _key_names(stored: list[bytes]) -> dict[str, bytes]:
+    """Name each stored key by :func:`~datamanager.safepickle.py2_text`, as values are decoded.
+
+    A key that is not UTF-8 and whose latin-1 reading is another key's UTF-8
+    one keeps surrogate escapes instead, so that no key hides another.
+    """
+    escaped = {k.decode("utf-8", "surrogateescape"): k for k in stored}
+    names = {}
+    for name, key in escaped.items():
+        text = py2_text(key)
+        names[text if text == name or text not in escaped else name] = key
+    return names
 
 
 # -- migration --

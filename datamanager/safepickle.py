@@ -22,7 +22,7 @@ from typing import Any, Callable, TypeVar
 from . import _safenumpy as sn
 from .errors import UnsafeValueError, UnstorableValueError
 
-__all__ = ["PROTOCOL", "dumps", "loads", "malformed", "register_safe_type"]
+__all__ = ["PROTOCOL", "dumps", "loads", "malformed", "py2_text", "register_safe_type"]
 
 PROTOCOL = 5
 T = TypeVar("T")
@@ -105,10 +105,23 @@ class _UnsafeGlobal(pickle.UnpicklingError):
         self.class_name = class_name
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data), encoding="latin1")
-        self.made: list[sn.StandIn] = []  # every stand-in this load created
+def py2_text(data: bytes) -> str:
+    """A Python 2 byte string as text: UTF-8 when it is valid UTF-8, else latin-1.
+
+    The one rule for Python 2 ``str`` keys and values of legacy data: text
+    that Python 2 code wrote (UTF-8 in practice) reads back as written, and
+    any other bytes still load, one character per byte.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+class _SafeGlobals:
+    """The ``find_class`` of safe mode, for either unpickler implementation."""
+
+    made: list[sn.StandIn]  # every stand-in this load created
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "numpy" and name.startswith("dtype["):
@@ -127,6 +140,61 @@ class _SafeUnpickler(pickle.Unpickler):
             return made
 
         return track
+
+
+class _SafeUnpickler(_SafeGlobals, pickle.Unpickler):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        self.made = []
+
+
+class _Py2Unpickler(pickle._Unpickler):
+    """Unpickles protocol 0-2 pickles, remembering the strings of Python 2 ``str`` opcodes.
+
+    Those strings are decoded as latin-1 while loading, because numpy
+    rebuilds arrays and dtypes from them and needs every byte back; the ones
+    left in the value are decoded again by :func:`py2_text` afterwards
+    (:func:`_redecode`).  Only the pure-Python unpickler has a hook for those
+    opcodes (``_decode_string``), and Python 3 never writes them, so native
+    values keep the C unpickler.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        self.made = []
+        self.py2_strings: list[str] = []  # held, so that their ids stay unique
+
+    def _decode_string(self, value: bytes) -> str:
+        text = value.decode("latin-1")
+        self.py2_strings.append(text)
+        return text
+
+
+class _SafePy2Unpickler(_SafeGlobals, _Py2Unpickler):
+    pass
+
+
+def _redecode(value: Any, ids: set[int], seen: set[int]) -> Any:
+    """*value* with each string whose id is in *ids* decoded again by :func:`py2_text`.
+
+    Walks builtin containers (lists and dicts in place, so shared and cyclic
+    ones stay so); a one-character string may share its id with an equal
+    one of another origin, which decodes to itself either way.
+    """
+    if type(value) is str:
+        return py2_text(value.encode("latin-1")) if id(value) in ids else value
+    if type(value) not in (list, dict, tuple, set, frozenset) or id(value) in seen:
+        return value
+    seen.add(id(value))
+    if type(value) is list:
+        value[:] = [_redecode(v, ids, seen) for v in value]
+        return value
+    if type(value) is dict:
+        items = [(_redecode(k, ids, seen), _redecode(v, ids, seen)) for k, v in value.items()]
+        value.clear()
+        value.update(items)
+        return value
+    return type(value)(_redecode(v, ids, seen) for v in value)
 
 
 def _referenced(objects: list[Any]) -> bool:
@@ -153,8 +221,10 @@ def dumps(key: str, value: Any) -> bytes:
 def loads(data: bytes, *, safe: bool, session: str, key: str) -> Any:
     """Unpickle *data*; with *safe* only builtin and numpy values are allowed.
 
-    ``encoding='latin1'`` lets pickles written by Python 2 (legacy Brian data)
-    load, numpy arrays included; it does not change Python 3 pickles.
+    Pickles of protocol 0 to 2 may come from Python 2 (legacy Brian data):
+    numpy arrays load exact, and each Python 2 ``str`` left in the value
+    (inside builtin containers too) is decoded by :func:`py2_text`; Python 3
+    never writes those, so its values do not change.
 
     Raises
     ------
@@ -164,15 +234,28 @@ def loads(data: bytes, *, safe: bool, session: str, key: str) -> Any:
         Whatever damaged data makes the unpickler raise; in safe mode that
         includes ``pickle.UnpicklingError`` for numpy values numpy never writes.
     """
-    if not safe:
+    # Python 2 strings need the slower pure-Python unpickler: only a pickle
+    # of protocol 0-2 holding a byte of their opcodes (STRING, BINSTRING,
+    # SHORT_BINSTRING) may contain one.
+    py2 = not data.startswith((b"\x80\x03", b"\x80\x04", b"\x80\x05")) and any(
+        op in data for op in (b"S", b"T", b"U")
+    )
+    if py2:
+        unpickler: Any = (_SafePy2Unpickler if safe else _Py2Unpickler)(data)
+    elif not safe:
         return pickle.loads(data, encoding="latin1")
-    unpickler = _SafeUnpickler(data)
+    else:
+        unpickler = _SafeUnpickler(data)
     try:
         value = unpickler.load()
     except _UnsafeGlobal as exc:
         raise UnsafeValueError(session, key, exc.class_name) from None
     finally:
         unpickler.memo.clear()
+    if py2 and unpickler.py2_strings:
+        value = _redecode(value, {id(s) for s in unpickler.py2_strings}, set())
+    if not safe:
+        return value
     made = unpickler.made
     del unpickler
     # Stand-ins that numpy values consumed are gone; those still held are
