@@ -447,3 +447,20 @@ def test_options_are_keyword_only(dm):
     with pytest.raises(TypeError):
         run_tasks(dm, square, [1, 2], 2)
     assert not os.path.exists(dm.basepath)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "argument"),
+    [
+        ({"chunksize": -1}, ValueError, "chunksize"),
+        ({"chunksize": 0}, ValueError, "chunksize"),
+        ({"chunksize": 2.5}, TypeError, "chunksize"),
+        ({"processes": 0}, ValueError, "processes"),
+        ({"processes": -1}, ValueError, "processes"),
+        ({"processes": True}, TypeError, "processes"),
+    ],
+)
+def test_counts_are_checked_before_anything_runs(dm, options, error, argument):
+    with pytest.raises(error, match=argument):
+        run_tasks(dm, square, [1, 2], progress=False, **options)
+    assert not os.path.exists(dm.basepath)

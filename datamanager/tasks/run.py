@@ -102,8 +102,10 @@ def run_tasks(
     Raises
     ------
     TypeError
-        An item without a canonical form (before anything runs), or a task
-        that cannot be named.
+        An item without a canonical form (before anything runs), a task
+        that cannot be named, or *processes* or *chunksize* not an int.
+    ValueError
+        *processes* or *chunksize* below 1 (before anything runs).
     KeyboardInterrupt
         After a clean stop on Ctrl-C.
 
@@ -133,6 +135,8 @@ def run_tasks(
     4
     """
     started = time.perf_counter()
+    _check_count("processes", processes)
+    _check_count("chunksize", chunksize)
     if not callable(task):
         raise TypeError(f"task must be callable, not {type(task).__name__}")
     name = name if name is not None else sweep_name(task)
@@ -169,6 +173,20 @@ def run_tasks(
             bar.close()
         sweep.close()
     return sweep.summary()
+
+
+def _check_count(argument: str, value: Any) -> None:
+    """Refuse a count that is not None nor a positive int, naming *argument*.
+
+    Checked before anything runs: a chunk size of -1 would never advance the
+    sweep, and 0 would silently mean the default.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{argument} must be an int or None, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{argument} must be at least 1, not {value}")
 
 
 def _pool_maker(
