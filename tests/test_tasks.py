@@ -320,16 +320,17 @@ def test_driver_killed_then_resumed_does_every_item_once(tmp_path):
     assert sorted(task_results(dm, slow)) == [(i, i * 10) for i in range(80)]
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_keep_what_finished(tmp_path, signum):
     proc, dm = start_driver(tmp_path, 80)
     try:
         workers = wait_for_results(proc, dm, 10)
         at_signal = len(stored_keys(dm, "slow"))
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == -signal.SIGINT, err  # KeyboardInterrupt propagated
+    assert proc.returncode == -signum, err  # the interrupt propagated
     assert "interrupted" in err and "run again to resume" in err
     assert_gone(workers)
     kept = len(stored_keys(dm, "slow"))
@@ -441,9 +442,25 @@ def test_importing_the_package_imports_no_dask_nor_tqdm():
     run_python(code)
 
 
-def test_options_are_keyword_only(dm):
-    # run_tasks(dm, task, items, 2) would read as Brian's gui/poolsize order
-    # in a ported script; only names say which option is meant.
+def test_options_after_brians_are_keyword_only(dm):
+    # Brian's positional order ends with numitems; anything further needs a name.
     with pytest.raises(TypeError):
-        run_tasks(dm, square, [1, 2], 2)
+        run_tasks(dm, square, [1, 2], False, 1, None, None, None, None, 2)
+    assert not os.path.exists(dm.basepath)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "argument"),
+    [
+        ({"chunksize": -1}, ValueError, "chunksize"),
+        ({"chunksize": 0}, ValueError, "chunksize"),
+        ({"chunksize": 2.5}, TypeError, "chunksize"),
+        ({"processes": 0}, ValueError, "processes"),
+        ({"processes": -1}, ValueError, "processes"),
+        ({"processes": True}, TypeError, "processes"),
+    ],
+)
+def test_counts_are_checked_before_anything_runs(dm, options, error, argument):
+    with pytest.raises(error, match=argument):
+        run_tasks(dm, square, [1, 2], progress=False, **options)
     assert not os.path.exists(dm.basepath)

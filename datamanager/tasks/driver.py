@@ -85,7 +85,7 @@ class Sweep:
         return self._position >= len(self.todo) and not self.pending
 
     @property
-    def progress(self) -> int:
+    def progress(self) -> float:
         """Items finished so far, for a progress bar.
 
         The current pool's workers count items as they finish them, so the

@@ -10,15 +10,18 @@ what the driver (:class:`datamanager.tasks.driver.Sweep`) asks of either.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import io
 import math
 import os
 import pickle
+import sys
 import time
+import types
 from typing import Any, Iterable, Protocol
 
 from .worker import Entry, Spec, close_dask, init_local, run_dask, run_local
 
-__all__ = ["CHUNK_SECONDS", "DaskPool", "LocalPool", "Pool"]
+__all__ = ["CHUNK_SECONDS", "DaskPool", "LocalPool", "Pool", "check_importable"]
 
 #: Work per chunk sent to a Dask cluster (seconds, as measured).
 CHUNK_SECONDS = 0.2
@@ -39,8 +42,9 @@ class Pool(Protocol):
     def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
         """Return futures of *pending* that finished, waiting at most *timeout*."""
 
-    def finished(self) -> int | None:
-        """Items the workers have finished so far, where the pool can tell."""
+    def finished(self) -> float | None:
+        """Items the workers have finished so far (with fractions reported
+        by the tasks), where the pool can tell."""
 
     def interrupt(self, pending: Iterable[Any]) -> list[Any]:
         """Start nothing new; return the futures still running."""
@@ -57,23 +61,16 @@ class LocalPool:
 
     def __init__(self, spec: Spec, processes: int, ctx: Any, chunksize: int | None) -> None:
         method = ctx.get_start_method()
-        if method != "fork":  # the task travels to the workers by pickle
-            try:
-                pickle.dumps(spec.task, protocol=5)
-            except Exception as exc:
-                raise TypeError(
-                    f"the task {spec.qualname} cannot be pickled for {method!r} workers "
-                    f"({exc}); define it at module level"
-                ) from exc
         # Under forkserver the workers' parent is the fork server, not us.
         parent = os.getpid() if method in ("fork", "spawn") else None
         self.slots, self.chunksize = processes, chunksize
         self.stop, self.counter = ctx.Event(), ctx.Value("q", 0)
+        self.partial = ctx.Array("d", processes, lock=False)
         self.executor = cf.ProcessPoolExecutor(
             processes,
             mp_context=ctx,
             initializer=init_local,
-            initargs=(spec, parent, self.stop, self.counter),
+            initargs=(spec, parent, self.stop, self.counter, ctx.Value("i", 0), self.partial),
         )
 
     def chunk_size(self, total: int, remaining: int, per_item: float | None) -> int:
@@ -88,8 +85,10 @@ class LocalPool:
     def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
         return cf.wait(pending, timeout, return_when=cf.FIRST_COMPLETED).done
 
-    def finished(self) -> int | None:
-        return self.counter.value
+    def finished(self) -> float | None:
+        # Whole items stay an int, so a bar shows "8/8", not "8.0/8".
+        fraction = sum(self.partial)
+        return self.counter.value + fraction if fraction else self.counter.value
 
     def interrupt(self, pending: Iterable[Any]) -> list[Any]:
         """Start nothing new, end running chunks after their current item."""
@@ -108,6 +107,44 @@ class LocalPool:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def check_importable(spec: Spec, method: str) -> None:
+    """Refuse a task that *method* workers could not unpickle, before it runs.
+
+    Such workers find the task by pickle, that is by module and name.  Pickle
+    itself only fails for lambdas and the like; what is defined in
+    ``__main__`` without a file (``python -c``, a notebook, the REPL) pickles
+    but cannot be found in the workers, which would then fail every chunk.
+    """
+    finder = _MainFinder(io.BytesIO(), protocol=5)
+    try:
+        finder.dump((spec.task, spec.initargs, spec.initkwds))
+    except Exception as exc:
+        raise TypeError(
+            f"the task {spec.qualname} cannot be pickled for {method!r} workers "
+            f"({exc}); define it at module level"
+        ) from exc
+    main = sys.modules.get("__main__")
+    if finder.found and not getattr(main, "__file__", None):
+        raise TypeError(
+            f"the task uses {', '.join(sorted(finder.found))}, defined in an interactive "
+            f"session or 'python -c', which {method!r} workers cannot import; "
+            f"define it in a module, or use mp_context='fork'"
+        )
+
+
+class _MainFinder(pickle.Pickler):
+    """A pickler noting the functions and classes of ``__main__`` it meets."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.found: set[str] = set()
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)) and obj.__module__ == "__main__":
+            self.found.add(f"__main__.{obj.__qualname__}")
+        return NotImplemented
 
 
 class DaskPool:
@@ -148,7 +185,7 @@ class DaskPool:
     def wait(self, pending: Iterable[Any], timeout: float | None) -> Iterable[Any]:
         return self.completed.next_batch(block=True)
 
-    def finished(self) -> int | None:
+    def finished(self) -> float | None:
         return None
 
     def interrupt(self, pending: Iterable[Any]) -> list[Any]:

@@ -4,20 +4,23 @@ picks the pool and hands over to a :class:`~datamanager.tasks.driver.Sweep`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .. import provenance
 from .._progress import progress_bar
 from .driver import Sweep
 from .itemkeys import digest
-from .pools import DaskPool, LocalPool, Pool
+from .pools import DaskPool, LocalPool, Pool, check_importable
 from .queries import stored_keys
 from .records import TaskSummary, sweep_name
 from .worker import Entry, Spec, describe
@@ -30,12 +33,18 @@ __all__ = ["plan", "run_tasks"]
 
 def run_tasks(
     dm: DataManager,
-    task: Callable[[Any], Any],
+    task: Callable[..., Any],
     items: Iterable[Any],
+    gui: bool = True,
+    poolsize: int = 0,
+    initargs: Sequence[Any] | None = None,
+    initkwds: Mapping[str, Any] | None = None,
+    verbose: bool | None = None,
+    numitems: int | None = None,
     *,
     processes: int | None = None,
     client: Any = None,
-    progress: bool = True,
+    progress: bool | None = None,
     resume: bool = True,
     name: str | None = None,
     key: Callable[[Any], str] | None = None,
@@ -68,18 +77,44 @@ def run_tasks(
     ----------
     dm : DataManager
         Where results go; pickled (as configuration) to the workers.
-    task : callable
-        ``task(item) -> result``; the result must be picklable.
+    task : callable or class
+        ``task(item) -> result``; the result must be picklable.  An item that
+        is a tuple is unpacked, ``task(*item)`` (results are still keyed,
+        and :func:`task_results` still returns, the whole tuple); a task
+        taking one tuple argument must wrap it, ``[(t,) for t in items]``.
+        A class is instantiated once in each worker process,
+        ``task(*initargs, **initkwds)``, with ``process_number=`` (0 to
+        *processes* - 1 locally) if its ``__init__`` takes it; the instance
+        is then called per item.  A task (or ``__call__``) that takes a
+        ``report`` keyword gets ``report(elapsed, complete)``, which moves
+        the progress bar by the fraction *complete* of the current item.
     items : iterable
         The parameter sets (see :func:`item_key` for what they may hold).
+    gui : bool
+        Brian's name for *progress*: whether to show progress (a bar, not a
+        window); *progress*, when given, wins.
+    poolsize : int
+        Brian's name for *processes*: 0 leaves it to *processes*, ``n > 0``
+        runs *n* processes, ``-n`` all CPUs but *n* (at least one).  A
+        *processes* that disagrees is refused.
+    initargs, initkwds : sequence and mapping, optional
+        Arguments of a task that is a class.
+    verbose : bool, optional
+        ``True`` prints a progress line to stderr at each tenth of the sweep
+        where no bar shows (a log, a pipe); ``False`` shows no progress at
+        all; by default only *gui* / *progress* count.
+    numitems : int, optional
+        Brian's length of an iterator of items, for his progress estimate.
+        Accepted and checked only: the items are keyed before anything
+        runs, so their number is known exactly.
     processes : int, optional
         Size of the local pool; ``os.cpu_count()`` by default.
     client : dask.distributed.Client, optional
         Run on this cluster instead.  Every worker must see the data
         directory at the same path (a shared filesystem).
-    progress : bool
+    progress : bool, optional
         Show a tqdm progress bar (when tqdm is installed and stderr is a
-        terminal).
+        terminal); *gui* by default.
     resume : bool
         Skip items whose result is already stored.
     name : str, optional
@@ -102,8 +137,13 @@ def run_tasks(
     Raises
     ------
     TypeError
-        An item without a canonical form (before anything runs), or a task
-        that cannot be named.
+        An item without a canonical form (before anything runs), a task
+        that cannot be named or that workers could not import (see Notes),
+        *initargs* / *initkwds* for a task that is no class, or a count
+        (*processes*, *chunksize*, *poolsize*, *numitems*) not an int.
+    ValueError
+        *processes* or *chunksize* below 1, *numitems* below 0, or
+        *poolsize* and *processes* disagreeing (before anything runs).
     KeyboardInterrupt
         After a clean stop on Ctrl-C.
 
@@ -133,42 +173,129 @@ def run_tasks(
     4
     """
     started = time.perf_counter()
+    _check_count("processes", processes)
+    _check_count("chunksize", chunksize)
+    _check_count("numitems", numitems, minimum=0)
+    processes = _pool_size(poolsize, processes)
     if not callable(task):
         raise TypeError(f"task must be callable, not {type(task).__name__}")
+    if (initargs or initkwds) and not isinstance(task, type):
+        raise TypeError("initargs and initkwds are for a task that is a class")
     name = name if name is not None else sweep_name(task)
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, not {name!r}")
     qualname = f"{getattr(task, '__module__', None)}.{getattr(task, '__qualname__', name)}"
-    spec = Spec(dm, task, name, qualname, uuid.uuid4().hex)
+    spec = Spec(dm, task, name, qualname, uuid.uuid4().hex, tuple(initargs or ()), initkwds)
     todo, skipped, rejected = plan(items, name, key, stored_keys(dm) if resume else set())
     new_pool = _pool_maker(spec, len(todo), processes, client, mp_context, chunksize)
     sweep = Sweep(spec, todo, new_pool, skipped=skipped, started=started)
     bar = None
-    try:
-        if rejected:
-            sweep.reject(rejected)
-        make_bar = progress_bar(progress and bool(todo))
-        if make_bar is not None:
-            bar = make_bar(total=len(todo), desc=name, unit="task", dynamic_ncols=True)
-        if todo:
-            # One git subprocess here, cached: forked workers inherit the answer
-            # instead of each running its own when its session opens.
-            provenance.git_state(provenance.script_directory())
-        sweep.run(bar)
-    except KeyboardInterrupt:
-        print(
-            "\nrun_tasks: interrupted; storing what the workers have computed "
-            "(Ctrl-C again to stop at once)",
-            file=sys.stderr,
-        )
-        sweep.interrupt()
-        print(f"run_tasks: {sweep.summary()}; run again to resume", file=sys.stderr)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        sweep.close()
+    with _terminate_as_interrupt():
+        try:
+            if rejected:
+                sweep.reject(rejected)
+            wanted = (gui if progress is None else progress) and verbose is not False
+            make_bar = progress_bar(wanted and bool(todo))
+            if make_bar is not None:
+                bar = make_bar(total=len(todo), desc=name, unit="task", dynamic_ncols=True)
+            elif verbose and todo:
+                bar = _Lines(name, len(todo))
+            if todo:
+                # One git subprocess here, cached: forked workers inherit the answer
+                # instead of each running its own when its session opens.
+                provenance.git_state(provenance.script_directory())
+            sweep.run(bar)
+        except KeyboardInterrupt:
+            print(
+                "\nrun_tasks: interrupted; storing what the workers have computed "
+                "(Ctrl-C again to stop at once)",
+                file=sys.stderr,
+            )
+            sweep.interrupt()
+            print(f"run_tasks: {sweep.summary()}; run again to resume", file=sys.stderr)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            sweep.close()
     return sweep.summary()
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Stop on SIGTERM as cleanly as on Ctrl-C, then die of SIGTERM as before.
+
+    Batch schedulers (SLURM at the time limit, ``kill``) send SIGTERM; what
+    the workers computed is stored and the exit status still says SIGTERM.
+    A handler the caller installed is left alone, and so is a sweep run
+    outside the main thread, where Python cannot set handlers.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    received = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if received:
+            signal.raise_signal(signal.SIGTERM)
+
+
+def _check_count(argument: str, value: Any, minimum: int = 1) -> None:
+    """Refuse a count that is neither None nor an int >= *minimum*, naming *argument*.
+
+    Checked before anything runs: a chunk size of -1 would never advance the
+    sweep, and 0 would silently mean the default.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{argument} must be an int or None, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{argument} must be at least {minimum}, not {value}")
+
+
+def _pool_size(poolsize: int, processes: int | None) -> int | None:
+    """Reconcile Brian's *poolsize* with *processes*; return the process count.
+
+    ``poolsize`` 0 leaves the choice to *processes* (all CPUs by default); a
+    negative one leaves that many CPUs free, at least one process running.
+    """
+    if isinstance(poolsize, bool) or not isinstance(poolsize, int):
+        raise TypeError(f"poolsize must be an int, not {type(poolsize).__name__}")
+    if poolsize == 0:
+        return processes
+    size = poolsize if poolsize > 0 else max(1, (os.cpu_count() or 1) + poolsize)
+    if processes is not None and processes != size:
+        raise ValueError(f"poolsize={poolsize} and processes={processes} disagree; give one")
+    return size
+
+
+class _Lines:
+    """Progress as lines on stderr, one per tenth of the sweep (``verbose=True``)."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total, self.n, self._shown = name, total, 0.0, 0
+
+    def update(self, delta: float) -> None:
+        self.n += delta
+        tenth = int(10 * self.n / self.total)
+        if tenth > self._shown:
+            self._shown = tenth
+            print(f"{self.name}: {10 * tenth}% ({int(self.n)}/{self.total})", file=sys.stderr)
+
+    def close(self) -> None:
+        pass
 
 
 def _pool_maker(
@@ -185,6 +312,8 @@ def _pool_maker(
     ctx = mp_context
     if ctx is None or isinstance(ctx, str):
         ctx = multiprocessing.get_context(ctx)
+    if ctx.get_start_method() != "fork":
+        check_importable(spec, ctx.get_start_method())
     workers = min(processes or os.cpu_count() or 1, todo or 1)
     return functools.partial(LocalPool, spec, workers, ctx, chunksize)
 

@@ -10,6 +10,7 @@ they pickle by reference.
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing.util
 import os
 import signal
@@ -58,15 +59,44 @@ class Spec:
     name: str
     qualname: str
     run_id: str
+    initargs: tuple[Any, ...] = ()
+    initkwds: dict[str, Any] | None = None
+
+
+def _takes(function: Callable[..., Any], parameter: str) -> bool:
+    """Whether *function* accepts the keyword *parameter* (by name or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    return any(p.name == parameter or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 class Worker:
     """The sweep's state in one process: its session, opened at the first result."""
 
-    def __init__(self, spec: Spec) -> None:
-        self.spec = spec
+    def __init__(self, spec: Spec, number: int = 0) -> None:
+        self.spec, self.number = spec, number
         self.session: Any = None
         self._lock = threading.Lock()
+        self._call: tuple[Callable[..., Any], bool] | None = None
+
+    def _task(self) -> tuple[Callable[..., Any], bool]:
+        """The callable run per item, and whether it takes ``report``.
+
+        A task that is a class is instantiated here, once per process, so
+        its ``__init__`` can do expensive set-up shared by all the items.
+        """
+        with self._lock:
+            if self._call is None:
+                task = self.spec.task
+                if isinstance(task, type):
+                    kwds = dict(self.spec.initkwds or {})
+                    if _takes(task, "process_number"):
+                        kwds["process_number"] = self.number
+                    task = task(*self.spec.initargs, **kwds)
+                self._call = task, _takes(task, "report")
+            return self._call
 
     def _open(self) -> Any:
         with self._lock:  # Dask runs several threads in one worker process
@@ -82,27 +112,38 @@ class Worker:
                 self.session = session
             return self.session
 
-    def run(self, chunk: list[Entry], stop: Any = None, counter: Any = None) -> Ack:
+    def run(
+        self, chunk: list[Entry], stop: Any = None, counter: Any = None, partial: Any = None
+    ) -> Ack:
         """Run and store one chunk; return only a small acknowledgement.
 
         Results are committed at the end of the chunk and at least every
         :data:`COMMIT_SECONDS`, so long tasks lose little to a crash.  *stop*
         (an event) ends the chunk early between items; *counter* (a shared
-        integer) counts finished items for the progress bar.
+        integer) counts finished items for the progress bar, and
+        ``partial[number]`` (a shared array) holds how far the current item
+        is, as the task reports it.
         """
         outcomes: list[tuple[Any, ...]] = []
         failures: list[tuple[Any, ...]] = []
         ran, seconds, committed = 0, 0.0, time.monotonic()
+        task, wants_report = self._task()
+        extra = {"report": self._reporter(partial)} if wants_report else {}
         for index, key, item in chunk:
             if stop is not None and stop.is_set():
                 break
             start = time.perf_counter()
+            # A tuple is a parameter set, one argument per entry (as Brian's
+            # task farm passed them).
+            args = item if isinstance(item, tuple) else (item,)
             try:
-                outcomes.append((index, key, item, self.spec.task(item), None))
+                outcomes.append((index, key, item, task(*args, **extra), None))
             except Exception as exc:  # the sweep goes on; the failure is recorded
                 outcomes.append((index, key, item, None, describe(exc)))
             seconds += time.perf_counter() - start
             ran += 1
+            if partial is not None:
+                partial[self.number] = 0.0
             if counter is not None:
                 with counter.get_lock():
                     counter.value += 1
@@ -112,6 +153,16 @@ class Worker:
         if outcomes:
             failures += self.store(outcomes)
         return failures, ran, seconds, getattr(self.session, "name", "")
+
+    def _reporter(self, partial: Any) -> Callable[[float, float], None]:
+        """The ``report(elapsed, complete)`` passed to a task that asks for it."""
+
+        def report(elapsed: float, complete: float) -> None:
+            # *elapsed* is the task's own business; only the fraction moves the bar.
+            if partial is not None:
+                partial[self.number] = min(max(float(complete), 0.0), 1.0)
+
+        return report
 
     def store(self, outcomes: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Write results and failure records in one transaction; return the failures.
@@ -165,18 +216,23 @@ class Worker:
 
 
 # This pool worker's state, set by init_local: the worker, the driver's stop
-# event and the shared count of finished items.
-_LOCAL: tuple[Worker, Any, Any] | None = None
+# event, the shared count of finished items and the shared per-worker
+# fractions of the current items.
+_LOCAL: tuple[Worker, Any, Any, Any] | None = None
 
 
-def init_local(spec: Spec, parent_pid: int | None, stop: Any, counter: Any) -> None:
+def init_local(
+    spec: Spec, parent_pid: int | None, stop: Any, counter: Any, numbers: Any, partial: Any
+) -> None:
     global _LOCAL
     # Ctrl-C at a terminal reaches the whole process group; the driver alone
     # decides what happens then (it sets *stop*), so no task is cut in half.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
-    worker = Worker(spec)
-    _LOCAL = (worker, stop, counter)
+    with numbers.get_lock():  # each worker of the pool takes the next number
+        number, numbers.value = numbers.value, numbers.value + 1
+    worker = Worker(spec, number)
+    _LOCAL = (worker, stop, counter, partial)
     # Pool workers leave through multiprocessing's exit handlers, not atexit.
     multiprocessing.util.Finalize(worker, worker.close, exitpriority=10)
 
@@ -210,8 +266,8 @@ def _watch_parent(parent: int) -> None:
 
 def run_local(chunk: list[Entry]) -> Ack:
     assert _LOCAL is not None, "run_tasks worker used outside its pool"
-    worker, stop, counter = _LOCAL
-    return worker.run(chunk, stop, counter)
+    worker, stop, counter, partial = _LOCAL
+    return worker.run(chunk, stop, counter, partial)
 
 
 _DASK: dict[str, Worker] = {}  # run id -> state, in each Dask worker process
@@ -222,8 +278,16 @@ def run_dask(spec: Spec, chunk: list[Entry]) -> Ack:
     with _DASK_LOCK:
         worker = _DASK.get(spec.run_id)
         if worker is None:
-            worker = _DASK[spec.run_id] = Worker(spec)
+            worker = _DASK[spec.run_id] = Worker(spec, _dask_number())
     return worker.run(chunk)
+
+
+def _dask_number() -> int:
+    # LocalCluster names its workers 0..n-1; other clusters name them freely.
+    from distributed import get_worker
+
+    name = get_worker().name
+    return name if isinstance(name, int) else 0
 
 
 def close_dask(run_id: str) -> None:
