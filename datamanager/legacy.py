@@ -291,10 +291,11 @@ def migrate(dm: DataManager, entries: list[SessionEntry]) -> list[str]:
     for entry in entries:
         if not entry.legacy:
             continue
-        target = dm.session(entry.name)
         with entry.open(dm.safe) as shelf:
-            if entry.twin_problem and not _discard_incomplete(target, shelf):
+            if entry.twin_problem and not _discard_incomplete(dm.session(entry.name), shelf):
                 continue  # verified after all, or a session of its own
+            # A closed session stays closed: each step opens its own.
+            target = dm.session(entry.name)
             try:
                 with target.transaction():
                     for key, value in shelf.items():
@@ -302,6 +303,7 @@ def migrate(dm: DataManager, entries: list[SessionEntry]) -> list[str]:
                     target.update_metadata({"created": shelf.created, MIGRATED_FROM: entry.path})
                 target.close()
                 _compare(shelf, target.path, dm.safe)
+                target = dm.session(entry.name)
                 target.update_metadata({MIGRATION_VERIFIED: time.time()})
             except BaseException:
                 target.close()
