@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import numpy as np
 
 from ._descriptors import reader_budget
-from ._format import SESSION_SUFFIX, validate_session_name
+from ._format import SESSION_SUFFIX, validate_data_name, validate_session_name
 from .errors import CorruptSessionError, warn_caller
+from .filesystem import check_journal_mode
 from .legacy import find_sessions, migrate
 from .locking import LockingSession
 from .provenance import computer_name
@@ -48,6 +49,9 @@ class DataManager:
     name : str
         Name of the data set; the data directory is ``<datapath>/<name>.data``
         (``name`` may contain ``/`` to nest it).  It is created on first write.
+        Each part of it is checked as a session name is; it must not be empty,
+        end with ``.data``, or start with ``/`` or ``~``
+        (:class:`~datamanager.errors.InvalidNameError`, a ``ValueError``).
     datapath : str, optional
         Folder holding the data directory (default: the working directory).
         Reading from a datapath that does not exist raises FileNotFoundError
@@ -58,7 +62,8 @@ class DataManager:
         numpy arrays/scalars, so no code stored in the directory can run.
     journal_mode : {'wal', 'delete'}, optional
         Force SQLite's journal mode; by default WAL on local disks and a
-        rollback journal on network filesystems.
+        rollback journal on network filesystems.  Any other value raises
+        ``ValueError`` at once.
 
     Examples
     --------
@@ -75,7 +80,8 @@ class DataManager:
     def __init__(
         self, name: str, datapath: str = "", *, safe: bool = False, journal_mode: str | None = None
     ) -> None:
-        self.name = name
+        self.name = validate_data_name(name)
+        check_journal_mode(journal_mode)
         self.datapath = os.fspath(datapath)
         self.basepath = os.path.join(self.datapath, name + ".data")
         self.safe = safe
