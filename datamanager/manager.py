@@ -294,7 +294,29 @@ class DataManager:
 
     def keys(self, strict: bool = False) -> list[str]:
         """Return all keys of all sessions, each once, sorted."""
-        return sorted({k for _, keys in self._collect(lambda r: r.keys(), strict) for k in keys})
+        return self._keys(lambda r: r.keys(), strict)
+
+    def get_matching_keys(self, match: Match, strict: bool = False) -> list[str]:
+        """Return the keys matching *match* in any session, each once, sorted.
+
+        *match* is a key prefix (str) or a callable taking a key and
+        returning true for the keys wanted, as for :meth:`get_matching`.
+        No value is read.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> dm = DataManager("sweep", tempfile.mkdtemp())
+        >>> with dm.session() as s:
+        ...     s.update({"rate/1": 1.0, "rate/2": 2.0, "seed": 7})
+        >>> dm.get_matching_keys("rate/")
+        ['rate/1', 'rate/2']
+        """
+        check_match(match)
+        return self._keys(lambda r: r.matching(match), strict)
+
+    def _keys(self, read: Callable[[SessionReader], list[str]], strict: bool) -> list[str]:
+        return sorted({k for _, keys in self._collect(read, strict) for k in keys})
 
     def iteritems(self, strict: bool = False) -> Iterator[tuple[str, Any]]:
         """Yield every ``(key, value)`` of every session, one at a time."""

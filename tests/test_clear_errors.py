@@ -132,7 +132,15 @@ def test_run_tasks_still_creates_a_missing_data_directory(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "call", ["get", "get_merged", "get_matching", "get_merged_matching", "get_flat_matching"]
+    "call",
+    [
+        "get",
+        "get_merged",
+        "get_matching",
+        "get_matching_keys",
+        "get_merged_matching",
+        "get_flat_matching",
+    ],
 )
 def test_non_str_key_or_match_is_a_type_error(call: str, dm: DataManager):
     os.makedirs(dm.basepath)  # an existing data directory without sessions yet
