@@ -20,7 +20,7 @@ from ._descriptors import reader_budget
 from ._format import SESSION_SUFFIX, validate_data_name, validate_session_name
 from .errors import CorruptSessionError, warn_caller
 from .filesystem import check_journal_mode
-from .legacy import find_sessions, migrate
+from .legacy import check_not_hiding, find_sessions, migrate
 from .locking import LockingSession
 from .provenance import computer_name
 from .readers import Match, SessionEntry, SessionReader, check_match
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["DataManager", "Problem"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Session)
 _MISSING = object()
 #: Readers iter_sessions keeps open at most, however many descriptors are free.
 _MAX_OPEN = 256
@@ -129,20 +130,32 @@ class DataManager:
         return str(uuid.uuid4())
 
     def session(self, session_name: str | None = None) -> Session:
-        """Return a new, uniquely named session (or the session *session_name*)."""
-        return Session(self.session_filename(session_name), self.journal_mode)
+        """Return a new, uniquely named session (or the session *session_name*).
+
+        A name that a legacy shelf of the directory still holds is refused
+        until :meth:`migrate` has copied the shelf (see
+        :func:`.legacy.check_not_hiding`): Brian named its shelves as
+        :meth:`computer_session` does, and collation would mix them up.
+        """
+        return self._named(Session, session_name)
 
     def computer_session(self) -> Session:
-        """Return the session named after this user and computer."""
-        return Session(self.computer_session_filename, self.journal_mode)
+        """Return the session named after this user and computer (see :meth:`session`)."""
+        return self._named(Session, self.computer_name)
 
     def locking_session(self, session_name: str | None = None) -> LockingSession:
         """Return a :class:`LockingSession` (a new unique one if no name is given)."""
-        return LockingSession(self.session_filename(session_name), self.journal_mode)
+        return self._named(LockingSession, session_name)
 
     def locking_computer_session(self) -> LockingSession:
         """Return the :class:`LockingSession` named after this user and computer."""
-        return LockingSession(self.computer_session_filename, self.journal_mode)
+        return self._named(LockingSession, self.computer_name)
+
+    def _named(self, kind: type[S], session_name: str | None) -> S:
+        path = self.session_filename(session_name)
+        if session_name is not None:  # a new unique name is no shelf's
+            check_not_hiding(self.basepath, session_name)
+        return kind(path, self.journal_mode)
 
     # -- finding and opening sessions (the read side) --
 
