@@ -105,8 +105,8 @@ def check_not_hiding(basepath: str, name: str) -> None:
     """Refuse to write session *name* while a legacy shelf of that name is not migrated.
 
     Called where a named session is made for writing: its first write would
-    make it the shelf's twin, holding data of its own, and collation would
-    report both under one name (a key in both shows one value).  Migrating
+    make it the shelf's twin, holding data of its own, which no migration
+    of the shelf could ever replace (both stay, read side by side).  Migrating
     on the spot instead could copy a shelf another process (Brian itself)
     is still writing, and the copy, once verified, would hide its later
     values.  A few ``stat`` calls, whatever the size of the directory.
@@ -153,7 +153,7 @@ _TWIN_PROBLEMS = {
     "incomplete": "incomplete migration of legacy shelf {shelf} (migrate() was interrupted, "
     "or is still running): collation reads the shelf meanwhile; run migrate() again",
     "other": "shares its name with legacy shelf {shelf} but holds data of its own: both "
-    "are read, under one name; rename the shelf's files to tell them apart",
+    "are read, the shelf as '<name> (legacy shelf)'; rename the shelf's files to tell them apart",
 }
 
 

@@ -200,11 +200,19 @@ class DataManager:
                 continue
             with reader:
                 try:
-                    found.append(((reader.created, entry.name), read(reader)))
+                    found.append(((reader.created, entry.name), read(reader), entry.legacy))
                 except CorruptSessionError as exc:
                     self._skip(entry, exc, strict)
-        found.sort(key=lambda t: t[0])
-        return [(order[1], result) for order, result in found]
+        # A shelf read beside a native session of its name (one written by
+        # an older version) is labelled apart, so that get() keeps both
+        # values of a key the two hold.
+        native = {order[1] for order, _, legacy in found if not legacy}
+        labelled = [
+            ((created, f"{name} (legacy shelf)" if legacy and name in native else name), result)
+            for (created, name), result, legacy in found
+        ]
+        labelled.sort(key=lambda t: t[0])
+        return [(order[1], result) for order, result in labelled]
 
     def iter_sessions(self, strict: bool = False) -> Iterator[SessionReader]:
         """Yield a read-only reader for each session, in creation order.

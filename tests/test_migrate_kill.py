@@ -215,7 +215,8 @@ def test_a_session_of_its_own_named_like_a_shelf_hides_neither(dm):
     # Brian named its computer sessions <user>.<host>, as computer_session() does.
     shelf, twin = _shelf_and_twin(dm)
     with pytest.warns(DataManagerWarning, match="holds data of its own") as caught:
-        assert dm.get_merged("b") == [2] and dm.get("a") == {"old": [1]}
+        assert dm.get_merged("b") == [2]
+        assert dm.get("a") == {"old": [1], "old (legacy shelf)": [1]}  # neither hides the other
         assert sorted(dm.session_filenames()) == [shelf, twin]
     assert len(caught) == 3
     [problem] = dm.verify()
