@@ -45,6 +45,7 @@ __all__ = [
     "load_side_file",
     "read_metadata",
     "read_value",
+    "validate_data_name",
     "validate_session_name",
 ]
 
@@ -137,6 +138,31 @@ def validate_session_name(name: Any) -> str:
         raise InvalidNameError(name, "cannot be encoded as UTF-8") from None
     if len(encoded) > 200:
         raise InvalidNameError(name, "is longer than 200 bytes")
+    return name
+
+
+def validate_data_name(name: Any) -> str:
+    """Return *name* if it can name a data directory, else raise InvalidNameError.
+
+    A data directory is ``<datapath>/<name>.data``: *name* is relative to the
+    datapath and may nest it (``"test/testing"``, as Brian allowed); each of
+    its parts follows the rules of a session name.
+    """
+    what = "DataManager name"
+    if not isinstance(name, str):
+        raise InvalidNameError(name, f"must be a str, not {type(name).__name__}", what)
+    if not name:
+        raise InvalidNameError(name, "must not be empty (it would write a hidden '.data')", what)
+    if name.endswith(".data"):
+        raise InvalidNameError(name, "must not end with '.data', which is added to it", what)
+    if os.path.isabs(name) or name.startswith("~"):
+        # Either would silently not be inside the datapath it is joined to.
+        raise InvalidNameError(name, "must be relative to the datapath ('/' or '~' first)", what)
+    for part in name.split("/"):
+        try:
+            validate_session_name(part)
+        except InvalidNameError as exc:
+            raise InvalidNameError(name, f"its part {part!r} {exc.reason}", what) from None
     return name
 
 

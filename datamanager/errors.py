@@ -60,15 +60,16 @@ class _FileError(DataManagerError, OSError):
 
 
 class InvalidNameError(DataManagerError, ValueError):
-    """A session name that cannot name a file in the data directory."""
+    """A name that cannot name a session file, or a data directory (*what* says which)."""
 
-    def __init__(self, name: Any, reason: str) -> None:
-        super().__init__(name, reason)
+    def __init__(self, name: Any, reason: str, what: str = "session name") -> None:
+        super().__init__(name, reason, what)
         self.name = name
         self.reason = reason
+        self.what = what
 
     def __str__(self) -> str:
-        return f"invalid session name {self.name!r}: {self.reason}"
+        return f"invalid {self.what} {self.name!r}: {self.reason}"
 
 
 class UnstorableValueError(DataManagerError, TypeError):

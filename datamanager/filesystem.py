@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["JOURNAL_ENV", "NETWORK_FILESYSTEMS", "choose_journal_mode", "filesystem_type"]
+__all__ = [
+    "JOURNAL_ENV",
+    "NETWORK_FILESYSTEMS",
+    "check_journal_mode",
+    "choose_journal_mode",
+    "filesystem_type",
+]
 
 #: Environment variable that overrides the journal mode everywhere (``wal`` or ``delete``).
 JOURNAL_ENV = "DATAMANAGER_JOURNAL_MODE"
@@ -69,6 +75,20 @@ def filesystem_type(path: str, mounts: str | None = None) -> str | None:
     return best_type
 
 
+def check_journal_mode(requested: str | None) -> str | None:
+    """Return *requested* in lower case (None stays None), or raise ValueError.
+
+    Called where the mode is given, so that a typo fails there and then,
+    not at the first write.
+    """
+    if requested is None:
+        return None
+    mode = requested.lower() if isinstance(requested, str) else requested
+    if mode not in ("wal", "delete"):
+        raise ValueError(f"journal_mode must be 'wal' or 'delete' (or None), got {requested!r}")
+    return mode
+
+
 def choose_journal_mode(path: str, requested: str | None = None) -> str:
     """Return ``'wal'`` or ``'delete'`` for sessions stored under *path*.
 
@@ -76,10 +96,7 @@ def choose_journal_mode(path: str, requested: str | None = None) -> str:
     environment variable, then the filesystem: ``'delete'`` (a rollback
     journal) on a network filesystem, ``'wal'`` elsewhere.
     """
-    mode = requested or os.environ.get(JOURNAL_ENV) or None
+    mode = check_journal_mode(requested or os.environ.get(JOURNAL_ENV) or None)
     if mode is not None:
-        mode = mode.lower()
-        if mode not in ("wal", "delete"):
-            raise ValueError(f"journal mode must be 'wal' or 'delete', got {mode!r}")
         return mode
     return "delete" if filesystem_type(path) in NETWORK_FILESYSTEMS else "wal"

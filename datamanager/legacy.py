@@ -35,7 +35,7 @@ from .session import Session
 if TYPE_CHECKING:
     from .manager import DataManager
 
-__all__ = ["ShelfReader", "find_sessions", "migrate", "twin_state"]
+__all__ = ["ShelfReader", "check_not_hiding", "find_sessions", "migrate", "twin_state"]
 
 # Suffixes of the files stdlib dbm modules make for one shelf.
 _DBM_SUFFIXES = (".dat", ".dir", ".bak", ".pag", ".db")
@@ -106,6 +106,33 @@ def _is_sqlite(path: str) -> bool:
 # -- twins --
 
 
+def check_not_hiding(basepath: str, name: str) -> None:
+    """Refuse to write session *name* while a legacy shelf of that name is not migrated.
+
+    Called where a named session is made for writing: its first write would
+    make it the shelf's twin, holding data of its own, which no migration
+    of the shelf could ever replace (both stay, read side by side).  Migrating
+    on the spot instead could copy a shelf another process (Brian itself)
+    is still writing, and the copy, once verified, would hide its later
+    values.  A few ``stat`` calls, whatever the size of the directory.
+
+    Raises
+    ------
+    DataManagerError
+        If *basepath* holds a shelf *name* without a verified migration.
+    """
+    shelf = os.path.join(basepath, name)
+    if not _is_shelf(shelf):
+        return
+    if os.path.exists(shelf + SESSION_SUFFIX) and _twin_state(shelf)[0] == "verified":
+        return
+    raise DataManagerError(
+        f"session {name!r} would share its name with legacy shelf {shelf}, which is not "
+        "migrated: run migrate() first (it keeps every value of the shelf), or rename "
+        "the shelf's files"
+    )
+
+
 def twin_state(
     metadata: Mapping[str, Any], keys: list[str], shelf_keys: Callable[[], list[str]]
 ) -> str:
@@ -131,7 +158,7 @@ _TWIN_PROBLEMS = {
     "incomplete": "incomplete migration of legacy shelf {shelf} (migrate() was interrupted, "
     "or is still running): collation reads the shelf meanwhile; run migrate() again",
     "other": "shares its name with legacy shelf {shelf} but holds data of its own: both "
-    "are read, under one name; rename the shelf's files to tell them apart",
+    "are read, the shelf as '<name> (legacy shelf)'; rename the shelf's files to tell them apart",
 }
 
 
@@ -315,10 +342,16 @@ def migrate(dm: DataManager, entries: list[SessionEntry]) -> list[str]:
     for entry in entries:
         if not entry.legacy:
             continue
-        target = dm.session(entry.name)
         with entry.open(dm.safe) as shelf:
-            if entry.twin_problem and not _discard_incomplete(target, shelf):
+            # The shelf's own name: the session that replaces it, which
+            # dm.session() refuses to make while the shelf is not migrated.
+            path = dm.session_filename(entry.name)
+            if entry.twin_problem and not _discard_incomplete(
+                Session(path, dm.journal_mode), shelf
+            ):
                 continue  # verified after all, or a session of its own
+            # A closed session stays closed: each step opens its own.
+            target = Session(path, dm.journal_mode)
             try:
                 with target.transaction():
                     for key, value in shelf.items():
@@ -326,6 +359,7 @@ def migrate(dm: DataManager, entries: list[SessionEntry]) -> list[str]:
                     target.update_metadata({"created": shelf.created, MIGRATED_FROM: entry.path})
                 target.close()
                 _compare(shelf, target.path, dm.safe)
+                target = Session(path, dm.journal_mode)
                 target.update_metadata({MIGRATION_VERIFIED: time.time()})
             except BaseException:
                 target.close()

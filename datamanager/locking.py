@@ -61,3 +61,29 @@ class LockingSession(Session):
 
     def _guard(self) -> _Both:
         return self._both
+
+    def acquire(self) -> None:
+        """Hold the lock until :meth:`release`, across any number of operations.
+
+        Brian's API for a read-modify-write; :meth:`transaction` is the
+        better one, as it also undoes the writes of a block that fails.  The
+        two nest in either order, and ``acquire()`` may be called again by
+        the thread holding the lock (each call needs its ``release()``).
+        Another process waits for the lock meanwhile.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> s = LockingSession(os.path.join(tempfile.mkdtemp(), "counter.sqlite"))
+        >>> s.acquire()
+        >>> s["n"] = s.get("n", 0) + 1
+        >>> s.release()
+        >>> s["n"]
+        1
+        """
+        self._check_open()
+        self._both.__enter__()
+
+    def release(self) -> None:
+        """Release the lock taken by :meth:`acquire`."""
+        self._both.__exit__(None, None, None)

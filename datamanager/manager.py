@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import numpy as np
 
 from ._descriptors import reader_budget
-from ._format import SESSION_SUFFIX, validate_session_name
+from ._format import SESSION_SUFFIX, validate_data_name, validate_session_name
 from .errors import CorruptSessionError, warn_caller
-from .legacy import find_sessions, migrate
+from .filesystem import check_journal_mode
+from .legacy import check_not_hiding, find_sessions, migrate
 from .locking import LockingSession
 from .provenance import computer_name
 from .readers import Match, SessionEntry, SessionReader, check_match
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["DataManager", "Problem"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Session)
 _MISSING = object()
 #: Readers iter_sessions keeps open at most, however many descriptors are free.
 _MAX_OPEN = 256
@@ -48,6 +50,9 @@ class DataManager:
     name : str
         Name of the data set; the data directory is ``<datapath>/<name>.data``
         (``name`` may contain ``/`` to nest it).  It is created on first write.
+        Each part of it is checked as a session name is; it must not be empty,
+        end with ``.data``, or start with ``/`` or ``~``
+        (:class:`~datamanager.errors.InvalidNameError`, a ``ValueError``).
     datapath : str, optional
         Folder holding the data directory (default: the working directory).
         Reading from a datapath that does not exist raises FileNotFoundError
@@ -58,7 +63,8 @@ class DataManager:
         numpy arrays/scalars, so no code stored in the directory can run.
     journal_mode : {'wal', 'delete'}, optional
         Force SQLite's journal mode; by default WAL on local disks and a
-        rollback journal on network filesystems.
+        rollback journal on network filesystems.  Any other value raises
+        ``ValueError`` at once.
 
     Examples
     --------
@@ -75,7 +81,8 @@ class DataManager:
     def __init__(
         self, name: str, datapath: str = "", *, safe: bool = False, journal_mode: str | None = None
     ) -> None:
-        self.name = name
+        self.name = validate_data_name(name)
+        check_journal_mode(journal_mode)
         self.datapath = os.fspath(datapath)
         self.basepath = os.path.join(self.datapath, name + ".data")
         self.safe = safe
@@ -123,20 +130,32 @@ class DataManager:
         return str(uuid.uuid4())
 
     def session(self, session_name: str | None = None) -> Session:
-        """Return a new, uniquely named session (or the session *session_name*)."""
-        return Session(self.session_filename(session_name), self.journal_mode)
+        """Return a new, uniquely named session (or the session *session_name*).
+
+        A name that a legacy shelf of the directory still holds is refused
+        until :meth:`migrate` has copied the shelf (see
+        :func:`.legacy.check_not_hiding`): Brian named its shelves as
+        :meth:`computer_session` does, and collation would mix them up.
+        """
+        return self._named(Session, session_name)
 
     def computer_session(self) -> Session:
-        """Return the session named after this user and computer."""
-        return Session(self.computer_session_filename, self.journal_mode)
+        """Return the session named after this user and computer (see :meth:`session`)."""
+        return self._named(Session, self.computer_name)
 
     def locking_session(self, session_name: str | None = None) -> LockingSession:
         """Return a :class:`LockingSession` (a new unique one if no name is given)."""
-        return LockingSession(self.session_filename(session_name), self.journal_mode)
+        return self._named(LockingSession, session_name)
 
     def locking_computer_session(self) -> LockingSession:
         """Return the :class:`LockingSession` named after this user and computer."""
-        return LockingSession(self.computer_session_filename, self.journal_mode)
+        return self._named(LockingSession, self.computer_name)
+
+    def _named(self, kind: type[S], session_name: str | None) -> S:
+        path = self.session_filename(session_name)
+        if session_name is not None:  # a new unique name is no shelf's
+            check_not_hiding(self.basepath, session_name)
+        return kind(path, self.journal_mode)
 
     # -- finding and opening sessions (the read side) --
 
@@ -181,11 +200,19 @@ class DataManager:
                 continue
             with reader:
                 try:
-                    found.append(((reader.created, entry.name), read(reader)))
+                    found.append(((reader.created, entry.name), read(reader), entry.legacy))
                 except CorruptSessionError as exc:
                     self._skip(entry, exc, strict)
-        found.sort(key=lambda t: t[0])
-        return [(order[1], result) for order, result in found]
+        # A shelf read beside a native session of its name (one written by
+        # an older version) is labelled apart, so that get() keeps both
+        # values of a key the two hold.
+        native = {order[1] for order, _, legacy in found if not legacy}
+        labelled = [
+            ((created, f"{name} (legacy shelf)" if legacy and name in native else name), result)
+            for (created, name), result, legacy in found
+        ]
+        labelled.sort(key=lambda t: t[0])
+        return [(order[1], result) for order, result in labelled]
 
     def iter_sessions(self, strict: bool = False) -> Iterator[SessionReader]:
         """Yield a read-only reader for each session, in creation order.
@@ -288,7 +315,29 @@ class DataManager:
 
     def keys(self, strict: bool = False) -> list[str]:
         """Return all keys of all sessions, each once, sorted."""
-        return sorted({k for _, keys in self._collect(lambda r: r.keys(), strict) for k in keys})
+        return self._keys(lambda r: r.keys(), strict)
+
+    def get_matching_keys(self, match: Match, strict: bool = False) -> list[str]:
+        """Return the keys matching *match* in any session, each once, sorted.
+
+        *match* is a key prefix (str) or a callable taking a key and
+        returning true for the keys wanted, as for :meth:`get_matching`.
+        No value is read.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> dm = DataManager("sweep", tempfile.mkdtemp())
+        >>> with dm.session() as s:
+        ...     s.update({"rate/1": 1.0, "rate/2": 2.0, "seed": 7})
+        >>> dm.get_matching_keys("rate/")
+        ['rate/1', 'rate/2']
+        """
+        check_match(match)
+        return self._keys(lambda r: r.matching(match), strict)
+
+    def _keys(self, read: Callable[[SessionReader], list[str]], strict: bool) -> list[str]:
+        return sorted({k for _, keys in self._collect(read, strict) for k in keys})
 
     def iteritems(self, strict: bool = False) -> Iterator[tuple[str, Any]]:
         """Yield every ``(key, value)`` of every session, one at a time."""

@@ -36,7 +36,7 @@ from . import _format as fmt
 from ._descriptors import hold
 from ._format import SESSION_SUFFIX, UPSERT, blob_dir, inline_row, is_side_array, is_side_name
 from .errors import CorruptSessionError, TransactionAbortedError
-from .filesystem import choose_journal_mode
+from .filesystem import check_journal_mode, choose_journal_mode
 from .provenance import session_metadata
 
 __all__ = ["Session"]
@@ -71,6 +71,10 @@ class Session(MutableMapping):
     Several processes may open the same named session; their writes are
     serialised by SQLite.
 
+    Like a closed shelf, a closed session refuses every read and write with
+    ``ValueError``; :meth:`close` itself may be called again.  A copy
+    unpickled in another process is a new, open session of the same file.
+
     Parameters
     ----------
     path : str
@@ -95,7 +99,9 @@ class Session(MutableMapping):
             raise ValueError(f"a session file name ends with {SESSION_SUFFIX!r}: {path!r}")
         self.path = os.path.abspath(path)
         self.name = os.path.basename(path)[: -len(SESSION_SUFFIX)]
+        check_journal_mode(journal_mode)
         self._requested_journal = journal_mode
+        self._closed = False
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._lock = threading.RLock()
@@ -127,6 +133,7 @@ class Session(MutableMapping):
     # -- connection management --
 
     def _connection(self, create: bool) -> sqlite3.Connection | None:
+        self._check_open()
         if self._conn is not None and self._pid != os.getpid():
             _ABANDONED.append(self._conn)
             self._conn, self._depth = None, 0
@@ -173,9 +180,28 @@ class Session(MutableMapping):
             raise CorruptSessionError(self.path, str(exc)) from exc
         return conn
 
+    def _check_open(self) -> None:
+        # Reopening silently would let a script write into a session it
+        # believes finished, as no shelf allows.
+        if self._closed:
+            raise ValueError(f"session {self.name!r} is closed")
+
+    def sync(self) -> None:
+        """Do nothing: every write is already durable when it returns.
+
+        Kept for scripts written for shelves, which need it.
+
+        Raises
+        ------
+        ValueError
+            If the session is closed.
+        """
+        self._check_open()
+
     def close(self) -> None:
-        """Close the session; it reopens by itself if used again."""
+        """Close the session; any later read or write raises ValueError."""
         with self._lock:
+            self._closed = True
             conn, self._conn = self._conn, None
             if conn is not None and self._pid != os.getpid():
                 _ABANDONED.append(conn)  # the parent's: never close it here
@@ -485,6 +511,7 @@ class Session(MutableMapping):
 
     def __delitem__(self, key: str) -> None:
         _check_key(key)
+        self._check_open()
         if self._conn is None and not os.path.exists(self.path):
             raise KeyError(key)  # never written: do not create it just to say so
         if not self._write(fmt.DELETE, (key,)):

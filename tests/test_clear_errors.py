@@ -14,7 +14,9 @@ import pytest
 from datamanager import (
     DataManager,
     DataManagerWarning,
+    InvalidNameError,
     RecordingFormatError,
+    Session,
     UnsafeValueError,
     load_recording,
     run_tasks,
@@ -69,6 +71,41 @@ def test_from_path_of_a_missing_data_directory_raises(tmp_path: Path):
     assert dm.get_merged("rate") == [1.0]
 
 
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("", "must not be empty"),
+        ("x.data", "must not end with '.data'"),
+        (os.path.abspath("elsewhere"), "relative to the datapath"),
+        ("~/x", "relative to the datapath"),
+        ("a/../b", "contains '..'"),
+        ("a//b", "must not be empty"),
+        ("a/.hidden", "must not start with '.'"),
+    ],
+)
+def test_data_set_names_are_checked_at_once(tmp_path: Path, name: str, why: str):
+    with pytest.raises(InvalidNameError, match=f"invalid DataManager name .*{re.escape(why)}"):
+        DataManager(name, str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+def test_nested_data_set_names_stay_allowed(tmp_path: Path):
+    dm = DataManager("test/testing", str(tmp_path))
+    with dm.session("run") as s:
+        s["a"] = 1
+    assert os.path.isdir(tmp_path / "test" / "testing.data") and dm.get("a") == {"run": 1}
+
+
+def test_a_misspelt_journal_mode_is_refused_before_any_write(tmp_path: Path):
+    for make in (
+        lambda: DataManager("sweep", str(tmp_path), journal_mode="wall"),
+        lambda: Session(str(tmp_path / "s.sqlite"), journal_mode="wall"),
+    ):
+        with pytest.raises(ValueError, match=r"journal_mode must be 'wal' or 'delete'.*'wall'"):
+            make()
+    assert DataManager("sweep", str(tmp_path), journal_mode="DELETE").journal_mode == "DELETE"
+
+
 def test_not_yet_written_data_directory_reads_empty(dm: DataManager):
     # Brian's behaviour: the datapath exists, <name>.data is not written yet.
     assert dm.keys() == [] and dm.get_merged("rate") == [] and dm.verify() == []
@@ -95,7 +132,15 @@ def test_run_tasks_still_creates_a_missing_data_directory(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "call", ["get", "get_merged", "get_matching", "get_merged_matching", "get_flat_matching"]
+    "call",
+    [
+        "get",
+        "get_merged",
+        "get_matching",
+        "get_matching_keys",
+        "get_merged_matching",
+        "get_flat_matching",
+    ],
 )
 def test_non_str_key_or_match_is_a_type_error(call: str, dm: DataManager):
     os.makedirs(dm.basepath)  # an existing data directory without sessions yet

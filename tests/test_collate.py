@@ -78,6 +78,17 @@ def test_brian_api_on_sessions_of_several_processes(swept):
     assert sorted(v for v in dm.itervalues() if isinstance(v, str))[0] == "worker 0"
 
 
+def test_get_matching_keys_lists_each_matching_key_once(swept):
+    params = ["param/0", "param/1", "param/2", "param/3"]
+    assert swept.get_matching_keys("param/") == params  # one session each, sorted
+    assert swept.get_matching_keys("na") == ["name"]  # in all four sessions, listed once
+    assert swept.get_matching_keys(lambda k: k.endswith("/3") or k == "rate") == [
+        "param/3",
+        "rate",
+    ]
+    assert swept.get_matching_keys("nothing") == []
+
+
 def test_merge_errors_name_the_session(dm):
     with dm.session("a") as s:
         s["x"] = [1]

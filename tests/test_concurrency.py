@@ -14,7 +14,7 @@ import pytest
 
 from datamanager import DataManager
 
-from conftest import start_python, stress_size
+from conftest import run_python, start_python, stress_size
 
 # Each acknowledged write is printed only after `s[key] = value` returned.
 KILLED_WRITER = """
@@ -77,13 +77,29 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
 
 
 COUNTER = """
-import os, sys
+import contextlib, os, sys
 from datamanager import DataManager
 dm = DataManager("sweep", sys.argv[1])
 s = dm.locking_session("counter")
 marker = os.path.join(sys.argv[1], "inside")
+
+
+@contextlib.contextmanager
+def acquired():
+    # Brian's way, nested in a transaction and in itself: the lock is re-entrant.
+    s.acquire()
+    try:
+        with s.transaction():
+            s.acquire()
+            yield
+            s.release()
+    finally:
+        s.release()
+
+
+hold = s.transaction if sys.argv[3] == "transaction" else acquired
 for _ in range(int(sys.argv[2])):
-    with s.transaction():
+    with hold():
         # Overlap check independent of the counter: only one process at a
         # time may hold this marker file.
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -95,9 +111,11 @@ for _ in range(int(sys.argv[2])):
 
 
 @pytest.mark.stress
-def test_transactions_lose_no_update(tmp_path):
+@pytest.mark.parametrize("hold", ["transaction", "acquire"])
+def test_transactions_lose_no_update(tmp_path, hold):
     procs_n, increments = 4, stress_size(full=60, ci=25)
-    procs = [start_python(COUNTER, str(tmp_path), str(increments)) for _ in range(procs_n)]
+    args = (str(tmp_path), str(increments), hold)
+    procs = [start_python(COUNTER, *args) for _ in range(procs_n)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err  # FileExistsError here would mean overlap
@@ -106,6 +124,48 @@ def test_transactions_lose_no_update(tmp_path):
     log = s["log"]
     assert len(log) == procs_n * increments
     assert sorted({log.count(pid) for pid in set(log)}) == [increments]
+
+
+PROBE = """
+import sys, filelock
+from datamanager import DataManager
+s = DataManager("sweep", sys.argv[1]).locking_session("c")
+try:
+    s.lock.acquire(timeout=0)
+except filelock.Timeout:
+    print("busy", flush=True)
+else:
+    print("free", flush=True)
+    s.lock.release()
+s.acquire()  # waits for the process holding it
+print(s["n"], flush=True)
+s.release()
+"""
+
+
+def test_acquire_holds_other_processes_until_release(tmp_path):
+    s = DataManager("sweep", str(tmp_path)).locking_session("c")
+    s.acquire()
+    s["n"] = 1
+    waiting = start_python(PROBE, str(tmp_path))
+    try:
+        assert waiting.stdout.readline() == "busy\n"
+        s["n"] = 2  # the other process cannot have read n while we hold the lock
+        s.release()
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        if waiting.poll() is None:  # reaped whatever failed above
+            waiting.kill()
+            waiting.communicate()
+    assert (out, waiting.returncode) == ("2\n", 0), err
+    # Re-entrant with transaction(), and free again once every acquire() is released.
+    s.acquire()
+    with s.transaction():
+        s.acquire()
+        s["n"] = 3
+        s.release()
+    s.release()
+    assert run_python(PROBE, str(tmp_path)).stdout == "free\n3\n"
 
 
 TWIN = """

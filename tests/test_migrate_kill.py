@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamanager import CorruptSessionError, DataManager, DataManagerWarning
+from datamanager import (
+    CorruptSessionError,
+    DataManager,
+    DataManagerError,
+    DataManagerWarning,
+    Session,
+)
 from datamanager._format import blob_dir
 
 from conftest import start_python, stress_size
@@ -183,7 +189,8 @@ def _shelf_and_twin(dm, twin_meta=None):
     shelf = os.path.join(dm.basepath, "old")
     with shelve.Shelf(dbm.dumb.open(shelf, "c")) as sh:
         sh.update({"a": [1], "b": [2]})
-    with dm.session("old") as twin:
+    # As versions that let dm.session() take a shelf's name wrote it.
+    with Session(dm.session_filename("old")) as twin:
         twin["a"] = [1]
         if twin_meta:
             twin.update_metadata(twin_meta)
@@ -208,7 +215,8 @@ def test_a_session_of_its_own_named_like_a_shelf_hides_neither(dm):
     # Brian named its computer sessions <user>.<host>, as computer_session() does.
     shelf, twin = _shelf_and_twin(dm)
     with pytest.warns(DataManagerWarning, match="holds data of its own") as caught:
-        assert dm.get_merged("b") == [2] and dm.get("a") == {"old": [1]}
+        assert dm.get_merged("b") == [2]
+        assert dm.get("a") == {"old": [1], "old (legacy shelf)": [1]}  # neither hides the other
         assert sorted(dm.session_filenames()) == [shelf, twin]
     assert len(caught) == 3
     [problem] = dm.verify()
@@ -217,10 +225,42 @@ def test_a_session_of_its_own_named_like_a_shelf_hides_neither(dm):
     assert sorted(os.listdir(dm.basepath)) == ["old.bak", "old.dat", "old.dir", "old.sqlite"]
 
 
+@pytest.mark.parametrize(
+    "entry", ["session", "computer_session", "locking_session", "locking_computer_session"]
+)
+def test_no_session_takes_the_name_of_an_unmigrated_shelf(dm, entry):
+    # Brian named its computer sessions <user>.<host>, as computer_session() does:
+    # a twin holding data of its own would be read under the shelf's name.
+    name = dm.computer_name if "computer" in entry else "old"
+    args = () if "computer" in entry else (name,)
+    open_it = getattr(dm, entry)
+    os.makedirs(dm.basepath)
+    with shelve.Shelf(dbm.dumb.open(os.path.join(dm.basepath, name), "c")) as sh:
+        sh.update({"a": [1], "b": [2]})
+    with pytest.raises(DataManagerError, match=r"legacy shelf .* not migrated: run migrate\(\)"):
+        open_it(*args)
+    assert dm.get("a") == {name: [1]} and dm.itemcount() == 2 and dm.keys() == ["a", "b"]
+    assert dm.verify() == []  # no twin, nothing to report
+    assert dm.migrate() == [name]
+    with open_it(*args) as s:  # the migrated shelf, going on
+        s["a"] += [10]
+        s["c"] = [3]
+    assert dm.get_merged("a") == [1, 10] and dm.get_merged("b") == [2]
+    assert dm.itemcount() == 3 and dm.session_filenames() == [s.path]
+    assert dm.verify() == []
+
+
+def test_a_twin_written_before_the_check_keeps_its_name_refused(dm):
+    _shelf_and_twin(dm)
+    with pytest.raises(DataManagerError, match="not migrated"):
+        dm.session("old")
+    assert dm.migrate() == []  # a session of its own: both stay, and are read
+
+
 def test_keys_written_into_an_unverified_twin_stay_visible(dm):
     shelf, twin = _shelf_and_twin(dm, {"migrated_from": "old"})
-    with dm.session("old") as s:
-        s["c"] = [3]  # a computer session of that name, after a killed migration
+    with Session(dm.session_filename("old")) as s:
+        s["c"] = [3]  # a computer session of that name, after a killed migration (older versions)
     assert dm.migrate() == []  # a copy no more: left alone
     with pytest.warns(DataManagerWarning, match="holds data of its own"):
         assert dm.get("c") == {"old": [3]} and dm.get_merged("b") == [2]

@@ -46,8 +46,49 @@ def test_mapping_protocol(dm):
     s.update(c=3)
     assert s.pop("c") == 3
     s.close()
-    # Closing is not the end: a session reopens when used again.
-    assert s["b"] == {"nested": (1, "x")}
+    # A new session object of the same name reads what was written.
+    assert Session(s.path)["b"] == {"nested": (1, "x")}
+
+
+def test_sync_is_a_no_op_refused_once_closed(tmp_path):
+    # Brian scripts call sync() on their shelves: every write is durable already.
+    s = DataManager("sweep", str(tmp_path)).session("run")
+    s.sync()  # before the first write: nothing is created
+    assert not os.path.exists(s.path)
+    s["a"] = 1
+    s.sync()
+    assert Session(s.path)["a"] == 1
+    s.close()
+    with pytest.raises(ValueError, match="session 'run' is closed"):
+        s.sync()
+
+
+@pytest.mark.parametrize("make", ["session", "locking_session"])
+def test_a_closed_session_refuses_reads_and_writes_as_a_shelf(tmp_path, make):
+    dm = DataManager("sweep", str(tmp_path))
+    with getattr(dm, make)("run") as s:
+        s["a"] = 1
+    for operation in (
+        lambda: s.__setitem__("b", 2),
+        lambda: s.update(b=2),
+        lambda: s.__getitem__("a"),
+        lambda: s.__delitem__("a"),
+        lambda: len(s),
+        lambda: list(s),
+        lambda: "a" in s,
+        lambda: s.metadata,
+        lambda: s.update_metadata({"x": 1}),
+        lambda: s.transaction().__enter__(),
+    ):
+        with pytest.raises(ValueError, match="session 'run' is closed"):
+            operation()
+    s.close()  # closing again is harmless
+    assert dm.get("a") == {"run": 1} and dm.get("b") == {}  # nothing written after close()
+    # A copy sent to another process is a new, open session of the same file.
+    again = pickle.loads(pickle.dumps(s))
+    again["b"] = 2
+    assert type(again) is type(s) and dict(again) == {"a": 1, "b": 2}
+    again.close()
 
 
 def test_nothing_is_created_before_the_first_write(tmp_path):
