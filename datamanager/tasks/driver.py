@@ -190,11 +190,16 @@ class Sweep:
             # goes on.  A worker that died mid-chunk may have committed part
             # of it: those items are done, and only the rest become failures.
             error, name = describe(exc), self.spec.name
+            lost = isinstance(exc, cf.process.BrokenProcessPool)
+            if lost and self.pool is not None:
+                # A broken pool's other workers are ended by the executor, but
+                # one may still commit its chunk after its future failed: wait
+                # until none is left before asking what was stored.
+                self.pool.close()
             stored = stored_keys(self.spec.dm)
             lost_items = [entry for entry in chunk if f"{name}/{entry[1]}" not in stored]
             acks = self._local.store([(i, k, item, None, error) for i, k, item in lost_items])
             ran, seconds, session = len(chunk), 0.0, self._local.session.name
-            lost = isinstance(exc, cf.process.BrokenProcessPool)
         self._record(acks, session)
         self.done += ran - len(acks)
         self.settled += len(chunk)
