@@ -504,6 +504,15 @@ class Session(MutableMapping):
         results (items, failure records): collation does not see them; a
         reader lists them with
         :meth:`~datamanager.readers.SessionReader.task_records`.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> s = Session(os.path.join(tempfile.mkdtemp(), "demo.sqlite"))
+        >>> s["sweep/k"] = 4
+        >>> s.update_records({"sweep.items/k": 2})
+        >>> dict(s)
+        {'sweep/k': 4}
         """
         for key in records:
             _check_key(key)

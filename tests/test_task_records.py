@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+from pathlib import Path
+
+import pytest
 
 from datamanager import DataManager
 from datamanager.tasks import item_key, run_tasks, task_failures, task_results
+
+SAMPLES = Path(__file__).parent / "data" / "legacy_shelves"
 
 
 def pair(x):
@@ -69,3 +75,14 @@ def test_a_session_in_the_old_layout_still_answers(dm: DataManager):
     assert (summary.done, summary.skipped, summary.failed) == (1, 1, 0)
     assert sorted(task_results(dm, "old")) == [(1, 10), (2, 20)]
     assert task_failures(dm) == []
+
+
+def test_legacy_shelves_hold_no_task_records(tmp_path: Path):
+    shutil.copytree(SAMPLES / "gdbm_py3.data", tmp_path / "gdbm_py3.data")
+    dm = DataManager("gdbm_py3", str(tmp_path))
+    for reader in dm.iter_sessions():
+        with reader:
+            assert reader.task_records() == []
+    assert task_failures(dm) == []
+    with pytest.raises(KeyError, match="sweeps stored there: none"):
+        task_results(dm, "anything")
