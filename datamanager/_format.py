@@ -8,6 +8,10 @@ of side files.  A value is one row of the ``items`` table: its pickle, or,
 for a large numpy array, the name of a side file (``np.save`` format, a
 uuid4 in hex plus ``.npy``) that is written whole before its row commits.
 The ``meta`` table holds JSON text: who wrote the session, when, where.
+The ``task_records`` table holds pickles that :func:`~datamanager.tasks.run_tasks`
+keeps beside its results (the items, the failure records): apart from
+``items``, so collation sees the results only.  Sessions written before it
+existed gain it when a writer opens them; readers take its absence for none.
 
 Everything here is about bytes on disk: names, tables, statements, and the
 codec between a value and its row.  Connections, transactions and locking
@@ -89,6 +93,7 @@ SCHEMA = [
     """CREATE TRIGGER IF NOT EXISTS deleted_side AFTER DELETE ON items
         WHEN old.side IS NOT NULL
         BEGIN INSERT INTO garbage (side) VALUES (old.side); END""",
+    "CREATE TABLE IF NOT EXISTS task_records (key TEXT PRIMARY KEY NOT NULL, value BLOB)",
 ]
 UPSERT = (
     "INSERT INTO items (key, value, side, side_size) VALUES (?, ?, ?, ?) "
@@ -110,6 +115,12 @@ SIDES = "SELECT key, side, side_size FROM items WHERE side IS NOT NULL"
 INLINE = "SELECT key, value FROM items WHERE side IS NULL"
 GARBAGE = "SELECT rowid, side FROM garbage"
 DELETE_GARBAGE = "DELETE FROM garbage WHERE rowid = ?"
+RECORD_UPSERT = (
+    "INSERT INTO task_records (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+HAS_RECORDS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'task_records'"
+RECORDS = "SELECT key, value FROM task_records ORDER BY rowid"
 METADATA = "SELECT name, value FROM meta"
 CREATED = "SELECT value FROM meta WHERE name = 'created'"
 ADD_METADATA = "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)"
@@ -196,6 +207,11 @@ def is_side_array(value: Any) -> bool:
 def inline_row(key: str, value: Any) -> tuple[str, bytes, None, None]:
     """The ``items`` row of a value stored inline, pickled."""
     return (key, safepickle.dumps(key, value), None, None)
+
+
+def record_row(key: str, value: Any) -> tuple[str, bytes]:
+    """The ``task_records`` row of a record, pickled."""
+    return (key, safepickle.dumps(key, value))
 
 
 def same_array(a: np.ndarray, b: np.ndarray) -> bool:

@@ -99,6 +99,15 @@ class SessionReader:
         """Yield ``(key, pickled bytes)`` for the values stored as pickles."""
         raise NotImplementedError
 
+    def raw_task_records(self) -> list[tuple[str, Any]]:
+        """``(key, pickled bytes)`` of the records kept apart from the keys.
+
+        They are what :func:`~datamanager.tasks.run_tasks` stores beside its
+        results (see :meth:`~datamanager.session.Session.update_records`);
+        formats without them (legacy shelves) have none.
+        """
+        return []
+
     @property
     def nbytes(self) -> int:
         """Bytes on disk: every file of the session."""
@@ -149,6 +158,17 @@ class SessionReader:
 
     def _all_items(self, on_error: OnError | None) -> Iterator[tuple[str, Any]]:
         return self.items(self.keys(), on_error)
+
+    def task_records(self, keep: Callable[[str], bool] | None = None) -> list[tuple[str, Any]]:
+        """``(key, record)`` of the records kept apart from the keys, in the order written.
+
+        Only the records whose key passes *keep* (all when None) are unpickled.
+        """
+        return [
+            (key, fmt.decode(data, self.path, self.name, key, self.safe))
+            for key, data in self.raw_task_records()
+            if keep is None or keep(key)
+        ]
 
     def matching(self, match: Match) -> list[str]:
         """The keys that match *match* (a prefix, or a callable taking the key)."""
@@ -354,6 +374,16 @@ class NativeReader(SessionReader):
 
     def raw_values(self) -> Iterator[tuple[str, bytes]]:
         yield from self._query(fmt.INLINE)
+
+    def raw_task_records(self) -> list[tuple[str, Any]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[str, Any]]:
+            # A session written before the table existed, and never opened by
+            # a writer since (or on read-only media), has none.
+            if conn.execute(fmt.HAS_RECORDS).fetchone() is None:
+                return []
+            return conn.execute(fmt.RECORDS).fetchall()
+
+        return [] if self._conn is None else self._read(read)
 
     def integrity(self) -> list[str]:
         if self._conn is None:

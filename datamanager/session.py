@@ -524,6 +524,30 @@ class Session(MutableMapping):
             assert s._conn is not None
             s._conn.executemany(fmt.SET_METADATA, rows)
 
+    def update_records(self, records: Mapping[str, Any]) -> None:
+        """Store records apart from the keys, in one transaction (or the enclosing one).
+
+        They are what :func:`~datamanager.tasks.run_tasks` keeps beside its
+        results (items, failure records): collation does not see them; a
+        reader lists them with
+        :meth:`~datamanager.readers.SessionReader.task_records`.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> s = Session(os.path.join(tempfile.mkdtemp(), "demo.sqlite"))
+        >>> s["sweep/k"] = 4
+        >>> s.update_records({"sweep.items/k": 2})
+        >>> dict(s)
+        {'sweep/k': 4}
+        """
+        for key in records:
+            _check_key(key)
+        rows = [fmt.record_row(k, v) for k, v in records.items()]
+        with self.transaction() as s:
+            assert s._conn is not None
+            s._conn.executemany(fmt.RECORD_UPSERT, rows)
+
     # -- reading --
 
     def __getitem__(self, key: str) -> Any:

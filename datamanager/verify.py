@@ -37,10 +37,11 @@ def verify(basepath: str, entries: list[SessionEntry]) -> list[Problem]:
 
     Checks the SQLite store (``PRAGMA quick_check``), the metadata, that
     every side file is present, whole and a valid ``.npy`` file, that every
-    stored pickle is well formed (parsed with :mod:`pickletools`) and decodes
-    in safe mode (which runs no stored code; values of classes safe mode
-    refuses are not unpickled), and that legacy shelves can be read.  A
-    session that cannot be checked is reported, never raised.  Reports a
+    stored pickle (a value or a task record) is well formed (parsed with
+    :mod:`pickletools`) and decodes in safe mode (which runs no stored
+    code; values of classes safe mode refuses are not unpickled), and that
+    legacy shelves can be read.  A session that cannot be checked is
+    reported, never raised.  Reports a
     native session that shares a shelf's name without replacing it (an
     interrupted ``migrate()`` leaves one), and side files that no key
     refers to and that are older than :data:`ORPHAN_AGE` seconds: a writer killed between
@@ -102,6 +103,10 @@ def _check(reader: SessionReader) -> list[tuple[str, str]]:
         message = _check_value(reader, key, data)
         if message:
             found.append((reader.path, f"key {key!r}: {message}"))
+    for key, data in reader.raw_task_records():
+        message = _check_value(reader, key, data)
+        if message:
+            found.append((reader.path, f"task record {key!r}: {message}"))
     return found
 
 

@@ -10,10 +10,14 @@ same call again, and the results collate with the usual API.
 Keys, for a sweep named ``name`` (the task's ``__qualname__`` by default) and an
 item whose :func:`item_key` is ``k``:
 
-- ``name/k``: the result, exactly as the task returned it;
+- ``name/k``: the result, exactly as the task returned it, a key of the session;
 - ``name.items/k``: the item, written in the same transaction as the result;
 - ``name.failures/k``: a failure record (a dict of builtin values) when the
   task raised or its result could not be stored.
+
+Items and failure records are the session's task records, kept apart from
+its keys so that collation sees the results only; sessions written before
+task records existed kept them as keys, and are read too.
 
 The modules: :mod:`~datamanager.tasks.run` (:func:`run_tasks`),
 :mod:`~datamanager.tasks.driver` (a sweep's chunks and counters),

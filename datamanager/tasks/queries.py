@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .records import TaskFailure, sweep_name
 
 if TYPE_CHECKING:
     from ..manager import DataManager
+    from ..readers import SessionReader
 
 __all__ = ["stored_keys", "task_failures", "task_results"]
 
@@ -20,21 +21,50 @@ def stored_keys(dm: DataManager) -> set[str]:
         return set()
 
 
-def _sweep_names(keys: Iterable[str]) -> set[str]:
-    """The names of the sweeps that stored anything (a result or a failure) among *keys*."""
+#: What marks the key of an item and of a failure record: ``<name><marker><item key>``.
+ITEM, FAILURE = ".items/", ".failures/"
+
+
+def _records(
+    reader: SessionReader, keys: list[str], marker: str, wanted: str | None = None
+) -> Iterator[tuple[str, str, Any]]:
+    """Yield ``(sweep name, item key, record)`` of one kind of record in *reader*.
+
+    Records live in the session's task records; sessions written before
+    those existed kept them among their *keys*, read too.  The newer comes
+    last, so a ``dict`` built from these keeps it.
+    """
+
+    def keep(k: str) -> bool:
+        name, sep, _ = k.rpartition(marker)
+        return bool(sep) and (wanted is None or name == wanted)
+
+    old = [(k, reader[k]) for k in keys if keep(k)]
+    for k, record in old + reader.task_records(keep):
+        name, _, key = k.rpartition(marker)
+        yield name, key, record
+
+
+def _sweep_names(dm: DataManager) -> set[str]:
+    """The names of the sweeps that stored anything (a result or a failure) in *dm*."""
     names = set()
-    for k in keys:
-        for marker in (".items/", ".failures/"):
-            name, sep, _ = k.partition(marker)
-            if sep:
-                names.add(name)
+    for reader in dm.iter_sessions():
+        with reader:
+            keys = reader.keys() + [k for k, _ in reader.raw_task_records()]
+        for k in keys:
+            for marker in (ITEM, FAILURE):
+                name, sep, _ = k.rpartition(marker)
+                if sep:
+                    names.add(name)
     return names
 
 
-def _unknown_sweep(dm: DataManager, name: str, keys: Iterable[str]) -> KeyError:
-    """The error for a sweep *name* that stored nothing in *dm*, naming those that did."""
-    known = ", ".join(repr(n) for n in sorted(_sweep_names(keys))) or "none"
-    return KeyError(f"no sweep named {name!r} in {dm.basepath} (sweeps stored there: {known})")
+def _check_sweep(dm: DataManager, name: str) -> None:
+    """Raise KeyError for a sweep *name* that stored nothing in *dm*, naming those that did."""
+    names = _sweep_names(dm)
+    if name not in names:
+        known = ", ".join(repr(n) for n in sorted(names)) or "none"
+        raise KeyError(f"no sweep named {name!r} in {dm.basepath} (sweeps stored there: {known})")
 
 
 def task_results(dm: DataManager, task: Callable[..., Any] | str) -> list[tuple[Any, Any]]:
@@ -62,17 +92,17 @@ def task_results(dm: DataManager, task: Callable[..., Any] | str) -> list[tuple[
         failure (a typo); the message lists the sweeps that did.
     """
     name = sweep_name(task)
-    prefix, found, keys = name + "/", {}, set()
+    prefix, found = name + "/", {}
     for reader in dm.iter_sessions():
         with reader:
             names = reader.keys()
-            keys.update(names)
+            items = {key: item for _, key, item in _records(reader, names, ITEM, name)}
             for k in names:
                 if k.startswith(prefix):
-                    digest = k[len(prefix) :]
-                    found[digest] = (reader.get(f"{name}.items/{digest}"), reader[k])
-    if not found and name not in _sweep_names(keys):
-        raise _unknown_sweep(dm, name, keys)
+                    key = k[len(prefix) :]
+                    found[key] = (items.get(key), reader[k])
+    if not found:
+        _check_sweep(dm, name)
     return list(found.values())
 
 
@@ -103,7 +133,6 @@ def task_failures(
         If *task* is given and no sweep of that name stored anything (a
         typo); the message lists the sweeps that did.
     """
-    marker = ".failures/"
     wanted = None if task is None else sweep_name(task)
     records: dict[tuple[str, str], TaskFailure] = {}
     keys: set[str] = set()
@@ -111,19 +140,16 @@ def task_failures(
         with reader:
             names = reader.keys()
             keys.update(names)
-            for k in names:
-                name, sep, digest = k.rpartition(marker)
-                if sep and (wanted is None or name == wanted):
-                    rec = reader[k]
-                    records[name, digest] = TaskFailure(
-                        name,
-                        digest,
-                        rec.get("item"),
-                        rec.get("error", ""),
-                        rec.get("traceback", ""),
-                        rec.get("worker", ""),
-                        reader.name,
-                    )
-    if wanted is not None and wanted not in _sweep_names(keys):
-        raise _unknown_sweep(dm, wanted, keys)
-    return [f for (name, digest), f in records.items() if f"{name}/{digest}" not in keys]
+            for name, key, rec in _records(reader, names, FAILURE, wanted):
+                records[name, key] = TaskFailure(
+                    name,
+                    key,
+                    rec.get("item"),
+                    rec.get("error", ""),
+                    rec.get("traceback", ""),
+                    rec.get("worker", ""),
+                    reader.name,
+                )
+    if wanted is not None and not records and not any(k.startswith(wanted + "/") for k in keys):
+        _check_sweep(dm, wanted)
+    return [f for (name, key), f in records.items() if f"{name}/{key}" not in keys]

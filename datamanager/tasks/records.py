@@ -17,7 +17,8 @@ class TaskFailure:
     name : str
         The sweep's name (the key prefix).
     key : str
-        The item's key; the failure is stored as ``<name>.failures/<key>``.
+        The item's key; the failure is stored as the task record
+        ``<name>.failures/<key>``.
     item : object
         The item (its ``repr`` when the item itself could not be pickled).
     error : str

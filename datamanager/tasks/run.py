@@ -55,8 +55,9 @@ def run_tasks(
 
     Each worker process opens its own session once (``dm.session()``, with the
     task recorded in its metadata) and stores the result of ``item`` under
-    ``<name>/<key>``, the item itself under ``<name>.items/<key>``, where the
-    key is :func:`item_key` of the item.  Items travel to the workers in
+    ``<name>/<key>``, the item itself under ``<name>.items/<key>`` in the
+    session's task records (which collation does not see), where the key is
+    :func:`item_key` of the item.  Items travel to the workers in
     chunks; a worker commits its results at the end of each chunk and at
     least every :data:`COMMIT_SECONDS`, and only a small acknowledgement comes
     back.

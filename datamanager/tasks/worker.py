@@ -165,20 +165,22 @@ class Worker:
         return report
 
     def store(self, outcomes: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Write results and failure records in one transaction; return the failures.
+        """Write results, items and failure records in one transaction; return the failures.
 
-        Everything goes through one ``session.update()``, so a bulk write in
-        the session speeds this up too; a result that cannot be pickled
-        (:class:`UnstorableValueError` names its key) becomes that item's
-        failure and the rest is written again.
+        Results go to the session's keys, through one ``session.update()``
+        (so a bulk write in the session speeds this up too); items and
+        failure records go to its task records, where collation does not see
+        them.  A result that cannot be pickled (:class:`UnstorableValueError`
+        names its key) becomes that item's failure and the rest is written
+        again.
         """
         name, worker, failures = self.spec.name, worker_name(), []
-        writes: dict[str, Any] = {}
+        results: dict[str, Any] = {}
         owner: dict[str, tuple[Any, ...]] = {}
         for outcome in outcomes:
             index, key, item, result, error = outcome
             if error is None:
-                writes[f"{name}/{key}"], writes[f"{name}.items/{key}"] = result, item
+                results[f"{name}/{key}"] = result
                 owner[f"{name}/{key}"] = outcome
             else:
                 failures.append((index, key, item, error))
@@ -186,28 +188,26 @@ class Worker:
         with session.transaction():
             while True:
                 try:
-                    session.update(writes)
+                    session.update(results)
                     break
                 except UnstorableValueError as exc:
                     if exc.key not in owner:
                         raise
                     index, key, item, _result, _error = owner.pop(exc.key)
-                    del writes[f"{name}/{key}"], writes[f"{name}.items/{key}"]
+                    del results[exc.key]
                     failures.append((index, key, item, describe(exc)))
             now, task = time.time(), self.spec.qualname
-            session.update(
-                {
-                    f"{name}.failures/{key}": dict(
-                        item=item,
-                        error=error[0],
-                        traceback=error[1],
-                        worker=worker,
-                        time=now,
-                        task=task,
-                    )
-                    for _index, key, item, error in failures
-                }
-            )
+            records = {f"{name}.items/{o[1]}": o[2] for o in owner.values()}
+            for _index, key, item, error in failures:
+                records[f"{name}.failures/{key}"] = dict(
+                    item=item,
+                    error=error[0],
+                    traceback=error[1],
+                    worker=worker,
+                    time=now,
+                    task=task,
+                )
+            session.update_records(records)
         return [(index, key, error[0], error[1], worker) for index, key, _item, error in failures]
 
     def close(self) -> None:
