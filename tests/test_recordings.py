@@ -241,10 +241,27 @@ def test_brian_functions_match_brians_loadtxt(shared_data: Path) -> None:
 def test_brian_functions_refuse_text_or_single_column(tmp_path: Path, shared_data: Path) -> None:
     with pytest.raises(RecordingFormatError, match="numbers in column 1"):
         read_atf(sample("ephysanalyzer_clampfit_results.atf", shared_data))
+    one = tmp_path / "one.atf"
+    one.write_text('ATF\t1.0\n0\t1\n"Time (s)"\n1\n2\n')
+    with pytest.raises(RecordingFormatError, match="at least 2 columns"):
+        read_atf(one)
+
+
+def test_read_neuron_dat_returns_every_column_as_brian_14_did(tmp_path: Path) -> None:
+    # Brian 1.4.3's brian/tools/io.py: skip two lines, return loadtxt(f).T.
+    three = tmp_path / "three.dat"
+    three.write_text("0\t1\t2\n1\t3\t4\n2\t5\t6\n")  # plain columns, no header
+    t, x, y = read_neuron_dat(three)
+    np.testing.assert_array_equal(t, [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(x, [1.0, 3.0, 5.0])
+    np.testing.assert_array_equal(y, [2.0, 4.0, 6.0])
+    assert read_neuron_dat(three).shape == (3, 3)
+    # Vector.printf: one column, a 1-D array; without header lines every row stays.
     one = tmp_path / "one.dat"
     one.write_text("1\n2\n3\n")
-    with pytest.raises(RecordingFormatError, match="at least 2 columns"):
-        read_neuron_dat(one)
+    values = read_neuron_dat(one)
+    assert values.shape == (3,) and values.dtype == np.float64
+    np.testing.assert_array_equal(values, [1.0, 2.0, 3.0])
 
 
 # -- layouts written here by hand ---------------------------------------------------

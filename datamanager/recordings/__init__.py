@@ -1,7 +1,8 @@
 """Readers and writers for NEURON ``.dat`` and Axon ``.atf`` recordings.
 
 Every reader returns the same :class:`Recording` type; ``read_neuron_dat``
-and ``read_atf`` keep Brian's ``(times, values)`` meaning.  Bringing folders
+and ``read_atf`` keep Brian's meaning (every column as rows, and
+``(times, values)``).  Bringing folders
 of recordings into a data directory is :mod:`datamanager.importer`.
 """
 

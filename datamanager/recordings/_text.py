@@ -579,21 +579,28 @@ def atomic_write(path: str, parts: Iterable[str]) -> None:
         raise
 
 
-def two_columns(data: np.ndarray, path: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Brian's ``(times, values)``: the first two columns as 1-D float arrays."""
-    if data.shape[1] < 2:
+def numeric_columns(data: np.ndarray, path: str | None, count: int | None = None) -> np.ndarray:
+    """The first *count* columns of *data* (all by default) as rows of floats.
+
+    Raises RecordingFormatError for a text cell (Clampfit result sheets hold
+    some) or where the table has fewer than *count* columns.
+    """
+    if count is not None and data.shape[1] < count:
         raise RecordingFormatError(
-            path or "", None, "at least 2 columns (times, values)", f"{data.shape[1]}"
+            path or "", None, f"at least {count} columns (times, values)", f"{data.shape[1]}"
         )
-    out = []
-    for j in (0, 1):
-        col = data[:, j]
-        if col.dtype == object:  # a text column (Clampfit result sheets)
-            bad = next((v for v in col.tolist() if isinstance(v, str)), None)
+    rows = data.T[:count]
+    if rows.dtype == object:
+        for j, row in enumerate(rows):
+            bad = next((v for v in row.tolist() if isinstance(v, str)), None)
             if bad is not None:
                 raise RecordingFormatError(
                     path or "", None, f"numbers in column {j + 1}", show(bad)
                 )
-            col = col.astype(np.float64)
-        out.append(col)
-    return out[0], out[1]
+    return rows.astype(np.float64)
+
+
+def two_columns(data: np.ndarray, path: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Brian's ``(times, values)``: the first two columns as 1-D float arrays."""
+    times, values = numeric_columns(data, path, 2)
+    return times, values

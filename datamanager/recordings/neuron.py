@@ -45,12 +45,12 @@ from ._text import (
     decode,
     file_size,
     format_rows,
+    numeric_columns,
     parse_lines,
     parse_numeric,
     show,
     split_fields,
     to_float,
-    two_columns,
 )
 from .recording import Recording
 
@@ -471,21 +471,30 @@ def is_neuron(head: bytes) -> bool:
     return not second.strip() or _numbers(second) is not None
 
 
-def read_neuron_dat(name: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Brian's ``read_neuron_dat``: the first two columns of the first block.
+def read_neuron_dat(name: PathLike) -> np.ndarray:
+    """Brian's ``read_neuron_dat``: every column of the first block, one row each.
+
+    Brian 1.4 returned ``numpy.loadtxt(...).T`` after skipping two lines, so
+    ``t, v = read_neuron_dat(f)`` reads a two-column file and ``t, x, y =``
+    a three-column one; a one-column file (``Vector.printf``) gives a 1-D
+    array.  Unlike Brian, a file without NEURON's two header lines keeps its
+    first two rows, a file of several blocks reads its first block (see
+    :func:`load_neuron_dat` for all of them), and a table of one row keeps
+    its columns apart.
 
     Returns
     -------
-    times, values : numpy.ndarray
-        1-D float arrays (as written: no unit conversion).
+    numpy.ndarray
+        float64, shape ``(columns, rows)``, or ``(rows,)`` for one column.
 
     Raises
     ------
     RecordingFormatError
-        For a malformed file, or one whose first block has one column.
+        For a malformed file, or a cell of text.
     """
     rec = load_neuron_dat(name)[0]
-    return two_columns(rec.data, rec.path)
+    rows = numeric_columns(rec.data, rec.path)
+    return rows[0] if len(rows) == 1 else rows
 
 
 def write_neuron_dat(
