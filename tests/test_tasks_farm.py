@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
+from datamanager import DataManager
 from datamanager.tasks import run_tasks, task_results
 
 from conftest import run_python
@@ -109,3 +112,45 @@ assert not os.path.exists(dm.basepath)  # refused before anything ran
 
 def test_a_task_workers_cannot_import_is_refused_first(tmp_path):
     run_python(UNIMPORTABLE, str(tmp_path / "data"))
+
+
+BRIAN_EXAMPLE = """
+import sys
+from numpy import mean
+from numpy.random import rand
+
+from datamanager import DataManager, run_tasks
+
+
+def find_rate(k, report):
+    # Brian's example runs a network here and passes report to run().
+    report(0.0, 0.5)
+    return (k, mean([k, k]) / 30)
+
+
+if __name__ == "__main__":
+    N = 20
+    dataman = DataManager("taskfarmexample", sys.argv[1])
+    if dataman.itemcount() < N:
+        M = N - dataman.itemcount()
+        run_tasks(dataman, find_rate, rand(M) * 19 + 1, False)
+    X, Y = zip(*dataman.values())
+    print(len(X), len(Y))
+"""
+
+
+def test_brians_task_farm_example_runs_unchanged(tmp_path):
+    # The shape of Brian 1's taskfarm example: itemcount() decides how many
+    # items are left, and zip(*dataman.values()) gives the points.
+    script = tmp_path / "taskfarm_example.py"
+    script.write_text(BRIAN_EXAMPLE)
+    for _ in range(2):  # the second run finds every point and computes none
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["20", "20"]
+    assert DataManager("taskfarmexample", str(tmp_path)).itemcount() == 20
