@@ -20,7 +20,7 @@ import pickle
 import re
 import reprlib
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -277,20 +277,23 @@ def scalar(dtype: Any, data: Any) -> np.generic:
     return _from_bytes(data, dtype_of(dtype), (), "C")[()]
 
 
-def resolve_all(value: Any) -> Any:
-    """*value* with every stand-in inside it replaced by its real value.
+def _resolve(obj: Any) -> Any:
+    return obj.resolve() if isinstance(obj, StandIn) else obj
 
-    Lists, dicts and sets are changed in place, so that values shared or
-    recursive in the pickle stay so; tuples and frozensets are rebuilt.
+
+def resolve_all(value: Any, leaf: Callable[[Any], Any] = _resolve) -> Any:
+    """*value* with *leaf* applied to everything inside it but builtin containers.
+
+    By default every stand-in is replaced by its real value.  Lists, dicts
+    and sets are changed in place, so that values shared or recursive in the
+    pickle stay so; tuples and frozensets are rebuilt, once each.
     """
     done: dict[int, tuple[Any, Any]] = {}  # id -> (original, replacement)
 
     def visit(obj: Any) -> Any:
-        if isinstance(obj, StandIn):
-            return obj.resolve()
         kind = type(obj)
         if kind not in (list, dict, set, tuple, frozenset):
-            return obj
+            return leaf(obj)
         seen = done.get(id(obj))
         if seen is not None:
             return seen[1]

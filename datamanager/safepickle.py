@@ -153,10 +153,10 @@ class _Py2Unpickler(pickle._Unpickler):
 
     Those strings are decoded as latin-1 while loading, because numpy
     rebuilds arrays and dtypes from them and needs every byte back; the ones
-    left in the value are decoded again by :func:`py2_text` afterwards
-    (:func:`_redecode`).  Only the pure-Python unpickler has a hook for those
-    opcodes (``_decode_string``), and Python 3 never writes them, so native
-    values keep the C unpickler.
+    left in the value are decoded again by :func:`py2_text` afterwards.
+    Only the pure-Python unpickler has a hook for those opcodes
+    (``_decode_string``), and Python 3 never writes them, so native values
+    keep the C unpickler.
     """
 
     def __init__(self, data: bytes) -> None:
@@ -172,29 +172,6 @@ class _Py2Unpickler(pickle._Unpickler):
 
 class _SafePy2Unpickler(_SafeGlobals, _Py2Unpickler):
     pass
-
-
-def _redecode(value: Any, ids: set[int], seen: set[int]) -> Any:
-    """*value* with each string whose id is in *ids* decoded again by :func:`py2_text`.
-
-    Walks builtin containers (lists and dicts in place, so shared and cyclic
-    ones stay so); a one-character string may share its id with an equal
-    one of another origin, which decodes to itself either way.
-    """
-    if type(value) is str:
-        return py2_text(value.encode("latin-1")) if id(value) in ids else value
-    if type(value) not in (list, dict, tuple, set, frozenset) or id(value) in seen:
-        return value
-    seen.add(id(value))
-    if type(value) is list:
-        value[:] = [_redecode(v, ids, seen) for v in value]
-        return value
-    if type(value) is dict:
-        items = [(_redecode(k, ids, seen), _redecode(v, ids, seen)) for k, v in value.items()]
-        value.clear()
-        value.update(items)
-        return value
-    return type(value)(_redecode(v, ids, seen) for v in value)
 
 
 def _referenced(objects: list[Any]) -> bool:
@@ -253,7 +230,10 @@ def loads(data: bytes, *, safe: bool, session: str, key: str) -> Any:
     finally:
         unpickler.memo.clear()
     if py2 and unpickler.py2_strings:
-        value = _redecode(value, {id(s) for s in unpickler.py2_strings}, set())
+        ids = {id(text) for text in unpickler.py2_strings}
+        value = sn.resolve_all(
+            value, lambda obj: py2_text(obj.encode("latin-1")) if id(obj) in ids else obj
+        )
     if not safe:
         return value
     made = unpickler.made

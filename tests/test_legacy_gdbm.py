@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamanager import CorruptSessionError, DataManager, DataManagerWarning
+from datamanager import CorruptSessionError, DataManager, DataManagerWarning, safepickle
 
 SAMPLES = Path(__file__).parent / "data" / "legacy_shelves"
 GDBM_SESSIONS = ["frank.hpc", "frank.hpc.3c2d", "grace.node7.e1"]
@@ -190,3 +190,13 @@ def test_gdbm_numsync_format_is_read(tmp_path: Path):
     path.write_bytes(bytes(data))
     assert dm.get("v_rest", strict=True)["grace.node7.e1"] == [-72.0]
     assert dm.itemcount() == 3 * 121
+
+
+@pytest.mark.parametrize("safe", [False, True])
+def test_a_python2_str_in_a_shared_tuple_is_decoded_everywhere(safe: bool):
+    # Protocol 2 as Python 2 writes [t, t]: the second t is a memo reference
+    # to the first tuple, holding the UTF-8 bytes of 'café' as a str.
+    data = b"\x80\x02]q\x00(U\x05caf\xc3\xa9q\x01\x85q\x02h\x02e."
+    value = safepickle.loads(data, safe=safe, session="s", key="k")
+    assert value == [("café",), ("café",)]
+    assert value[0] is value[1]  # still shared
