@@ -114,6 +114,9 @@ BATCH = (
 SIDES = "SELECT key, side, side_size FROM items WHERE side IS NOT NULL"
 INLINE = "SELECT key, value FROM items WHERE side IS NULL"
 GARBAGE = "SELECT rowid, side FROM garbage"
+# Whether garbage lists a name that could be a side file (is_side_name decides):
+# asked after every commit, so it must not read names it will never delete.
+HAS_GARBAGE = "SELECT 1 FROM garbage WHERE length(side) = 36 AND side GLOB '[0-9a-f]*.npy' LIMIT 1"
 DELETE_GARBAGE = "DELETE FROM garbage WHERE rowid = ?"
 RECORD_UPSERT = (
     "INSERT INTO task_records (key, value) VALUES (?, ?) "

@@ -372,7 +372,7 @@ class Session(MutableMapping):
         Other names stay listed, unused, so that ``verify()`` keeps reporting
         them instead of a writer wiping out the trace of the damage.
         """
-        if not any(is_side_name(r[1]) for r in conn.execute(fmt.GARBAGE)):
+        if conn.execute(fmt.HAS_GARBAGE).fetchone() is None:
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -585,7 +585,7 @@ class Session(MutableMapping):
 
 
 def _check_key(key: Any) -> None:
-    if type(key) is not str and not isinstance(key, str):
+    if not isinstance(key, str):
         raise TypeError(f"session keys must be str, not {type(key).__name__} ({key!r})")
 
 
