@@ -16,6 +16,18 @@ from datamanager import DataManager
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+#: What every session records about the run that wrote it.
+METADATA_FIELDS = (
+    "created",
+    "user",
+    "host",
+    "pid",
+    "python",
+    "argv",
+    "cwd",
+    "numpy_version",
+    "datamanager_version",
+)
 
 
 def stress_size(full: int, ci: int) -> int:

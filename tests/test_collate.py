@@ -31,7 +31,7 @@ from datamanager import (
 )
 from datamanager._format import blob_dir
 
-from conftest import can_mount_read_only, run_python
+from conftest import METADATA_FIELDS, can_mount_read_only, run_python
 
 WRITER = """
 import sys, numpy as np
@@ -116,20 +116,7 @@ def test_order_is_creation_order_with_ties_by_name(dm):
 def test_sessions_dataframe(swept):
     frame = swept.sessions()
     assert isinstance(frame, pd.DataFrame) and len(frame) == 4
-    for column in (
-        "name",
-        "created",
-        "user",
-        "host",
-        "pid",
-        "python",
-        "argv",
-        "cwd",
-        "numpy_version",
-        "datamanager_version",
-        "keys",
-        "size",
-    ):
+    for column in ("name", *METADATA_FIELDS, "keys", "size"):
         assert column in frame.columns, column
     assert (frame["keys"] == 4).all() and (frame["size"] > 0).all()
     assert frame["created"].is_monotonic_increasing

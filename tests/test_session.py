@@ -22,7 +22,7 @@ from datamanager import (
 from datamanager._format import SIDE_FILE_THRESHOLD, blob_dir
 from datamanager.filesystem import choose_journal_mode, filesystem_type
 
-from conftest import start_python
+from conftest import METADATA_FIELDS, start_python
 
 BIG = SIDE_FILE_THRESHOLD // 8 + 10  # float64 elements: just over the side-file threshold
 
@@ -184,17 +184,7 @@ def test_metadata_is_recorded_but_is_not_a_key(dm):
     s = dm.session()
     s["x"] = 1
     meta = s.metadata
-    for field in (
-        "created",
-        "user",
-        "host",
-        "pid",
-        "python",
-        "argv",
-        "cwd",
-        "numpy_version",
-        "datamanager_version",
-    ):
+    for field in METADATA_FIELDS:
         assert field in meta, field
     assert meta["pid"] == os.getpid() and meta["numpy_version"] == np.__version__
     assert list(s) == ["x"]
