@@ -45,6 +45,7 @@ __all__ = [
     "blob_dir",
     "decode",
     "decode_created",
+    "is_index_name",
     "is_side_name",
     "load_side_file",
     "read_metadata",
@@ -70,6 +71,12 @@ COMPANIONS = (
 SIDE_FILE_THRESHOLD = 1 << 20
 #: The name of every side file: what new_side_name makes, a uuid4 in hex.
 _SIDE_NAME = re.compile(r"[0-9a-f]{32}\.npy")
+#: The index of a data directory (:mod:`datamanager.index`): a name no session
+#: can take, as session names never start with a dot.
+INDEX_NAME = ".index.sqlite"
+#: What an index build writes first and renames to INDEX_NAME when complete:
+#: ``.index.sqlite.<32 hex digits>.tmp``.  One left over was interrupted.
+_INDEX_TEMP = re.compile(r"\.index\.sqlite\.[0-9a-f]{32}\.tmp")
 #: Metadata entry of a session migrated from a legacy shelf, written once every
 #: value was read back and compared; only then does the session hide its shelf.
 MIGRATION_VERIFIED = "migration_verified"
@@ -178,6 +185,16 @@ def validate_data_name(name: Any) -> str:
         except InvalidNameError as exc:
             raise InvalidNameError(name, f"its part {part!r} {exc.reason}", what) from None
     return name
+
+
+def new_index_temp_name() -> str:
+    """A fresh name for an index being built (see :data:`INDEX_NAME`)."""
+    return f"{INDEX_NAME}.{uuid.uuid4().hex}.tmp"
+
+
+def is_index_name(name: str) -> bool:
+    """Whether *name* (in a data directory) is its index, or an index being built."""
+    return name == INDEX_NAME or _INDEX_TEMP.fullmatch(name) is not None
 
 
 def blob_dir(path: str) -> str:

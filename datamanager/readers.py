@@ -458,6 +458,8 @@ def list_directory(basepath: str) -> Listing:
         {},
     )
     for name, is_dir in names.items():
+        if fmt.is_index_name(name) and not is_dir:
+            continue  # the directory's index: not a session, not a stray
         if name.startswith(".") or (is_dir and not name.endswith(BLOB_SUFFIX)):
             listing.stray.append(name)
         elif name.endswith(SESSION_SUFFIX) and not is_dir:
