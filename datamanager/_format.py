@@ -118,6 +118,7 @@ PREFIXED = "SELECT key FROM items WHERE substr(key, 1, ?) = ? ORDER BY rowid"
 BATCH = (
     "SELECT rowid, key, value, side, side_size FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?"
 )
+ROWS = "SELECT key, value, side, side_size FROM items ORDER BY rowid"
 SIDES = "SELECT key, side, side_size FROM items WHERE side IS NOT NULL"
 INLINE = "SELECT key, value FROM items WHERE side IS NULL"
 GARBAGE = "SELECT rowid, side FROM garbage"

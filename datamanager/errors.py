@@ -11,6 +11,7 @@ missing key stays a plain :class:`KeyError`.  Warnings go through
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
@@ -243,6 +244,10 @@ def warn_caller(message: str) -> None:
     of this package are skipped, and the warning names the user's line.
     """
     frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    # The context managers of contextlib sit between our frames too.
+    while frame.f_back is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE)
+        or frame.f_code.co_filename == contextlib.__file__
+    ):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, DataManagerWarning, stacklevel=level)

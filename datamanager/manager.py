@@ -7,6 +7,7 @@ unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -20,6 +21,7 @@ from ._descriptors import reader_budget
 from ._format import SESSION_SUFFIX, validate_data_name, validate_session_name
 from .errors import CorruptSessionError, warn_caller
 from .filesystem import check_journal_mode
+from .index import IndexSummary, IndexView, build_index, index_tables, open_view
 from .legacy import check_not_hiding, find_sessions, migrate
 from .locking import LockingSession
 from .provenance import computer_name
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from .hdf5 import ExportReport
     from .importer import ImportSummary
 
-__all__ = ["DataManager", "Problem"]
+__all__ = ["DataManager", "IndexSummary", "Problem"]
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Session)
@@ -180,33 +182,60 @@ class DataManager:
         where = f" (key {exc.key!r})" if exc.key is not None else ""
         warn_caller(f"skipping corrupt session {entry.path}{where}: {exc.reason}")
 
-    def _open(self, entry: SessionEntry, strict: bool) -> SessionReader | None:
-        """Open *entry*; None for a session skipped as corrupt."""
+    def _open(
+        self, entry: SessionEntry, strict: bool, index: IndexView | None = None
+    ) -> SessionReader | None:
+        """Open *entry*, through *index* if it serves it; None for a corrupt session skipped."""
         try:
-            return entry.open(self.safe)
+            reader = index.reader(entry, self.safe) if index is not None else None
+            return reader if reader is not None else entry.open(self.safe)
         except CorruptSessionError as exc:
             self._skip(entry, exc, strict)
             return None
 
-    def _collect(self, read: Callable[[SessionReader], T], strict: bool) -> list[tuple[str, T]]:
+    @contextlib.contextmanager
+    def _sources(self) -> Iterator[tuple[list[SessionEntry], IndexView | None]]:
+        """The sessions, and the directory's index where there is one to serve them."""
+        entries = self._entries()
+        index = open_view(self.basepath, entries)
+        try:
+            yield entries, index
+        finally:
+            if index is not None:
+                index.close()
+
+    def _collect(
+        self,
+        read: Callable[[SessionReader], T],
+        strict: bool,
+        holding: Callable[[IndexView], set[str]] | None = None,
+    ) -> list[tuple[str, T]]:
         """``(name, read(reader))`` for every session, each opened once, in creation order.
 
         Sessions sort by creation time, ties by name (see :meth:`iter_sessions`).
+        With *holding*, sessions the index serves are read only if they are
+        among ``holding(index)``: the others hold nothing *read* looks for.
         """
         found = []
-        for entry in self._entries():
-            reader = self._open(entry, strict)
-            if reader is None:
-                continue
-            with reader:
-                try:
-                    found.append(((reader.created, entry.name), read(reader), entry.legacy))
-                except CorruptSessionError as exc:
-                    self._skip(entry, exc, strict)
+        passed = set()  # native sessions not read: they hold nothing asked for
+        with self._sources() as (entries, index):
+            wanted = holding(index) if index is not None and holding is not None else None
+            for entry in entries:
+                if wanted is not None and entry.name not in wanted and entry.name in index.served:
+                    passed.add(entry.name)
+                    continue
+                reader = self._open(entry, strict, index)
+                if reader is None:
+                    continue
+                with reader:
+                    try:
+                        found.append(((reader.created, entry.name), read(reader), entry.legacy))
+                    except CorruptSessionError as exc:
+                        self._skip(entry, exc, strict)
         # A shelf read beside a native session of its name (one written by
         # an older version) is labelled apart, so that get() keeps both
         # values of a key the two hold.
-        native = {order[1] for order, _, legacy in found if not legacy}
+        native = passed | {order[1] for order, _, legacy in found if not legacy}
         labelled = [
             ((created, f"{name} (legacy shelf)" if legacy and name in native else name), result)
             for (created, name), result, legacy in found
@@ -226,7 +255,12 @@ class DataManager:
         Sessions sort by creation time, ties by name, so that a collation run
         twice on the same data gives the same order.
         """
-        entries = self._entries()
+        with self._sources() as (entries, index):
+            yield from self._iter_open(entries, index, strict)
+
+    def _iter_open(
+        self, entries: list[SessionEntry], index: IndexView | None, strict: bool
+    ) -> Iterator[SessionReader]:
         # Readers stay open from the pass that orders them, so each session is
         # opened once, as long as the process has descriptors to spare (see
         # reader_budget); otherwise each is opened again when its turn comes.
@@ -234,7 +268,7 @@ class DataManager:
         found: list[tuple[float, str, SessionEntry, SessionReader | None]] = []
         try:
             for entry in entries:
-                reader = self._open(entry, strict)
+                reader = self._open(entry, strict, index)
                 if reader is None:
                     continue
                 found.append((reader.created, entry.name, entry, reader if keep else None))
@@ -244,7 +278,7 @@ class DataManager:
             for i, (created, name, entry, kept) in enumerate(found):
                 found[i] = (created, name, entry, None)  # handed over to the caller
                 if kept is None:
-                    kept = self._open(entry, strict)
+                    kept = self._open(entry, strict, index)
                     if kept is None:
                         continue
                 yield kept
@@ -267,7 +301,7 @@ class DataManager:
     def get(self, key: str, strict: bool = False) -> dict[str, Any]:
         """Return ``{session name: value}`` for every session holding *key*."""
         _check_key(key)
-        found = self._collect(lambda r: r.get(key, _MISSING), strict)
+        found = self._collect(lambda r: r.get(key, _MISSING), strict, lambda i: i.holding(key))
         return {name: value for name, value in found if value is not _MISSING}
 
     def get_merged(self, key: str, strict: bool = False) -> Any:
@@ -288,7 +322,7 @@ class DataManager:
             skip = functools.partial(self._skip, reader, strict=strict)
             return dict(reader.items(reader.matching(match), skip))
 
-        found = self._collect(read, strict)
+        found = self._collect(read, strict, lambda i: i.holding_match(match))
         result: dict[str, dict[str, Any]] = {}
         for key in sorted({k for _, values in found for k in values}):
             result[key] = {name: values[key] for name, values in found if key in values}
@@ -379,7 +413,11 @@ class DataManager:
                 "size": reader.nbytes,
             }
 
-        frame = pandas.DataFrame([r for _, r in self._collect(row, strict)])
+        rows = [r for _, r in self._collect(row, strict)]
+        frame = pandas.DataFrame([{k: v for k, v in r.items() if k != "name"} for r in rows])
+        # Object dtype: a name read from a file system in another encoding
+        # keeps its undecodable bytes, which pyarrow-backed text refuses.
+        frame.insert(0, "name", pandas.Series([r["name"] for r in rows], dtype=object))
         if "created" in frame:
             frame["created"] = pandas.to_datetime(frame["created"], unit="s", utc=True)
         return frame
@@ -392,6 +430,66 @@ class DataManager:
         See :func:`datamanager.verify.verify` for what is checked.
         """
         return verify(self.basepath, self._entries(warn=False))
+
+    def build_index(self, hash_values: bool = False) -> IndexSummary:
+        """Index the data directory, or bring its index up to date.
+
+        Collation then reads small values from the index and opens only the
+        sessions it needs; its answers stay those of reading every session
+        (see :mod:`datamanager.index`).  Unchanged sessions are not read
+        again.  Writers may keep writing meanwhile: the build never blocks
+        or modifies a session.
+
+        Parameters
+        ----------
+        hash_values : bool, optional
+            Also record a sha256 of every value's stored bytes.
+
+        Returns
+        -------
+        IndexSummary
+            Sessions indexed, read, carried over and dropped.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> dm = DataManager("sweep", tempfile.mkdtemp())
+        >>> with dm.session() as s:
+        ...     s["rate"] = 12.5
+        >>> dm.build_index().sessions
+        1
+        >>> list(dm.get("rate").values())
+        [12.5]
+        """
+        return build_index(self.basepath, hash_values)
+
+    def index_tables(self) -> dict[str, pandas.DataFrame]:
+        """The index as DataFrames: ``{"sessions": ..., "items": ...}``.
+
+        One row per session (metadata, file sizes and times, key count,
+        bytes) and one per stored value (session, key, type, numpy dtype and
+        shape, stored size, side file, sha256 when the build hashed values).
+        Sessions changed since the last :meth:`build_index` are read again in
+        memory; nothing is written.  Without an index, the tables are built
+        in memory from every session.
+        """
+        return index_tables(self.basepath)
+
+    def export_index(self, out_dir: str | os.PathLike) -> list[str]:
+        """Write :meth:`index_tables` as ``sessions.parquet`` and ``items.parquet``.
+
+        For pandas, polars, DuckDB or Spark.  Needs pyarrow (the ``parquet``
+        extra: ``pip install "sim-datamanager[parquet]"``).  Each file is
+        written under a temporary name and moved into place.
+
+        Returns
+        -------
+        list of str
+            The two files written.
+        """
+        from .index import export_tables
+
+        return export_tables(self.index_tables(), os.fspath(out_dir))
 
     def migrate(self) -> list[str]:
         """Convert legacy shelves into native sessions (see :func:`.legacy.migrate`)."""

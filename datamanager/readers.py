@@ -291,6 +291,11 @@ class NativeReader(SessionReader):
         check_descriptors(self.path)
         raise CorruptSessionError(self.path, f"not a readable session ({exc})") from exc
 
+    @property
+    def empty(self) -> bool:
+        """Whether the session's file is empty: its writer was killed before its first commit."""
+        return self._conn is None
+
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         if self._conn is None:
             return []
@@ -349,18 +354,7 @@ class NativeReader(SessionReader):
 
     @property
     def nbytes(self) -> int:
-        total = 0
-        for suffix in fmt.SQLITE_DATA:
-            try:
-                total += os.path.getsize(self.path + suffix)
-            except OSError:
-                pass
-        try:
-            with os.scandir(fmt.blob_dir(self.path)) as it:
-                total += sum(e.stat().st_size for e in it)
-        except OSError:
-            pass
-        return total
+        return session_nbytes(self.path)
 
     def side_files(self) -> list[tuple[str, str, int]]:
         """``(key, side file path, expected size)`` for values kept beside the database.
@@ -374,6 +368,14 @@ class NativeReader(SessionReader):
 
     def raw_values(self) -> Iterator[tuple[str, bytes]]:
         yield from self._query(fmt.INLINE)
+
+    def raw_rows(self) -> list[tuple[str, Any, Any, Any]]:
+        """Every ``(key, value, side, side_size)`` row as stored, in key order, in one read."""
+        return self._query(fmt.ROWS)
+
+    def raw_metadata(self) -> list[tuple[Any, Any]]:
+        """The ``(name, JSON text)`` rows of the metadata table as stored."""
+        return self._query(fmt.METADATA)
 
     def raw_task_records(self) -> list[tuple[str, Any]]:
         def read(conn: sqlite3.Connection) -> list[tuple[str, Any]]:
@@ -438,6 +440,8 @@ class Listing:
     stray: list[str]
     #: Every other name, with whether it is a folder: legacy shelves, or strays.
     other: dict[str, bool]
+    #: Every name the listing saw.
+    names: frozenset[str] = frozenset()
 
 
 def list_directory(basepath: str) -> Listing:
@@ -456,6 +460,7 @@ def list_directory(basepath: str) -> Listing:
         [SessionEntry(n, os.path.join(basepath, n + SESSION_SUFFIX)) for n in sorted(native)],
         [],
         {},
+        frozenset(names),
     )
     for name, is_dir in names.items():
         if fmt.is_index_name(name) and not is_dir:
@@ -471,6 +476,22 @@ def list_directory(basepath: str) -> Listing:
         else:
             listing.other[name] = is_dir
     return listing
+
+
+def session_nbytes(path: str) -> int:
+    """Bytes on disk of the native session at *path*: database, journals, side files."""
+    total = 0
+    for suffix in fmt.SQLITE_DATA:
+        try:
+            total += os.path.getsize(path + suffix)
+        except OSError:
+            pass
+    try:
+        with os.scandir(fmt.blob_dir(path)) as it:
+            total += sum(e.stat().st_size for e in it)
+    except OSError:
+        pass
+    return total
 
 
 def sqlite_uri(path: str, query: str) -> str:
