@@ -1,0 +1,101 @@
+"""The index as tables: DataFrames in memory, Parquet files on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+from typing import TYPE_CHECKING
+
+from .._format import INDEX_NAME
+from ..readers import sqlite_uri
+from .build import INDEX_VERSION, SCHEMA, read_info, refresh
+
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["export_tables", "index_tables"]
+
+
+def index_tables(basepath: str) -> dict[str, pandas.DataFrame]:
+    """The index of *basepath* as two DataFrames, brought up to date in memory.
+
+    The directory's index (if any) is copied into memory, and sessions
+    changed since it was built are read again there; nothing is written.
+
+    Returns
+    -------
+    dict
+        ``{"sessions": DataFrame, "items": DataFrame}``; see the reference
+        for their columns.
+    """
+    import pandas
+
+    if not os.path.isdir(basepath):
+        raise FileNotFoundError(errno.ENOENT, "no such data directory", basepath)
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        path = os.path.join(basepath, INDEX_NAME)
+        loaded = False
+        if os.path.isfile(path):
+            with contextlib.suppress(sqlite3.DatabaseError):
+                source = sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)
+                try:
+                    source.backup(conn)
+                    loaded = read_info(conn).get("version") == str(INDEX_VERSION)
+                finally:
+                    source.close()
+        if not loaded:
+            for table in ("info", "sessions", "items"):
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in SCHEMA:
+                conn.execute(statement)
+        conn.execute("BEGIN")
+        refresh(conn, basepath, hash_values=False, clock_path=None)
+        conn.execute("COMMIT")
+        sessions = pandas.read_sql_query(_SESSIONS_TABLE, conn)
+        items = pandas.read_sql_query(_ITEMS_TABLE, conn)
+    finally:
+        conn.close()
+    for column in ("created", "mtime", "wal_mtime", "journal_mtime"):
+        sessions[column] = pandas.to_datetime(sessions[column], unit="s", utc=True)
+    sessions["git_dirty"] = sessions["git_dirty"].astype("boolean")
+    sessions["settled"] = sessions["settled"].astype(bool)
+    items["cached"] = items["cached"].astype(bool)
+    return {"sessions": sessions, "items": items}
+
+
+_SESSIONS_TABLE = (
+    "SELECT name, file, created, user, host, pid, git_commit, git_dirty, keys, bytes, size, "
+    "mtime, wal_size, wal_mtime, journal_size, journal_mtime, settled FROM sessions "
+    "ORDER BY created, name"
+)
+_ITEMS_TABLE = (
+    "SELECT s.name AS session, i.key, i.type, i.dtype, i.shape, i.stored_size, i.side, "
+    "i.sha256, i.value IS NOT NULL AS cached FROM items AS i JOIN sessions AS s "
+    "ON s.id = i.session ORDER BY s.created, s.name, i.pos"
+)
+
+
+def export_tables(tables: dict[str, pandas.DataFrame], out_dir: str) -> list[str]:
+    """Write *tables* as ``<name>.parquet`` files in *out_dir*; return their paths."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "writing Parquet files needs pyarrow: pip install 'sim-datamanager[parquet]'"
+        ) from None
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, frame in tables.items():
+        path = os.path.join(out_dir, f"{name}.parquet")
+        temp = f"{path}.{os.getpid()}.tmp"
+        try:
+            frame.to_parquet(temp, engine="pyarrow", index=False)
+            os.replace(temp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        written.append(path)
+    return written
