@@ -193,6 +193,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    dm = _open(args.datadir, args.unsafe)
+    print(dm.build_index(hash_values=args.hash))
+    if args.parquet:
+        for path in dm.export_index(args.parquet):
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .recordings import load_recording
 
@@ -319,6 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folder", metavar="FOLDER")
     p.add_argument("datadir", metavar="DATADIR")
+
+    p = _command(
+        sub,
+        "index",
+        cmd_index,
+        "index the data directory (or update its index) so that reading it is fast",
+        "datamanager index sweep.data",
+    )
+    p.add_argument("datadir", metavar="DATADIR")
+    p.add_argument("--hash", action="store_true", help="record a sha256 of every stored value")
+    p.add_argument(
+        "--parquet", metavar="DIR", help="also write sessions.parquet and items.parquet to DIR"
+    )
 
     p = _command(
         sub,
