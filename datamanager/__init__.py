@@ -28,6 +28,7 @@ from .errors import (
 )
 from .hdf5 import ExportReport, export_hdf5, load_hdf5
 from .importer import ImportSummary
+from .index import IndexSummary
 from .locking import LockingSession
 from .manager import DataManager, Problem
 from .readers import SessionReader
@@ -55,6 +56,7 @@ __all__ = [
     "ExportFormatError",
     "ExportReport",
     "ImportSummary",
+    "IndexSummary",
     "InvalidNameError",
     "LockingSession",
     "Problem",
