@@ -6,11 +6,12 @@ import os
 
 import pandas
 import pytest
-from conftest import run_python
 
 from datamanager import DataManager, run_tasks
 from datamanager._format import INDEX_NAME
 from datamanager.cli import main
+
+from conftest import run_python
 
 
 def triple(x: int) -> int:
