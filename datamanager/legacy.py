@@ -28,7 +28,14 @@ from ._descriptors import check_descriptors
 from ._format import MIGRATED_FROM, MIGRATION_VERIFIED, SESSION_SUFFIX, SQLITE_COMPANIONS
 from ._gdbmfile import GdbmFile, is_gdbm
 from .errors import CorruptSessionError, DataManagerError, warn_caller
-from .readers import NativeReader, SessionEntry, SessionReader, list_directory, sqlite_uri
+from .readers import (
+    Listing,
+    NativeReader,
+    SessionEntry,
+    SessionReader,
+    list_directory,
+    sqlite_uri,
+)
 from .safepickle import py2_text
 from .session import Session
 
@@ -42,8 +49,12 @@ _DBM_SUFFIXES = (".dat", ".dir", ".bak", ".pag", ".db")
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
+def find_sessions(
+    basepath: str, warn: bool = True, listing: Listing | None = None
+) -> list[SessionEntry]:
     """List the sessions stored in *basepath*, native ones first, by name.
+
+    *listing* is a listing of *basepath* already made (see :func:`list_directory`).
 
     Files that belong to no session are skipped with one
     :class:`~datamanager.errors.DataManagerWarning` each.  A legacy shelf whose
@@ -52,7 +63,8 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
     with one warning, and the twin too unless an interrupted ``migrate()``
     left it (it then holds nothing the shelf does not).
     """
-    listing = list_directory(basepath)
+    if listing is None:
+        listing = list_directory(basepath)
     native = {entry.name for entry in listing.native}
     entries, stray = list(listing.native), listing.stray
     shelves: dict[str, list[str]] = {}

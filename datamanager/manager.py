@@ -12,7 +12,7 @@ import errno
 import functools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
@@ -25,7 +25,15 @@ from .index import IndexSummary, IndexView, build_index, index_tables, open_view
 from .legacy import check_not_hiding, find_sessions, migrate
 from .locking import LockingSession
 from .provenance import computer_name
-from .readers import Match, SessionEntry, SessionReader, check_match
+from .readers import (
+    Listing,
+    Match,
+    SessionEntry,
+    SessionReader,
+    check_match,
+    key_test,
+    list_directory,
+)
 from .session import Session, _check_key
 from .verify import Problem, verify
 
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["DataManager", "IndexSummary", "Problem"]
 
 T = TypeVar("T")
+A = TypeVar("A")
 S = TypeVar("S", bound=Session)
 _MISSING = object()
 #: Readers iter_sessions keeps open at most, however many descriptors are free.
@@ -161,9 +170,9 @@ class DataManager:
 
     # -- finding and opening sessions (the read side) --
 
-    def _entries(self, warn: bool = True) -> list[SessionEntry]:
+    def _entries(self, warn: bool = True, listing: Listing | None = None) -> list[SessionEntry]:
         """The sessions of the data directory; FileNotFoundError where it cannot exist."""
-        entries = find_sessions(self.basepath, warn)
+        entries = find_sessions(self.basepath, warn, listing)
         if not entries and not os.path.isdir(self._needed):
             what = (
                 "no such data directory"
@@ -196,8 +205,9 @@ class DataManager:
     @contextlib.contextmanager
     def _sources(self) -> Iterator[tuple[list[SessionEntry], IndexView | None]]:
         """The sessions, and the directory's index where there is one to serve them."""
-        entries = self._entries()
-        index = open_view(self.basepath, entries)
+        listing = list_directory(self.basepath)
+        entries = self._entries(listing=listing)
+        index = open_view(self.basepath, entries, listing.names)
         try:
             yield entries, index
         finally:
@@ -349,7 +359,7 @@ class DataManager:
 
     def keys(self, strict: bool = False) -> list[str]:
         """Return all keys of all sessions, each once, sorted."""
-        return self._keys(lambda r: r.keys(), strict)
+        return self._keys(lambda r: r.keys(), lambda i: i.distinct_keys(), strict)
 
     def get_matching_keys(self, match: Match, strict: bool = False) -> list[str]:
         """Return the keys matching *match* in any session, each once, sorted.
@@ -368,10 +378,39 @@ class DataManager:
         ['rate/1', 'rate/2']
         """
         check_match(match)
-        return self._keys(lambda r: r.matching(match), strict)
+        test = key_test(match)
+        return self._keys(
+            lambda r: r.matching(match), lambda i: filter(test, i.distinct_keys()), strict
+        )
 
-    def _keys(self, read: Callable[[SessionReader], list[str]], strict: bool) -> list[str]:
-        return sorted({k for _, keys in self._collect(read, strict) for k in keys})
+    def _keys(
+        self,
+        read: Callable[[SessionReader], list[str]],
+        served: Callable[[IndexView], Iterable[str]],
+        strict: bool,
+    ) -> list[str]:
+        keys, found = self._answer(served, read, strict)
+        return sorted(set(keys or ()).union(*(keys for _, keys in found)))
+
+    def _answer(
+        self,
+        served: Callable[[IndexView], A],
+        read: Callable[[SessionReader], T],
+        strict: bool,
+    ) -> tuple[A | None, list[tuple[str, T]]]:
+        """``served(index)`` for the sessions the index serves, ``read(reader)`` for the others.
+
+        The first is None without an index.
+        """
+        answer = None
+
+        def holding(index: IndexView) -> set[str]:
+            nonlocal answer
+            answer = served(index)
+            return set()  # served(index) has answered for them all
+
+        found = self._collect(read, strict, holding)
+        return answer, found
 
     def iteritems(self, strict: bool = False) -> Iterator[tuple[str, Any]]:
         """Yield every ``(key, value)`` of every session, one at a time."""
@@ -395,7 +434,8 @@ class DataManager:
 
     def itemcount(self, strict: bool = False) -> int:
         """Return the number of items summed over all sessions."""
-        return sum(n for _, n in self._collect(len, strict))
+        count, found = self._answer(lambda i: i.count(), len, strict)
+        return (count or 0) + sum(n for _, n in found)
 
     def sessions(self, strict: bool = False) -> pandas.DataFrame:
         """Return a DataFrame with one row per session: its metadata, keys and size.

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sqlite3
+import uuid
 from typing import Any
 
 import numpy as np
@@ -38,15 +39,17 @@ SCHEMA = [
         id INTEGER PRIMARY KEY,
         name TEXT UNIQUE NOT NULL,
         file TEXT NOT NULL,         -- its database, relative to the data directory
-        signature TEXT NOT NULL,    -- the identity of its files when read
-        settled INTEGER NOT NULL,   -- 1: no write since can keep the signature
+        -- The identity of its files when read (see identity.Key):
+        ino INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+        companions TEXT NOT NULL,
+        settled INTEGER NOT NULL,   -- 1: no write since can have kept that identity
         created REAL NOT NULL,
         user TEXT, host TEXT, pid INTEGER, git_commit TEXT, git_dirty INTEGER,
         keys INTEGER NOT NULL,
         bytes INTEGER NOT NULL,     -- every file of the session, side files included
         size INTEGER NOT NULL, mtime REAL NOT NULL,
         wal_size INTEGER, wal_mtime REAL, journal_size INTEGER, journal_mtime REAL,
-        meta TEXT NOT NULL)         -- its metadata rows as stored: JSON [[name, text], ...]""",
+        meta TEXT NOT NULL)         -- its metadata, a JSON object""",
     """CREATE TABLE items (
         session INTEGER NOT NULL,   -- sessions.id
         pos INTEGER NOT NULL,       -- place in the session's key order
@@ -60,9 +63,10 @@ SCHEMA = [
     "CREATE INDEX items_by_key ON items (key, session)",
 ]
 _INSERT_SESSION = (
-    "INSERT INTO sessions (name, file, signature, settled, created, user, host, pid, "
-    "git_commit, git_dirty, keys, bytes, size, mtime, wal_size, wal_mtime, journal_size, "
-    "journal_mtime, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO sessions (name, file, ino, size, mtime_ns, ctime_ns, companions, settled, "
+    "created, user, host, pid, git_commit, git_dirty, keys, bytes, mtime, wal_size, "
+    "wal_mtime, journal_size, journal_mtime, meta) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_ITEM = (
     "INSERT INTO items (session, pos, key, type, dtype, shape, stored_size, side, side_size, "
@@ -192,22 +196,19 @@ def refresh(
     """
     now = identity.clock(clock_path) if clock_path else 0
     listing = list_directory(basepath)
-    old = {
-        name: (sid, sig, settled)
-        for sid, name, sig, settled in conn.execute(
-            "SELECT id, name, signature, settled FROM sessions"
-        )
-    }
+    query = "SELECT name, id, ino, size, mtime_ns, ctime_ns, companions, settled FROM sessions"
+    old = {name: (sid, tuple(key), settled) for name, sid, *key, settled in conn.execute(query)}
+    fresh = identity.needs_open(basepath)
     kept = read = 0
     skipped: list[tuple[str, str]] = []
     later: list[tuple[SessionEntry, Files]] = []
     for entry in listing.native:
-        files = identity.files(entry.path, listing.names)
+        files = identity.files(entry.path, listing.names, fresh)
         if files is None:
             continue
         previous = old.pop(entry.name, None)
         if previous is not None:
-            if previous[1:] == (files.signature, 1):
+            if previous[1:] == (files.key, 1):
                 kept += 1
                 continue
             _drop(conn, previous[0])
@@ -224,14 +225,20 @@ def refresh(
         # all along stays unsettled rather than holding the build up.
         now = identity.wait_past(clock_path, max(min(f.newest, now + 10**9) for _, f in later))
         for entry, _ in later:
-            files = identity.files(entry.path, listing.names)
+            files = identity.files(entry.path, listing.names, fresh)
             if files is not None:
                 settled = files.newest < now
                 unsettled += not settled
                 read += _add(conn, entry, files, settled, hash_values, skipped)
     conn.executemany(
         "INSERT OR REPLACE INTO info (name, value) VALUES (?, ?)",
-        [("version", str(INDEX_VERSION)), ("hash_values", str(int(hash_values)))],
+        [
+            ("version", str(INDEX_VERSION)),
+            ("hash_values", str(int(hash_values))),
+            # Tells apart two builds, so that what a reader took from one is
+            # never used with the other.
+            ("build", uuid.uuid4().hex),
+        ],
     )
     (total,) = conn.execute("SELECT count(*) FROM sessions").fetchone()
     return IndexSummary("", total, read, kept, dropped, unsettled, skipped)
@@ -255,8 +262,10 @@ def _add(
         with NativeReader(entry, safe=True) as reader:
             if reader.empty:
                 return 0  # killed before its first commit: read directly until it has one
-            meta = reader.raw_metadata()
-            metadata = {name: fmt.decode_metadata(name, text, entry.path) for name, text in meta}
+            metadata = {
+                name: fmt.decode_metadata(name, text, entry.path)
+                for name, text in reader.raw_metadata()
+            }
             rows = reader.raw_rows()
             nbytes = reader.nbytes
             created = reader.created
@@ -268,7 +277,7 @@ def _add(
         return 0
     conn.execute("SAVEPOINT session")
     try:
-        _insert(conn, entry, files, settled, hash_values, meta, metadata, rows, nbytes, created)
+        _insert(conn, entry, files, settled, hash_values, metadata, rows, nbytes, created)
     except (UnicodeError, sqlite3.Error) as exc:
         # A name or key in another encoding (kept with its undecodable
         # bytes) has no place in SQLite's text: read directly.
@@ -286,7 +295,6 @@ def _insert(
     files: Files,
     settled: bool,
     hash_values: bool,
-    meta: list[tuple[Any, Any]],
     metadata: dict[str, Any],
     rows: list[tuple[str, Any, Any, Any]],
     nbytes: int,
@@ -299,19 +307,19 @@ def _insert(
         (
             entry.name,
             os.path.basename(entry.path),
-            files.signature,
+            *files.key,
             int(settled),
             created,
             *(_plain(metadata.get(k)) for k in ("user", "host", "pid", "git_commit", "git_dirty")),
             len(rows),
             nbytes,
-            st[""].st_size,
             st[""].st_mtime_ns / 1e9,
             wal and wal.st_size,
             wal and wal.st_mtime_ns / 1e9,
             journal and journal.st_size,
             journal and journal.st_mtime_ns / 1e9,
-            json.dumps(meta),
+            # Each entry was JSON text and is again: the same values come back.
+            json.dumps(metadata),
         ),
     ).lastrowid
     conn.executemany(

@@ -9,32 +9,57 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Tuple
 
 from .. import _format as fmt
+from ..filesystem import NETWORK_FILESYSTEMS, filesystem_type
 
-__all__ = ["CLOCK_WAIT", "Files", "clock", "files", "wait_past"]
+__all__ = ["CLOCK_WAIT", "Files", "Key", "clock", "files", "key", "needs_open", "wait_past"]
 
 #: Seconds a build waits for the filesystem clock to pass the last write of
 #: a session written during the build.
 CLOCK_WAIT = 5.0
-#: A signature no files can have: a file that vanished while it was looked at.
-_CHANGING = "changing"
+#: Inode, size, modification and change time (ns) of a session's database,
+#: and the same of its ``-journal`` and ``-wal`` as text ("" when it has none).
+Key = Tuple[int, int, int, int, str]
+#: A key no files can have: a file that vanished while it was looked at.
+_CHANGING: Key = (-1, -1, -1, -1, "changing")
 
 
 @dataclasses.dataclass(frozen=True)
 class Files:
-    signature: str
+    key: Key
     #: The latest modification time of the files, in ns.
     newest: int
     stats: dict[str, os.stat_result]
 
 
-def files(path: str, names: frozenset[str]) -> Files | None:
+def needs_open(basepath: str) -> bool:
+    """Whether a file's attributes are only fresh once it is opened, on *basepath*'s filesystem.
+
+    A network filesystem client may answer ``stat`` from attributes cached
+    for some seconds (NFS's ``actimeo``), missing another machine's write;
+    opening the file makes it ask the server (close-to-open consistency).
+    """
+    return filesystem_type(basepath) in NETWORK_FILESYSTEMS
+
+
+def _stat(path: str, fresh: bool) -> os.stat_result:
+    if not fresh:
+        return os.stat(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def files(path: str, names: frozenset[str], fresh: bool = False) -> Files | None:
     """The identity of the files of the session at *path*; None if it is gone.
 
     *names* is a listing of the data directory: companions it does not name
     are taken as absent (one created since belongs to a write that began
-    after the listing).
+    after the listing).  *fresh*: see :func:`needs_open`.
     """
     base = os.path.basename(path)
     stats = {}
@@ -42,16 +67,35 @@ def files(path: str, names: frozenset[str]) -> Files | None:
         if suffix and base + suffix not in names:
             continue
         try:
-            stats[suffix] = os.stat(path + suffix)
+            stats[suffix] = _stat(path + suffix, fresh)
         except FileNotFoundError:
             if not suffix:
                 return None
             return Files(_CHANGING, 1 << 63, {})  # a write is finishing right now
-    signature = ";".join(
+    db = stats.pop("")
+    companions = ";".join(
         f"{suffix}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
         for suffix, st in stats.items()
     )
-    return Files(signature, max(st.st_mtime_ns for st in stats.values()), stats)
+    newest = max(st.st_mtime_ns for st in (db, *stats.values()))
+    stats[""] = db
+    key = (db.st_ino, db.st_size, db.st_mtime_ns, db.st_ctime_ns, companions)
+    return Files(key, newest, stats)
+
+
+def key(path: str, base: str, names: frozenset[str], fresh: bool) -> Key | None:
+    """``files(path, names, fresh).key``, quicker for a session without journal files.
+
+    *base* is the file name of *path*.
+    """
+    if base + "-wal" in names or base + "-journal" in names:
+        found = files(path, names, fresh)
+        return None if found is None else found.key
+    try:
+        st = _stat(path, fresh)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, "")
 
 
 def clock(path: str) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import _format as fmt
-from .._format import INDEX_NAME
+from .._format import BLOB_SUFFIX, INDEX_NAME, SESSION_SUFFIX
 from ..errors import CorruptSessionError, warn_caller
 from ..readers import (
     Match,
@@ -37,6 +37,8 @@ class _Row:
     sid: int
     created: float
     keys: int
+    #: Size of its database, when it has no journal files; else None.
+    size: int | None
 
 
 class IndexView:
@@ -48,12 +50,21 @@ class IndexView:
     and in bulk.
     """
 
-    def __init__(self, conn: sqlite3.Connection, served: dict[str, _Row]) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        served: dict[str, _Row],
+        names: frozenset[str],
+        settled: int,
+    ) -> None:
         self._conn = conn
+        self._settled = settled
         self.served = served
+        self.names = names
         self._names = {row.sid: name for name, row in served.items()}
         self._by_key: dict[str, dict[int, tuple[Any, Any, Any]]] = {}
         self._keys: dict[int, list[str]] | None = None
+        self._meta: dict[int, str] | None = None
 
     def close(self) -> None:
         self._conn.close()
@@ -89,15 +100,49 @@ class IndexView:
                 self._keys.setdefault(sid, []).append(key)
         return self._keys
 
+    def distinct_keys(self) -> list[str]:
+        """Every key of the served sessions, once each."""
+        if len(self.served) == self._settled:
+            return [k for (k,) in self._conn.execute(_ALL_KEYS)]
+        keys = self.keys()
+        return list({k for sid in self._names for k in keys.get(sid, ())})
+
+    def count(self) -> int:
+        """The number of items of the served sessions."""
+        return sum(row.keys for row in self.served.values())
+
     def session_rows(self, sid: int) -> list[tuple[str, tuple[Any, Any, Any]]]:
         """``(key, (cached pickle, side, side_size))`` of one session, in key order."""
         query = "SELECT key, value, side, side_size FROM items WHERE session = ? ORDER BY pos"
         return [(key, _clean(row)) for key, *row in self._conn.execute(query, (sid,))]
 
-    def metadata_rows(self, sid: int) -> list[tuple[Any, Any]]:
-        """The session's metadata rows, as stored in it."""
-        (text,) = self._conn.execute("SELECT meta FROM sessions WHERE id = ?", (sid,)).fetchone()
-        return [tuple(pair) for pair in json.loads(text)]
+    def metadata(self, sid: int) -> dict[str, Any] | None:
+        """The session's metadata; None if the index cannot tell."""
+        if self._meta is None:
+            self._meta = dict(self._conn.execute("SELECT id, meta FROM sessions"))
+        try:
+            metadata = json.loads(self._meta[sid])
+        except (TypeError, ValueError):
+            return None
+        return metadata if type(metadata) is dict else None
+
+    def nbytes(self, entry: SessionEntry, row: _Row) -> int:
+        """Bytes on disk of a served session, as :func:`~datamanager.readers.session_nbytes`."""
+        if row.size is None:
+            return session_nbytes(entry.path)
+        # Side files can come and go without a change to the database (a
+        # writer killed before its commit leaves one): they are counted now.
+        total = row.size
+        if entry.name + BLOB_SUFFIX in self.names:
+            with contextlib.suppress(OSError), os.scandir(fmt.blob_dir(entry.path)) as it:
+                total += sum(e.stat().st_size for e in it)
+        return total
+
+
+# Only settled sessions can be served: an unsettled one's keys are no one's.
+_ALL_KEYS = (
+    "SELECT DISTINCT key FROM items WHERE session IN (SELECT id FROM sessions WHERE settled = 1)"
+)
 
 
 def _clean(row: Any) -> tuple[Any, Any, Any]:
@@ -108,46 +153,72 @@ def _clean(row: Any) -> tuple[Any, Any, Any]:
     return None, None, None
 
 
-def open_view(basepath: str, entries: list[SessionEntry]) -> IndexView | None:
+def open_view(
+    basepath: str, entries: list[SessionEntry], names: frozenset[str]
+) -> IndexView | None:
     """The index of *basepath* for the sessions *entries*; None if there is none to use.
 
-    An index that cannot be read, or of another version, is ignored with a
-    warning: collation then reads every session directly.
+    *names* is the listing of *basepath* the entries come from.  An index
+    that cannot be read, or of another version, is ignored with a warning:
+    collation then reads every session directly.
     """
     path = os.path.join(basepath, INDEX_NAME)
-    if not os.path.isfile(path):
+    if INDEX_NAME not in names:
         return None
-    # immutable: nothing ever modifies an index file in place (a build
-    # renames a new one over it), so SQLite need not lock or check it.
-    conn = sqlite3.connect(
-        sqlite_uri(path, "mode=ro&immutable=1"), uri=True, check_same_thread=False
-    )
     try:
-        version = read_info(conn).get("version")
-        if version != str(INDEX_VERSION):
-            raise ValueError(f"version {version!r}, not {INDEX_VERSION}")
-        query = "SELECT name, id, signature, created, keys FROM sessions WHERE settled = 1"
-        indexed = {
-            name: (sid, sig, created, keys)
-            for name, sid, sig, created, keys in conn.execute(query)
-        }
-        names = frozenset(os.listdir(basepath))
+        # immutable: nothing ever modifies an index file in place (a build
+        # renames a new one over it), so SQLite need not lock or check it.
+        conn = sqlite3.connect(
+            sqlite_uri(path, "mode=ro&immutable=1"), uri=True, check_same_thread=False
+        )
+    except sqlite3.OperationalError:
+        return None  # removed since the listing
+    try:
+        indexed = _indexed(conn)
+        fresh = identity.needs_open(basepath)
         served = {}
         for entry in entries:
             found = indexed.get(entry.name)
-            if found is None or entry.legacy:
-                continue
-            sid, signature, created, keys = found
-            files = identity.files(entry.path, names)
-            if files is not None and files.signature == signature:
-                if type(created) is not float or type(keys) is not int:
-                    raise ValueError(f"a damaged row of session {entry.name!r}")
-                served[entry.name] = _Row(sid, created, keys)
+            if found is not None and not entry.legacy:
+                base = entry.name + SESSION_SUFFIX
+                if identity.key(entry.path, base, names, fresh) == found[0]:
+                    served[entry.name] = found[1]
     except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
         conn.close()
         warn_caller(f"ignoring the index {path} ({exc}); build_index() writes a new one")
         return None
-    return IndexView(conn, served)
+    return IndexView(conn, served, names, len(indexed))
+
+
+#: The settled sessions of the indexes read lately, by build: a collation
+#: call then reads only the identity of each session's files.
+_LOADED: dict[str, dict[str, tuple[identity.Key, _Row]]] = {}
+
+
+def _indexed(conn: sqlite3.Connection) -> dict[str, tuple[identity.Key, _Row]]:
+    """``{name: (identity of its files, row)}`` of the settled sessions of the index."""
+    info = read_info(conn)
+    if info.get("version") != str(INDEX_VERSION):
+        raise ValueError(f"version {info.get('version')!r}, not {INDEX_VERSION}")
+    build = info.get("build")
+    indexed = _LOADED.get(build)
+    if indexed is None:
+        query = (
+            "SELECT name, ino, size, mtime_ns, ctime_ns, companions, id, created, keys "
+            "FROM sessions WHERE settled = 1"
+        )
+        indexed = {}
+        for name, ino, size, mtime, ctime, companions, sid, created, keys in conn.execute(query):
+            row = (ino, size, mtime, ctime, companions, sid, keys)
+            if not all(type(v) is int for v in row[:4] + row[5:]) or type(created) is not float:
+                raise ValueError(f"a damaged row of session {name!r}")
+            plain_size = None if companions else size
+            key = (ino, size, mtime, ctime, companions)
+            indexed[name] = (key, _Row(sid, created, keys, plain_size))
+        if len(_LOADED) >= 4:
+            _LOADED.clear()
+        _LOADED[build] = indexed
+    return indexed
 
 
 class IndexedReader(SessionReader):
@@ -159,7 +230,7 @@ class IndexedReader(SessionReader):
 
     def __init__(self, entry: SessionEntry, view: IndexView, row: _Row, safe: bool) -> None:
         super().__init__(entry, safe)
-        self._entry, self._view, self._sid = entry, view, row.sid
+        self._entry, self._view, self._row, self._sid = entry, view, row, row.sid
         self.created, self._count = row.created, row.keys
         self._native: NativeReader | None = None
 
@@ -170,10 +241,8 @@ class IndexedReader(SessionReader):
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return {
-            name: fmt.decode_metadata(name, text, self.path)
-            for name, text in self._view.metadata_rows(self._sid)
-        }
+        metadata = self._view.metadata(self._sid)
+        return metadata if metadata is not None else self._direct().metadata
 
     def keys(self) -> list[str]:
         return list(self._view.keys().get(self._sid, ()))
@@ -220,7 +289,7 @@ class IndexedReader(SessionReader):
 
     @property
     def nbytes(self) -> int:
-        return session_nbytes(self.path)
+        return self._view.nbytes(self._entry, self._row)
 
     def side_files(self) -> list[tuple[str, str, int]]:
         return self._direct().side_files()
