@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import _format as fmt
-from .._format import INDEX_NAME
+from .._format import INDEX_NAME, SESSION_SUFFIX
 from .._npyheader import read_npy_header
 from ..errors import CorruptSessionError, UnsafeValueError
 from ..readers import NativeReader, SessionEntry, list_directory
@@ -203,7 +203,7 @@ def refresh(
     skipped: list[tuple[str, str]] = []
     later: list[tuple[SessionEntry, Files]] = []
     for entry in listing.native:
-        files = identity.files(entry.path, listing.names, fresh)
+        files = identity.files(entry.path, entry.name + SESSION_SUFFIX, listing.names, fresh)
         if files is None:
             continue
         previous = old.pop(entry.name, None)
@@ -225,7 +225,7 @@ def refresh(
         # all along stays unsettled rather than holding the build up.
         now = identity.wait_past(clock_path, max(min(f.newest, now + 10**9) for _, f in later))
         for entry, _ in later:
-            files = identity.files(entry.path, listing.names, fresh)
+            files = identity.files(entry.path, entry.name + SESSION_SUFFIX, listing.names, fresh)
             if files is not None:
                 settled = files.newest < now
                 unsettled += not settled

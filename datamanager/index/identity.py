@@ -54,42 +54,37 @@ def _stat(path: str, fresh: bool) -> os.stat_result:
         os.close(fd)
 
 
-def files(path: str, names: frozenset[str], fresh: bool = False) -> Files | None:
+def files(path: str, base: str, names: frozenset[str], fresh: bool = False) -> Files | None:
     """The identity of the files of the session at *path*; None if it is gone.
 
-    *names* is a listing of the data directory: companions it does not name
-    are taken as absent (one created since belongs to a write that began
-    after the listing).  *fresh*: see :func:`needs_open`.
+    *base* is the file name of *path*, *names* a listing of the data
+    directory: companions it does not name are taken as absent (one created
+    since belongs to a write that began after the listing).  *fresh*: see
+    :func:`needs_open`.
     """
-    base = os.path.basename(path)
-    stats = {}
-    for suffix in fmt.SQLITE_DATA:
-        if suffix and base + suffix not in names:
-            continue
-        try:
-            stats[suffix] = _stat(path + suffix, fresh)
-        except FileNotFoundError:
-            if not suffix:
-                return None
-            return Files(_CHANGING, 1 << 63, {})  # a write is finishing right now
-    db = stats.pop("")
-    companions = ";".join(
-        f"{suffix}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-        for suffix, st in stats.items()
-    )
-    newest = max(st.st_mtime_ns for st in (db, *stats.values()))
-    stats[""] = db
-    key = (db.st_ino, db.st_size, db.st_mtime_ns, db.st_ctime_ns, companions)
-    return Files(key, newest, stats)
+    try:
+        db = _stat(path, fresh)
+    except FileNotFoundError:
+        return None
+    stats = {"": db}
+    companions = []
+    for suffix in fmt.SQLITE_DATA[1:]:
+        if base + suffix in names:
+            try:
+                st = stats[suffix] = _stat(path + suffix, fresh)
+            except FileNotFoundError:
+                return Files(_CHANGING, 1 << 63, {})  # a write is finishing right now
+            companions.append(
+                f"{suffix}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+            )
+    key = (db.st_ino, db.st_size, db.st_mtime_ns, db.st_ctime_ns, ";".join(companions))
+    return Files(key, max(st.st_mtime_ns for st in stats.values()), stats)
 
 
 def key(path: str, base: str, names: frozenset[str], fresh: bool) -> Key | None:
-    """``files(path, names, fresh).key``, quicker for a session without journal files.
-
-    *base* is the file name of *path*.
-    """
+    """``files(path, base, names, fresh).key``, quicker for a session without journal files."""
     if base + "-wal" in names or base + "-journal" in names:
-        found = files(path, names, fresh)
+        found = files(path, base, names, fresh)
         return None if found is None else found.key
     try:
         st = _stat(path, fresh)
