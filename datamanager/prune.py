@@ -258,10 +258,12 @@ def _may_be_hdf5(path: str) -> bool:
 def _lock_file(path: str, apply: bool) -> list[str]:
     """A lock file that no process holds, old; removed while prune holds it itself.
 
-    A process that opened the file just before it goes locks it afterwards
-    and finds it is no longer the file at the path
-    (:class:`~datamanager.locking.LockingSession` checks), so it takes the
-    lock again on the file there: mutual exclusion holds throughout.
+    A process that opened the file just before it goes may win the lock on
+    it just after, on a file no longer at the path that excludes nobody:
+    filelock (3.24 and later, which this package requires) drops a lock won
+    on a removed file and locks the file at the path instead, so mutual
+    exclusion holds throughout.  Removing a file that a process holds would
+    break it: the next process would lock a new file beside the holder.
     """
     if fcntl is None or not stat.S_ISREG(_mode(path)) or not _old(path, time.time()):
         return []
