@@ -25,12 +25,12 @@ import sqlite3
 import stat
 import time
 from collections.abc import Iterable
-from typing import Callable, FrozenSet, Optional, Tuple
+from typing import FrozenSet, Optional, Tuple
 
 from . import _format as fmt
+from . import legacy
 from ._format import LOCK_SUFFIX, SESSION_SUFFIX, SQLITE_COMPANIONS
 from .errors import CorruptSessionError
-from .legacy import migrated_shelves
 from .readers import NativeReader, SessionEntry, list_directory, sqlite_uri
 from .verify import ORPHAN_AGE, is_orphan_folder, orphan_folders, orphan_side_files
 
@@ -49,55 +49,44 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 #: ``(device, inode)`` of the files processes hold open; None if unknown.
 Held = Optional[FrozenSet[Tuple[int, int]]]
-# A candidate: given the files held open and whether to remove, the paths it
-# removed (or would remove), after checking again that it may.
-Act = Callable[[Held, bool], "list[str]"]
 
 
 def prune(
-    basepath: str, dry: bool = True, empty_sessions: bool = False, migrated: bool = False
+    basepath: str, dry: bool = True, empty_sessions: bool = False, migrated_shelves: bool = False
 ) -> list[str]:
     """Remove what is left over in the data directory *basepath*; return the paths, sorted.
 
     See :meth:`DataManager.prune` for what is removed.  With *dry*, nothing
-    is: the paths that would be are returned.
+    is: the paths that would be are returned.  Each function below checks
+    its candidate and, with *apply*, removes it right after.
     """
-    basepath = os.path.abspath(basepath)
+    basepath, apply = os.path.abspath(basepath), not dry
     done: list[str] = []
     held = open_files()
-    for act in _leftovers(basepath):
-        done.extend(act(held, not dry))
-    if empty_sessions or migrated:
-        # Looked at again right before: a writer may have opened one meanwhile.
-        held = open_files()
-        listing = list_directory(basepath)
-        if empty_sessions:
-            for entry in listing.native:
-                done.extend(_empty_session(entry, held, not dry))
-        if migrated:
-            for _shelf, verified, files in migrated_shelves(basepath):
-                done.extend(_migrated_shelf(files, verified, held, not dry))
-    return sorted(done)
-
-
-def _leftovers(basepath: str) -> Iterable[Act]:
-    """What may be left over, each as a check-and-remove step."""
-    listing = list_directory(basepath)
-    for entry in listing.native:
-        yield lambda held, apply, path=entry.path: _side_files(path, held, apply)
+    for entry in list_directory(basepath).native:
+        done += _side_files(entry.path, held, apply)
     for folder in orphan_folders(basepath):
-        yield lambda held, apply, folder=folder: _orphan_folder(folder, held, apply)
+        done += _orphan_folder(folder, held, apply)
     try:
         names = sorted(os.listdir(basepath))
     except (FileNotFoundError, NotADirectoryError):
-        return
+        names = []
     for name in names:
         path = os.path.join(basepath, name)
         kind = fmt.temp_kind(name)
         if kind is not None:
-            yield lambda held, apply, path=path, kind=kind: _temp_file(path, kind, held, apply)
+            done += _temp_file(path, kind, held, apply)
         elif name.endswith(SESSION_SUFFIX + LOCK_SUFFIX) and not name.startswith("."):
-            yield lambda held, apply, path=path: _lock_file(path, apply)
+            done += _lock_file(path, apply)
+    if empty_sessions or migrated_shelves:
+        held = open_files()  # again: a writer may have opened one meanwhile
+    if empty_sessions:
+        for entry in list_directory(basepath).native:
+            done += _empty_session(entry, held, apply)
+    if migrated_shelves:
+        for _shelf, verified, files in legacy.migrated_shelves(basepath):
+            done += _migrated_shelf(files, verified, held, apply)
+    return sorted(done)
 
 
 # -- what a process holds --
@@ -202,16 +191,26 @@ def _orphans(folder: str, referenced: set[str]) -> list[str]:
 
 
 def _orphan_folder(folder: str, held: Held, apply: bool) -> list[str]:
-    """The blob folder of no session, if it holds only old side files nobody has open."""
+    """The blob folder of no session, checked again: a session of that name may have appeared."""
+    if not is_orphan_folder(folder, time.time()):
+        return []
+    return _side_folder(folder, held, apply)
+
+
+def _side_folder(folder: str, held: Held, apply: bool) -> list[str]:
+    """A blob folder that holds only old side files that no process holds open.
+
+    Anything else in it is not the library's, and keeps the folder.
+    """
     try:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
     files = [os.path.join(folder, n) for n in names]
+    now = time.time()
     if not all(fmt.is_side_name(n) and stat.S_ISREG(_mode(p)) for n, p in zip(names, files)):
-        return []  # something the library did not put there
-    # Again right before removing: a session of that name may have appeared.
-    if _is_held(files, held) or not is_orphan_folder(folder, time.time()):
+        return []
+    if not all(_old(p, now) for p in [folder, *files]) or _is_held(files, held):
         return []
     if not apply:
         return [folder]
@@ -329,22 +328,10 @@ def _empty_session(entry: SessionEntry, held: Held, apply: bool) -> list[str]:
     )
     if not unchanged or any(os.path.lexists(path + s) for s in SQLITE_COMPANIONS):
         return []
-    # Its side files are orphans now (no key refers to them), all old.
-    sides = _orphans(folder, set())
-    has_folder = os.path.isdir(folder)
-    if not apply:
-        return [path, *([folder] if has_folder else [])]
-    if not _unlink(path):
+    if apply and not _unlink(path):
         return []
-    for side in sides:
-        _unlink(side)
-    try:
-        os.rmdir(folder)
-    except FileNotFoundError:
-        return [path]
-    except OSError:  # a writer of a new session of that name put a file in it
-        return [path, *sides]
-    return [path, folder]
+    # Its side files are orphans (no key refers to them), as old as the rest.
+    return [path, *_side_folder(folder, held, apply)]
 
 
 def _quiet(path: str, folder: str, held: Held) -> bool:
