@@ -38,7 +38,9 @@ from .errors import CorruptSessionError, InvalidNameError, UnsafeValueError
 __all__ = [
     "BLOB_SUFFIX",
     "COMPANIONS",
+    "EXPORT_TEMP_SUFFIX",
     "LOCK_SUFFIX",
+    "RECORDING_TEMP_PREFIX",
     "SESSION_SUFFIX",
     "SIDE_FILE_THRESHOLD",
     "SQLITE_COMPANIONS",
@@ -50,6 +52,7 @@ __all__ = [
     "load_side_file",
     "read_metadata",
     "read_value",
+    "temp_kind",
     "validate_data_name",
     "validate_session_name",
 ]
@@ -77,6 +80,18 @@ INDEX_NAME = ".index.sqlite"
 #: What an index build writes first and renames to INDEX_NAME when complete:
 #: ``.index.sqlite.<32 hex digits>.tmp``.  One left over was interrupted.
 _INDEX_TEMP = re.compile(r"\.index\.sqlite\.[0-9a-f]{32}\.tmp")
+#: The suffix of an HDF5 export being written (:mod:`datamanager.hdf5`): it is
+#: ``.<file name>.<8 random characters>.part`` (from ``tempfile.mkstemp``) in
+#: the folder of the file it becomes, which may be the data directory.
+EXPORT_TEMP_SUFFIX = ".part"
+#: The prefix of a recording file being written: ``.tmp-<8 random characters>``.
+RECORDING_TEMP_PREFIX = ".tmp-"
+_MKSTEMP = "[a-z0-9_]{8}"  # the random part of a tempfile.mkstemp name
+_TEMP_NAMES = {
+    "index": re.compile(_INDEX_TEMP.pattern + "(?:-wal|-shm|-journal)?"),
+    "export": re.compile(r"\..+\." + _MKSTEMP + re.escape(EXPORT_TEMP_SUFFIX)),
+    "recording": re.compile(re.escape(RECORDING_TEMP_PREFIX) + _MKSTEMP),
+}
 #: Metadata entry of a session migrated from a legacy shelf, written once every
 #: value was read back and compared; only then does the session hide its shelf.
 MIGRATION_VERIFIED = "migration_verified"
@@ -196,6 +211,20 @@ def new_index_temp_name() -> str:
 def is_index_name(name: str) -> bool:
     """Whether *name* (in a data directory) is its index, or an index being built."""
     return name == INDEX_NAME or _INDEX_TEMP.fullmatch(name) is not None
+
+
+def temp_kind(name: str) -> str | None:
+    """What file the library was writing under the temporary name *name*, or None.
+
+    ``'index'`` for an index being built (or one of its SQLite files),
+    ``'export'`` for an HDF5 export, ``'recording'`` for a recording file:
+    names the library gives a file it renames once whole, so that one found
+    long after its writer stopped was interrupted.
+    """
+    for kind, pattern in _TEMP_NAMES.items():
+        if pattern.fullmatch(name):
+            return kind
+    return None
 
 
 def blob_dir(path: str) -> str:

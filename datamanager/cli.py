@@ -177,6 +177,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    dm = _open(args.datadir, args.unsafe)
+    paths = dm.prune(
+        dry=not args.apply,
+        empty_sessions=args.empty_sessions,
+        migrated_shelves=args.migrated_shelves,
+    )
+    for path in paths:
+        print(path)
+    if args.apply:
+        print(f"removed {len(paths)} path(s)")
+    else:
+        print(f"dry run: {len(paths)} path(s) would be removed; nothing was (use --apply)")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     if not os.path.exists(args.folder):
         raise FileNotFoundError(f"no such folder: {args.folder}")
@@ -318,6 +334,26 @@ def build_parser() -> argparse.ArgumentParser:
         "datamanager verify sweep.data",
     )
     p.add_argument("datadir", metavar="DATADIR")
+
+    p = _command(
+        sub,
+        "prune",
+        cmd_prune,
+        "list (or with --apply, remove) leftover files that hold no value",
+        "datamanager prune sweep.data --apply",
+    )
+    p.add_argument("datadir", metavar="DATADIR")
+    p.add_argument("--apply", action="store_true", help="remove them (default: only list them)")
+    p.add_argument(
+        "--empty-sessions",
+        action="store_true",
+        help="also sessions without keys that no process of this machine holds open",
+    )
+    p.add_argument(
+        "--migrated-shelves",
+        action="store_true",
+        help="also legacy shelves that migrate() copied and verified",
+    )
 
     p = _command(
         sub,

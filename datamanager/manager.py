@@ -25,6 +25,7 @@ from .index import IndexSummary, IndexView, build_index, index_tables, open_view
 from .legacy import check_not_hiding, find_sessions, migrate
 from .locking import LockingSession
 from .provenance import computer_name
+from .prune import prune
 from .readers import (
     Listing,
     Match,
@@ -534,6 +535,51 @@ class DataManager:
     def migrate(self) -> list[str]:
         """Convert legacy shelves into native sessions (see :func:`.legacy.migrate`)."""
         return migrate(self, self._entries(warn=False))
+
+    def prune(
+        self, dry: bool = True, empty_sessions: bool = False, migrated_shelves: bool = False
+    ) -> list[str]:
+        """Remove the files of the data directory that hold nothing any more.
+
+        Removes side files no key refers to and blob folders of no session
+        (what :meth:`verify` reports), leftovers of interrupted writes that
+        the library names itself (an index being built, an HDF5 export, a
+        recording file), and lock files no process holds, each once it has
+        been left unchanged for :data:`~datamanager.verify.ORPHAN_AGE`
+        seconds.  Never a file of another name, a file a key refers to, or
+        the index.  See :mod:`datamanager.prune` and the maintenance docs
+        for the checks made right before each removal.
+
+        Parameters
+        ----------
+        dry : bool
+            Only say what would be removed (the default).
+        empty_sessions : bool
+            Also remove sessions without keys or task records that no writer
+            may still write: no ``-wal``/``-journal`` file, every file older
+            than the grace period, and held open by no process of this
+            machine (Linux only; elsewhere none is removed).  A writer on
+            another machine sharing the directory cannot be seen.
+        migrated_shelves : bool
+            Also remove legacy shelves whose native twin records a migration
+            verified by :meth:`migrate`, if no file of the shelf changed
+            since and no process of this machine holds one open.
+
+        Returns
+        -------
+        list of str
+            The absolute paths removed (or, with *dry*, that would be), sorted.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> dm = DataManager("sweep", tempfile.mkdtemp())
+        >>> with dm.session("run") as s:
+        ...     s["rate"] = 1.5
+        >>> dm.prune()
+        []
+        """
+        return prune(self.basepath, dry, empty_sessions, migrated_shelves)
 
     def import_recordings(
         self, paths_or_folder: Any, session_name: str | None = None

@@ -14,7 +14,14 @@ from .errors import CorruptSessionError, UnsafeValueError
 from .readers import SessionEntry, SessionReader
 from .safepickle import malformed
 
-__all__ = ["ORPHAN_AGE", "Problem", "verify"]
+__all__ = [
+    "ORPHAN_AGE",
+    "Problem",
+    "is_orphan_folder",
+    "orphan_folders",
+    "orphan_side_files",
+    "verify",
+]
 
 #: Seconds after which verify() reports a side file no key refers to; younger
 #: ones may belong to a write that has not committed its key yet.
@@ -57,7 +64,7 @@ def verify(basepath: str, entries: list[SessionEntry]) -> list[Problem]:
             "blob folder of no session (its writer was killed before it created "
             "the session file?); it holds no value and can be deleted",
         )
-        for path in _orphan_folders(basepath)
+        for path in orphan_folders(basepath)
     ]
     for entry in entries:
         if entry.twin_problem:
@@ -93,7 +100,7 @@ def _check(reader: SessionReader) -> list[tuple[str, str]]:
             "side file that no key refers to (left by a writer killed before it "
             "committed the key?); it holds no value and can be deleted",
         )
-        for path in _orphans(fmt.blob_dir(reader.path), referenced)
+        for path in orphan_side_files(fmt.blob_dir(reader.path), referenced)
     )
     try:
         _ = reader.metadata
@@ -145,8 +152,13 @@ def _check_value(reader: SessionReader, key: str, data: Any) -> str | None:
     return None
 
 
-def _orphan_folders(basepath: str) -> list[str]:
-    """The blob folders in *basepath* whose session file is missing, and old."""
+def orphan_folders(basepath: str) -> list[str]:
+    """The blob folders of *basepath* that belong to no session, sorted.
+
+    Only those older than :data:`ORPHAN_AGE` (see :func:`is_orphan_folder`):
+    a session being created makes its folder right after its file, and a
+    listing may show the one without the other.
+    """
     try:
         with os.scandir(basepath) as it:
             folders = sorted(
@@ -156,28 +168,40 @@ def _orphan_folders(basepath: str) -> list[str]:
             )
     except (FileNotFoundError, NotADirectoryError):
         return []
-    now, old = time.time(), []
-    for folder in folders:
-        if os.path.lexists(folder[: -len(BLOB_SUFFIX)] + SESSION_SUFFIX):
-            continue
-        try:
-            with os.scandir(folder) as it:
-                newest = max([os.stat(folder).st_mtime, *(e.stat().st_mtime for e in it)])
-        except FileNotFoundError:
-            continue  # removed meanwhile
-        if now - newest > ORPHAN_AGE:
-            old.append(folder)
-    return old
+    now = time.time()
+    return [folder for folder in folders if is_orphan_folder(folder, now)]
 
 
-def _orphans(directory: str, referenced: set[str]) -> list[str]:
+def is_orphan_folder(folder: str, now: float) -> bool:
+    """Whether blob folder *folder* has no session file, and nothing in it changed lately.
+
+    "Lately" is :data:`ORPHAN_AGE` seconds before *now*: the folder and every
+    file in it must be older.
+    """
+    if os.path.lexists(folder[: -len(BLOB_SUFFIX)] + SESSION_SUFFIX):
+        return False
     try:
-        names = sorted(os.listdir(directory))
+        with os.scandir(folder) as it:
+            newest = max([os.stat(folder).st_mtime, *(e.stat().st_mtime for e in it)])
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # removed meanwhile
+    return now - newest > ORPHAN_AGE
+
+
+def orphan_side_files(folder: str, referenced: set[str]) -> list[str]:
+    """The files of blob folder *folder* not named in *referenced*, older than ORPHAN_AGE.
+
+    *referenced* holds the side-file names the session's keys refer to; a
+    younger file may belong to a write that has not committed its key yet.
+    Every such file is listed, whatever its name.
+    """
+    try:
+        names = sorted(os.listdir(folder))
     except (FileNotFoundError, NotADirectoryError):
         return []
     now, old = time.time(), []
     for name in names:
-        path = os.path.join(directory, name)
+        path = os.path.join(folder, name)
         if name not in referenced:
             try:
                 if now - os.stat(path).st_mtime > ORPHAN_AGE:
