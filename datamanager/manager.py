@@ -512,7 +512,7 @@ class DataManager:
         shape, stored size, side file, sha256 when the build hashed values).
         Sessions changed since the last :meth:`build_index` are read again in
         memory; nothing is written.  Without an index, the tables are built
-        in memory from every session.
+        in memory from every session.  :doc:`/indexing` lists the columns.
         """
         return index_tables(self.basepath)
 

@@ -27,8 +27,8 @@ def index_tables(basepath: str) -> dict[str, pandas.DataFrame]:
     Returns
     -------
     dict
-        ``{"sessions": DataFrame, "items": DataFrame}``; see the reference
-        for their columns.
+        ``{"sessions": DataFrame, "items": DataFrame}``; their columns are
+        listed in :doc:`/indexing`.
     """
     import pandas
 
