@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import pandas
 import pytest
 
-from datamanager import DataManager, run_tasks
+from datamanager import DataManager, run_tasks, task_failures, task_results
 from datamanager._format import INDEX_NAME
 from datamanager.cli import main
+from datamanager.tasks.queries import stored_keys
 
 from conftest import run_python
 
@@ -115,3 +117,34 @@ def test_index_tables_describe_what_the_sessions_hold(tmp_path, hash_values):
     assert (items.loc["big", "dtype"], items.loc["big", "shape"]) == ("<i8", "[200000]")
     assert items.loc["text", "stored_size"] > 70_000 and not items.loc["text", "cached"]
     assert items["sha256"].notna().all() == hash_values
+
+
+def sometimes(x: int) -> int:
+    if x % 4 == 3:
+        raise ValueError(f"no {x}")
+    return x + 1
+
+
+def test_task_results_and_failures_read_through_the_index_are_those_of_the_sessions(tmp_path):
+    dm = DataManager("sweep", str(tmp_path))
+    run_tasks(dm, sometimes, range(10), processes=2, progress=False)
+    index = os.path.join(dm.basepath, INDEX_NAME)
+
+    def answers():
+        failures = [(f.key, f.item, f.error, f.session) for f in task_failures(dm, sometimes)]
+        return sorted(task_results(dm, sometimes)), failures, sorted(stored_keys(dm))
+
+    indexed = answers()
+    assert indexed[0] == [(x, x + 1) for x in range(10) if x % 4 != 3]
+    assert sorted(f[1] for f in indexed[1]) == [3, 7]
+    aside = str(tmp_path / "index-aside")
+    os.rename(index, aside)
+    try:
+        assert answers() == indexed
+    finally:
+        os.rename(aside, index)
+    # The index holds the records: a copy of it without them reads them from the sessions.
+    with sqlite3.connect(index) as conn:
+        assert conn.execute("SELECT count(*) FROM records").fetchone()[0] > 0
+        conn.execute("DELETE FROM records")
+    assert answers() != indexed  # the index was used: its (now missing) records were served

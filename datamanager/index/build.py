@@ -46,6 +46,7 @@ SCHEMA = [
         created REAL NOT NULL,
         user TEXT, host TEXT, pid INTEGER, git_commit TEXT, git_dirty INTEGER,
         keys INTEGER NOT NULL,
+        records INTEGER NOT NULL,   -- task records held below; -1: read them from the session
         bytes INTEGER NOT NULL,     -- every file of the session, side files included
         size INTEGER NOT NULL, mtime REAL NOT NULL,
         wal_size INTEGER, wal_mtime REAL, journal_size INTEGER, journal_mtime REAL,
@@ -61,12 +62,18 @@ SCHEMA = [
         value BLOB,                 -- the stored pickle, if at most CACHE_LIMIT bytes
         PRIMARY KEY (session, pos)) WITHOUT ROWID""",
     "CREATE INDEX items_by_key ON items (key, session)",
+    """CREATE TABLE records (       -- the task records of sessions.records >= 0
+        session INTEGER NOT NULL,
+        pos INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (session, pos)) WITHOUT ROWID""",
 ]
 _INSERT_SESSION = (
     "INSERT INTO sessions (name, file, ino, size, mtime_ns, ctime_ns, companions, settled, "
-    "created, user, host, pid, git_commit, git_dirty, keys, bytes, mtime, wal_size, "
+    "created, user, host, pid, git_commit, git_dirty, keys, records, bytes, mtime, wal_size, "
     "wal_mtime, journal_size, journal_mtime, meta) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_ITEM = (
     "INSERT INTO items (session, pos, key, type, dtype, shape, stored_size, side, side_size, "
@@ -246,7 +253,19 @@ def refresh(
 
 def _drop(conn: sqlite3.Connection, sid: int) -> None:
     conn.execute("DELETE FROM items WHERE session = ?", (sid,))
+    conn.execute("DELETE FROM records WHERE session = ?", (sid,))
     conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+
+
+@dataclasses.dataclass
+class _Session:
+    """What a build reads from one session."""
+
+    created: float
+    metadata: dict[str, Any]
+    rows: list[tuple[str, Any, Any, Any]]
+    records: list[tuple[str, Any]]
+    nbytes: int
 
 
 def _add(
@@ -266,18 +285,22 @@ def _add(
                 name: fmt.decode_metadata(name, text, entry.path)
                 for name, text in reader.raw_metadata()
             }
-            rows = reader.raw_rows()
-            nbytes = reader.nbytes
-            created = reader.created
+            read = _Session(
+                reader.created,
+                metadata,
+                reader.raw_rows(),
+                reader.raw_task_records(),
+                reader.nbytes,
+            )
     except CorruptSessionError as exc:
         skipped.append((entry.name, exc.reason))
         return 0
-    if any(type(row[0]) is not str for row in rows):
+    if any(type(row[0]) is not str for row in read.rows + read.records):
         skipped.append((entry.name, "a key that is not text"))
         return 0
     conn.execute("SAVEPOINT session")
     try:
-        _insert(conn, entry, files, settled, hash_values, metadata, rows, nbytes, created)
+        _insert(conn, entry, files, settled, hash_values, read)
     except (UnicodeError, sqlite3.Error) as exc:
         # A name or key in another encoding (kept with its undecodable
         # bytes) has no place in SQLite's text: read directly.
@@ -295,13 +318,13 @@ def _insert(
     files: Files,
     settled: bool,
     hash_values: bool,
-    metadata: dict[str, Any],
-    rows: list[tuple[str, Any, Any, Any]],
-    nbytes: int,
-    created: float,
+    read: _Session,
 ) -> None:
     st = files.stats
     wal, journal = st.get("-wal"), st.get("-journal")
+    metadata = read.metadata
+    # The task records are kept only if each is small: a reader takes all or none.
+    records = read.records if all(_small(value) for _, value in read.records) else None
     sid = conn.execute(
         _INSERT_SESSION,
         (
@@ -309,10 +332,11 @@ def _insert(
             os.path.basename(entry.path),
             *files.key,
             int(settled),
-            created,
+            read.created,
             *(_plain(metadata.get(k)) for k in ("user", "host", "pid", "git_commit", "git_dirty")),
-            len(rows),
-            nbytes,
+            len(read.rows),
+            -1 if records is None else len(records),
+            read.nbytes,
             st[""].st_mtime_ns / 1e9,
             wal and wal.st_size,
             wal and wal.st_mtime_ns / 1e9,
@@ -326,9 +350,17 @@ def _insert(
         _INSERT_ITEM,
         (
             (sid, pos, *_describe(entry, key, value, side, side_size, hash_values))
-            for pos, (key, value, side, side_size) in enumerate(rows)
+            for pos, (key, value, side, side_size) in enumerate(read.rows)
         ),
     )
+    conn.executemany(
+        "INSERT INTO records (session, pos, key, value) VALUES (?, ?, ?, ?)",
+        ((sid, pos, key, value) for pos, (key, value) in enumerate(records or ())),
+    )
+
+
+def _small(value: Any) -> bool:
+    return type(value) is bytes and len(value) <= CACHE_LIMIT
 
 
 def _plain(value: Any) -> Any:

@@ -65,6 +65,7 @@ class IndexView:
         self._by_key: dict[str, dict[int, tuple[Any, Any, Any]]] = {}
         self._keys: dict[int, list[str]] | None = None
         self._meta: dict[int, str] | None = None
+        self._records: dict[int, list[tuple[str, Any]]] | None = None
 
     def close(self) -> None:
         self._conn.close()
@@ -106,6 +107,19 @@ class IndexView:
             return [k for (k,) in self._conn.execute(_ALL_KEYS)]
         keys = self.keys()
         return list({k for sid in self._names for k in keys.get(sid, ())})
+
+    def records(self, sid: int) -> list[tuple[str, Any]] | None:
+        """The task records of a served session; None if the index does not hold them."""
+        if self._records is None:
+            query = "SELECT id, records FROM sessions WHERE records >= 0"
+            self._records = {sid: [] for sid, _ in self._conn.execute(query)}
+            query = "SELECT session, key, value FROM records ORDER BY session, pos"
+            for session, key, value in self._conn.execute(query):
+                if type(key) is str and type(value) is bytes and session in self._records:
+                    self._records[session].append((key, value))
+                else:
+                    self._records.pop(session, None)  # damaged: ask the session
+        return self._records.get(sid)
 
     def count(self) -> int:
         """The number of items of the served sessions."""
@@ -285,7 +299,8 @@ class IndexedReader(SessionReader):
         return self._direct().raw_values()
 
     def raw_task_records(self) -> list[tuple[str, Any]]:
-        return self._direct().raw_task_records()
+        records = self._view.records(self._sid)
+        return records if records is not None else self._direct().raw_task_records()
 
     @property
     def nbytes(self) -> int:
