@@ -27,7 +27,15 @@ from ..readers import NativeReader, SessionEntry, list_directory
 from . import identity
 from .identity import Files
 
-__all__ = ["CACHE_LIMIT", "INDEX_VERSION", "IndexSummary", "build_index", "refresh"]
+__all__ = [
+    "CACHE_LIMIT",
+    "INDEX_VERSION",
+    "IndexSummary",
+    "build_index",
+    "read_info",
+    "refresh",
+    "usable",
+]
 
 INDEX_VERSION = 1
 #: Values stored in at most this many bytes are copied into the index.
@@ -161,16 +169,15 @@ def _start(target: str, temp: str, hash_values: bool) -> sqlite3.Connection:
     except FileNotFoundError:
         pass
     else:
-        conn = _connect(temp)
+        conn = None
         try:
-            info = read_info(conn)
-            if info.get("version") == str(INDEX_VERSION) and (
-                info.get("hash_values") == "1" or not hash_values
-            ):
+            conn = _connect(temp)  # raises for a file that is not a database at all
+            if usable(conn) and (read_info(conn).get("hash_values") == "1" or not hash_values):
                 return conn
         except sqlite3.DatabaseError:
             pass  # damaged: start afresh
-        conn.close()
+        if conn is not None:
+            conn.close()
         os.unlink(temp)
     open(temp, "xb").close()
     conn = _connect(temp)
@@ -190,6 +197,25 @@ def _connect(path: str) -> sqlite3.Connection:
 
 def read_info(conn: sqlite3.Connection) -> dict[str, Any]:
     return dict(conn.execute("SELECT name, value FROM info").fetchall())
+
+
+#: A session row without numbers where numbers belong: a damaged index.
+_UNSOUND = (
+    "SELECT 1 FROM sessions WHERE typeof(ino) != 'integer' OR typeof(size) != 'integer' "
+    "OR typeof(mtime_ns) != 'integer' OR typeof(ctime_ns) != 'integer' "
+    "OR typeof(companions) != 'text' OR typeof(settled) != 'integer' "
+    "OR typeof(created) != 'real' OR typeof(keys) != 'integer' "
+    "OR typeof(records) != 'integer' OR typeof(mtime) != 'real' "
+    "OR typeof(wal_mtime) NOT IN ('real', 'null') "
+    "OR typeof(journal_mtime) NOT IN ('real', 'null') LIMIT 1"
+)
+
+
+def usable(conn: sqlite3.Connection) -> bool:
+    """Whether *conn* holds an index of this version, not damaged, to update or load."""
+    if read_info(conn).get("version") != str(INDEX_VERSION):
+        return False
+    return conn.execute(_UNSOUND).fetchone() is None
 
 
 def refresh(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .._format import INDEX_NAME
 from ..readers import sqlite_uri
-from .build import INDEX_VERSION, SCHEMA, read_info, refresh
+from .build import SCHEMA, refresh, usable
 
 if TYPE_CHECKING:
     import pandas
@@ -43,7 +43,7 @@ def index_tables(basepath: str) -> dict[str, pandas.DataFrame]:
                 source = sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)
                 try:
                     source.backup(conn)
-                    loaded = read_info(conn).get("version") == str(INDEX_VERSION)
+                    loaded = usable(conn)
                 finally:
                     source.close()
         if not loaded:
@@ -59,7 +59,10 @@ def index_tables(basepath: str) -> dict[str, pandas.DataFrame]:
     finally:
         conn.close()
     for column in ("created", "mtime", "wal_mtime", "journal_mtime"):
-        sessions[column] = pandas.to_datetime(sessions[column], unit="s", utc=True)
+        # One resolution whatever the values: pandas picks seconds for a
+        # column of nulls, which Parquet would read back as milliseconds.
+        times = pandas.to_datetime(sessions[column], unit="s", utc=True)
+        sessions[column] = times.astype("datetime64[ns, UTC]")
     sessions["git_dirty"] = sessions["git_dirty"].astype("boolean")
     sessions["settled"] = sessions["settled"].astype(bool)
     items["cached"] = items["cached"].astype(bool)

@@ -60,29 +60,54 @@ class IndexView:
         self._conn = conn
         self._settled = settled
         self.served = served
-        self.names = names
-        self._names = {row.sid: name for name, row in served.items()}
+        self.listing = names
+        self._name_of = {row.sid: name for name, row in served.items()}
         self._by_key: dict[str, dict[int, tuple[Any, Any, Any]]] = {}
         self._keys: dict[int, list[str]] | None = None
         self._meta: dict[int, str] | None = None
         self._records: dict[int, list[tuple[str, Any]]] | None = None
+        self._uncached: set[int] | None = None
 
     def close(self) -> None:
         self._conn.close()
 
-    def reader(self, entry: SessionEntry, safe: bool) -> IndexedReader | None:
-        """A reader of *entry* served from the index; None if the index cannot serve it."""
+    def reader(self, entry: SessionEntry, safe: bool, kept: bool = False) -> IndexedReader | None:
+        """A reader of *entry* served from the index; None if the index cannot serve it.
+
+        *kept*: the reader is kept to be read later, as
+        :meth:`~datamanager.DataManager.iter_sessions` keeps those it has
+        ordered.  A direct reader holds its session open from the start, so
+        that a session deleted meanwhile still reads whole; a kept reader of
+        a session with values the index does not hold opens it at once too.
+        """
         row = self.served.get(entry.name) if not entry.legacy else None
-        return None if row is None else IndexedReader(entry, self, row, safe)
+        if row is None:
+            return None
+        reader = IndexedReader(entry, self, row, safe)
+        if kept and row.sid in self._partial():
+            reader.open_session()
+        return reader
+
+    def _partial(self) -> set[int]:
+        """The sessions with a value the index does not hold."""
+        if self._uncached is None:
+            query = "SELECT DISTINCT session FROM items WHERE value IS NULL"
+            self._uncached = {sid for (sid,) in self._conn.execute(query)}
+        return self._uncached
 
     def holding(self, key: str) -> set[str]:
         """The served sessions that hold *key*."""
-        return {self._names[sid] for sid in self.rows(key) if sid in self._names}
+        return {self._name_of[sid] for sid in self.rows(key) if sid in self._name_of}
 
     def holding_match(self, match: Match) -> set[str]:
         """The served sessions that hold a key matching *match*."""
         test = key_test(match)
-        return {self._names[sid] for sid, keys in self.keys().items() if any(map(test, keys))}
+        # keys() lists every indexed session, served or not (changed since).
+        return {
+            self._name_of[sid]
+            for sid, keys in self.keys().items()
+            if sid in self._name_of and any(map(test, keys))
+        }
 
     def rows(self, key: str) -> dict[int, tuple[Any, Any, Any]]:
         """``{session id: (cached pickle, side, side_size)}`` of the sessions holding *key*."""
@@ -106,7 +131,7 @@ class IndexView:
         if len(self.served) == self._settled:
             return [k for (k,) in self._conn.execute(_ALL_KEYS)]
         keys = self.keys()
-        return list({k for sid in self._names for k in keys.get(sid, ())})
+        return list({k for sid in self._name_of for k in keys.get(sid, ())})
 
     def records(self, sid: int) -> list[tuple[str, Any]] | None:
         """The task records of a served session; None if the index does not hold them."""
@@ -147,7 +172,7 @@ class IndexView:
         # Side files can come and go without a change to the database (a
         # writer killed before its commit leaves one): they are counted now.
         total = row.size
-        if entry.name + BLOB_SUFFIX in self.names:
+        if entry.name + BLOB_SUFFIX in self.listing:
             with contextlib.suppress(OSError), os.scandir(fmt.blob_dir(entry.path)) as it:
                 total += sum(e.stat().st_size for e in it)
         return total
@@ -247,6 +272,10 @@ class IndexedReader(SessionReader):
         self._entry, self._view, self._row, self._sid = entry, view, row, row.sid
         self.created, self._count = row.created, row.keys
         self._native: NativeReader | None = None
+
+    def open_session(self) -> None:
+        """Open the session itself now, rather than when a value needs it."""
+        self._direct()
 
     def _direct(self) -> NativeReader:
         if self._native is None:
