@@ -43,7 +43,15 @@ from .recordings import (
     write_neuron_dat,
 )
 from .session import Session
-from .tasks import TaskFailure, TaskSummary, run_tasks, task_failures, task_results
+from .tasks import (
+    TaskFailure,
+    TaskSummary,
+    run_tasks,
+    task_failures,
+    task_results,
+    task_sweeps,
+    task_table,
+)
 
 __version__ = "0.1.0"
 
@@ -81,6 +89,8 @@ __all__ = [
     "run_tasks",
     "task_failures",
     "task_results",
+    "task_sweeps",
+    "task_table",
     "write_atf",
     "write_neuron_dat",
 ]
