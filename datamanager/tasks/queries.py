@@ -54,6 +54,10 @@ class Scan:
     last : dict
         Sweep name -> :attr:`~datamanager.readers.SessionReader.created` of
         the newest session holding its results or failures.
+    parameters : list of str or None
+        The names of the task's positional parameters, as the newest
+        session holding results of the sweep asked for recorded them
+        (``task_parameters`` of its metadata); None if none did.
     """
 
     results: dict[str, Stored] = field(default_factory=dict)
@@ -61,6 +65,7 @@ class Scan:
     keys: set[str] = field(default_factory=set)
     done: dict[str, set[str]] = field(default_factory=dict)
     last: dict[str, float] = field(default_factory=dict)
+    parameters: list[str] | None = None
 
     def open_failures(self) -> list[TaskFailure]:
         """The failures that no later run fixed (no result stored for the item)."""
@@ -130,6 +135,9 @@ def _read(found: Scan, reader: SessionReader, wanted: str | None, values: bool) 
             if k.startswith(prefix):
                 key = k[len(prefix) :]
                 found.results[key] = Stored(key, items.get(key), reader[k], reader.name)
+        metadata = reader.metadata if items else {}
+        if metadata.get("task_name") == wanted and metadata.get("task_parameters") is not None:
+            found.parameters = list(metadata["task_parameters"])
 
 
 def _count(found: Scan, reader: SessionReader, names: list[str], record_keys: list[str]) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
 from .queries import scan
-from .records import sweep_name
+from .records import parameter_names, sweep_name
 
 if TYPE_CHECKING:
     import pandas
@@ -88,7 +87,7 @@ def task_table(
     found = scan(dm, name, values=True)
     if not found.results:
         found.check(dm, name)
-    names = _parameter_names(task)
+    names = parameter_names(task) if not isinstance(task, str) else found.parameters
     rows = [
         (_item_fields(s.item, names), _result_fields(s.result), s.session, s.key, None)
         for s in found.results.values()
@@ -155,28 +154,6 @@ def task_sweeps(dm: DataManager) -> pandas.DataFrame:
     )
     frame["last_run"] = pandas.to_datetime(frame["last_run"], unit="s", utc=True)
     return frame
-
-
-def _parameter_names(task: Any) -> list[str] | None:
-    """The names of *task*'s positional parameters, in order; None if unknown.
-
-    A class's instances are what is called per item, so its ``__call__``
-    names the items' positions (past ``self``).
-    """
-    if isinstance(task, str):
-        return None
-    function, skip = (task.__call__, 1) if isinstance(task, type) else (task, 0)
-    try:
-        parameters = list(inspect.signature(function).parameters.values())[skip:]
-    except (TypeError, ValueError):  # some builtins have no signature
-        return None
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    names = []
-    for parameter in parameters:
-        if parameter.kind not in positional:
-            break  # *args and what follows take no position of their own
-        names.append(parameter.name)
-    return names
 
 
 def _item_fields(item: Any, names: list[str] | None) -> dict[str, Any]:
