@@ -50,7 +50,7 @@ def task_table(
           failure record) and the item's key (the result is that session's
           key ``<name>/<key>``);
         - with *failures*, ``error``: ``'<ExceptionType>: <message>'``,
-          None for a stored result.
+          missing (NaN) for a stored result.
 
         A field named like a column before it gets a prefix rather than
         hiding it: ``item.`` for an item field named ``session``, ``key``
@@ -89,7 +89,7 @@ def task_table(
         found.check(dm, name)
     names = parameter_names(task) if not isinstance(task, str) else found.parameters
     rows = [
-        (_item_fields(s.item, names), _result_fields(s.result), s.session, s.key, None)
+        (_item_fields(s.item, names), _result_fields(s.result), s.session, s.key, float("nan"))
         for s in found.results.values()
     ]
     if failures:
