@@ -318,3 +318,14 @@ def test_cli_in_a_subprocess(swept: DataManager):
     assert proc.returncode == 0, proc.stderr
     back = pandas.read_csv(io.StringIO(proc.stdout))
     assert sorted(zip(back["current"], back["tau"])) == RATE_ITEMS
+
+
+def test_a_deleted_result_is_no_longer_done(dm: DataManager):
+    run(dm, square, [1, 2])
+    row = task_table(dm, square).iloc[0]
+    with dm.session(row["session"]) as s:
+        del s[f"square/{row['key']}"]  # its item record stays behind
+    assert task_table(dm, square)["key"].tolist() == [
+        k for k in [item_key(1), item_key(2)] if k != row["key"]
+    ]
+    assert task_sweeps(dm)["done"].tolist() == [1]

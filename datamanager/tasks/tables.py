@@ -97,11 +97,7 @@ def task_table(
             (_item_fields(f.item, names), {}, f.session, f.key, f.error)
             for f in found.open_failures()
         ]
-    item_columns = _columns(row[0] for row in rows)
-    result_columns = _columns(row[1] for row in rows)
-    item_names = {c: f"item.{c}" if c in RESERVED else c for c in item_columns}
-    taken = set(item_names.values()) | set(RESERVED)
-    result_names = {c: f"result.{c}" if c in taken else c for c in result_columns}
+    item_names, result_names = _column_names(rows)
     columns = [*item_names.values(), *result_names.values(), "session", "key"]
     columns += ["error"] if failures else []
     records = []
@@ -173,9 +169,20 @@ def _result_fields(result: Any) -> dict[str, Any]:
     return {"result": result}
 
 
-def _columns(rows: Any) -> list[str]:
-    """The field names of *rows* (dicts), in order of first appearance."""
-    seen: dict[str, None] = {}
-    for row in rows:
-        seen.update(dict.fromkeys(row))
-    return list(seen)
+def _column_names(rows: list[tuple[Any, ...]]) -> tuple[dict[str, str], dict[str, str]]:
+    """Map the item fields and the result fields of *rows* to their columns.
+
+    Decided over the whole table, so that a column means one thing in
+    every row: a result field is prefixed wherever any item has a field of
+    its name.
+    """
+
+    def fields(part: int) -> list[str]:  # in order of first appearance
+        seen: dict[str, None] = {}
+        for row in rows:
+            seen.update(dict.fromkeys(row[part]))
+        return list(seen)
+
+    item_names = {c: f"item.{c}" if c in RESERVED else c for c in fields(0)}
+    taken = set(item_names.values()) | set(RESERVED)
+    return item_names, {c: f"result.{c}" if c in taken else c for c in fields(1)}
