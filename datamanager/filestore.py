@@ -95,7 +95,8 @@ class StoredFile(os.PathLike):
     >>> (stored,) = dm.get("model").values()
     >>> stored.name, stored.size
     ('neuron.param', 12)
-    >>> open(stored).read()
+    >>> with open(stored) as f:
+    ...     f.read()
     'tau = 10 ms\\n'
     """
 
