@@ -157,8 +157,35 @@ class DataManager:
 
         Store the returned value under a key (``s[key] = dm.store_file(p)``),
         alone or inside a list, tuple or dict; it reads back as a
-        :class:`~datamanager.filestore.StoredFile` whose path is the stored
-        copy, whatever happens to the original.  See :doc:`/files`.
+        :class:`~datamanager.StoredFile` whose path is the stored copy,
+        whatever happens to the original.  Content stored already is not
+        written again; many processes may store at once.  See :doc:`/files`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to store.
+
+        Returns
+        -------
+        StoredFile
+            Its name, size, sha256, original path and the stored copy's path.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be read or the data directory written.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> with open(os.path.join(folder, "net.param"), "w") as f:
+        ...     _ = f.write("N = 100\n")
+        >>> dm = DataManager("sweep", folder)
+        >>> f = dm.store_file(os.path.join(folder, "net.param"))
+        >>> f.name, f.size, f == dm.store_file(os.path.join(folder, "net.param"))
+        ('net.param', 8, True)
         """
         return store_file(self.basepath, path)
 
