@@ -181,7 +181,7 @@ class DataManager:
         >>> import os, tempfile
         >>> folder = tempfile.mkdtemp()
         >>> with open(os.path.join(folder, "net.param"), "w") as f:
-        ...     _ = f.write("N = 100\n")
+        ...     _ = f.write("N = 100\\n")
         >>> dm = DataManager("sweep", folder)
         >>> f = dm.store_file(os.path.join(folder, "net.param"))
         >>> f.name, f.size, f == dm.store_file(os.path.join(folder, "net.param"))
