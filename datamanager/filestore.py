@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -53,6 +54,9 @@ __all__ = [
 #: Bytes read at a time: large enough that the per-call cost of a read and of
 #: the hash update vanish against the hashing itself, small enough for any cache.
 CHUNK = 1 << 20
+#: One read buffer per thread, reused: allocating a zeroed MiB for each of
+#: many small files would cost more than hashing them.
+_BUFFERS = threading.local()
 
 
 @register_safe_type
@@ -220,10 +224,11 @@ def stored_in(reader: SessionReader) -> list[dict[str, Any]]:
 def _stream(source: BinaryIO, copy: BinaryIO | None = None) -> tuple[str, int]:
     """sha256 and size of what *source* holds, read once in constant memory; copied to *copy*."""
     digest, size = hashlib.sha256(), 0
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
+    view = getattr(_BUFFERS, "view", None)
+    if view is None:
+        view = _BUFFERS.view = memoryview(bytearray(CHUNK))
     while True:
-        n = source.readinto(buffer)
+        n = source.readinto(view)
         if not n:
             break
         chunk = view[:n]
@@ -295,7 +300,14 @@ def store_file(basepath: str | os.PathLike, path: str | os.PathLike) -> StoredFi
             os.makedirs(os.path.dirname(final), exist_ok=True)
             # Two processes storing the same content at once both get here;
             # either rename leaves the same whole bytes under the name.
-            os.replace(temp, final)
+            try:
+                os.replace(temp, final)
+            except PermissionError:
+                # Where a read-only file cannot be replaced (Windows), the
+                # other process's copy is in place: that is the stored file.
+                if not os.path.exists(final):
+                    raise
+                os.unlink(temp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
