@@ -88,6 +88,20 @@ def main(argv: list[str] | None = None) -> int:
             },
             args.repeat,
         )
+        small = []
+        os.makedirs(os.path.join(folder, "small"))
+        for i in range(2000):
+            small.append(os.path.join(folder, "small", f"param{i}.txt"))
+            with open(small[-1], "wb") as f:
+                f.write(os.urandom(1000))
+        os.sync()
+        many = best(
+            {
+                "file_digest": lambda: digest_all(small),
+                "hash_files": lambda: hash_files(small, processes=1),
+            },
+            args.repeat,
+        )
         dm = DataManager("bench", folder)
         scratch = os.path.join(folder, "scratch")
         os.makedirs(scratch)
@@ -105,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         ("hash_files, 1 process, MiB/s", total / hashing["hash_files"]),
         ("hashlib.file_digest, MiB/s", total / hashing["file_digest"]),
         ("  ratio hash_files / file_digest", hashing["file_digest"] / hashing["hash_files"]),
+        ("2,000 files of 1 kB: hash_files, 1 process, files/s", 2000 / many["hash_files"]),
+        ("2,000 files of 1 kB: hashlib.file_digest, files/s", 2000 / many["file_digest"]),
+        ("  ratio hash_files / file_digest", many["file_digest"] / many["hash_files"]),
         ("store_file (copy and hash in one pass, fsync), MiB/s", total / storing["store_file"]),
         ("copyfile + file_digest + fsync, MiB/s", total / storing["copy+digest"]),
         ("  ratio store_file / copy + digest", storing["copy+digest"] / storing["store_file"]),
