@@ -300,3 +300,11 @@ def test_item_key_of_a_file_is_its_content_and_name(tmp_path, param):
     assert item_key({"model": param, "I": 2.0}) != key
     with pytest.raises(FileNotFoundError):
         item_key([tmp_path / "absent"])
+
+
+def test_a_stored_file_stores_into_another_data_directory(dm, param, tmp_path):
+    f = dm.store_file(param)
+    other = DataManager("copy", str(tmp_path))
+    g = other.store_file(f)
+    assert g == f and g.path != f.path
+    assert g.path.startswith(other.basepath) and Path(g).read_bytes() == param.read_bytes()
