@@ -133,7 +133,7 @@ class StoredFile(os.PathLike):
         if self.path is None:
             raise FileNotFoundError(
                 f"{self.name} (sha256 {self.sha256[:12]}...) was not read from a data "
-                "directory; bind it with .at(datapath)"
+                "directory; bind it with .at(data_directory)"
             )
         return self.path
 
