@@ -26,6 +26,7 @@ from .errors import (
     UnstorableValueError,
     UnsupportedValueError,
 )
+from .filestore import StoredFile, hash_files
 from .hdf5 import ExportReport, export_hdf5, load_hdf5
 from .importer import ImportSummary
 from .index import IndexSummary
@@ -72,6 +73,7 @@ __all__ = [
     "RecordingFormatError",
     "Session",
     "SessionReader",
+    "StoredFile",
     "TaskFailure",
     "TaskSummary",
     "TransactionAbortedError",
@@ -80,6 +82,7 @@ __all__ = [
     "UnsupportedValueError",
     "__version__",
     "export_hdf5",
+    "hash_files",
     "load_atf",
     "load_hdf5",
     "load_neuron_dat",
