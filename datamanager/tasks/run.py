@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import multiprocessing
 import os
 import pickle
@@ -52,6 +53,7 @@ def run_tasks(
     mp_context: Any = None,
     chunksize: int | None = None,
     index: bool = True,
+    metadata: Mapping[str, Any] | None = None,
 ) -> TaskSummary:
     """Run ``task(item)`` for every item in parallel, storing each result in *dm*.
 
@@ -192,7 +194,16 @@ def run_tasks(
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, not {name!r}")
     qualname = f"{getattr(task, '__module__', None)}.{getattr(task, '__qualname__', name)}"
-    spec = Spec(dm, task, name, qualname, uuid.uuid4().hex, tuple(initargs or ()), initkwds)
+    spec = Spec(
+        dm,
+        task,
+        name,
+        qualname,
+        uuid.uuid4().hex,
+        tuple(initargs or ()),
+        initkwds,
+        _check_metadata(metadata),
+    )
     todo, skipped, rejected = plan(items, name, key, stored_keys(dm) if resume else set())
     new_pool = _pool_maker(spec, len(todo), processes, client, mp_context, chunksize)
     sweep = Sweep(spec, todo, new_pool, skipped=skipped, started=started)
@@ -275,6 +286,21 @@ def _check_count(argument: str, value: Any, minimum: int = 1) -> None:
         raise TypeError(f"{argument} must be an int or None, not {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{argument} must be at least {minimum}, not {value}")
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Refuse, before anything runs, extra metadata that no session could store."""
+    if metadata is None:
+        return None
+    entries = dict(metadata)
+    clash = sorted(set(entries) & {"task", "task_name", "task_run", "task_parameters"})
+    if clash:
+        raise ValueError(f"metadata may not replace what the sweep records: {clash}")
+    try:
+        json.dumps(entries)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata must hold JSON-able values ({exc})") from exc
+    return entries
 
 
 def _pool_size(poolsize: int, processes: int | None) -> int | None:

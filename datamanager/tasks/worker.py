@@ -62,6 +62,8 @@ class Spec:
     run_id: str
     initargs: tuple[Any, ...] = ()
     initkwds: dict[str, Any] | None = None
+    #: More entries for the metadata of every session the sweep writes.
+    metadata: dict[str, Any] | None = None
 
 
 def _takes(function: Callable[..., Any], parameter: str) -> bool:
@@ -111,6 +113,7 @@ class Worker:
                         # So that a table of the sweep, read by its name
                         # alone, names the positions of tuple items.
                         "task_parameters": parameter_names(self.spec.task),
+                        **(self.spec.metadata or {}),
                     }
                 )
                 self.session = session
