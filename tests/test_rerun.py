@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import functools
 import hashlib
 import inspect
@@ -18,7 +19,14 @@ import psutil
 import pytest
 from test_tasks import assert_gone, stored_keys
 
-from datamanager import DataManager, rerun_tasks, run_tasks, task_sweeps, task_table
+from datamanager import (
+    DataManager,
+    UnsafeValueError,
+    rerun_tasks,
+    run_tasks,
+    task_sweeps,
+    task_table,
+)
 from datamanager.tasks import item_key, task_failures, task_results
 
 from conftest import IN_CI, interruptible, run_python
@@ -191,6 +199,21 @@ def test_failures_in_a_rerun_are_recorded_linked_and_retried(tmp_path: Path):
     retry = rerun(dm, square, [plus_one], sweep="square", name="picky rerun")
     assert (retry.done, retry.skipped, retry.failed) == (2, 8, 0)
     assert task_failures(dm) == []
+
+
+def as_fraction(x):
+    return fractions.Fraction(x, 3)
+
+
+def test_a_rerun_reads_the_original_items_not_their_results(tmp_path: Path):
+    run(DataManager("sweep", str(tmp_path)), as_fraction, [1, 2, 3])
+    # Safe mode refuses to unpickle a Fraction: reading a result would raise.
+    safe = DataManager("sweep", str(tmp_path), safe=True)
+    with pytest.raises(UnsafeValueError):
+        task_results(safe, as_fraction)
+    summary = rerun(safe, square, [plus_one], sweep="as_fraction", name="squares")
+    assert summary.done == 3
+    assert sorted(task_results(safe, "squares")) == [(2, 4), (3, 9), (4, 16)]
 
 
 # -- provenance --------------------------------------------------------------------------

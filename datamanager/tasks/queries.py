@@ -94,23 +94,29 @@ def _split(key: str) -> tuple[str, str, str] | None:
     return None
 
 
-def scan(dm: DataManager, wanted: str | None = None, values: bool = False) -> Scan:
+def scan(
+    dm: DataManager, wanted: str | None = None, values: bool = False, *, results: bool = True
+) -> Scan:
     """Read what the sweeps stored in *dm*, in one pass over its sessions.
 
     Failure records (of *wanted* only, when given) and the link records of
     *wanted* are always read; with *values*, the items and results of the
     sweep *wanted* are read too.
     Everything else is known from the keys alone, so that counting the
-    items of every sweep reads no value.
+    items of every sweep reads no value.  Without *results*, the results
+    found are not read (their :attr:`Stored.result` is None): a rerun needs
+    only the items of a sweep whose results may be large.
     """
     found = Scan()
     for reader in dm.iter_sessions():
         with reader:
-            _read(found, reader, wanted, values)
+            _read(found, reader, wanted, values, results)
     return found
 
 
-def _read(found: Scan, reader: SessionReader, wanted: str | None, values: bool) -> None:
+def _read(
+    found: Scan, reader: SessionReader, wanted: str | None, values: bool, results: bool
+) -> None:
     """Add to *found* what one session holds (see :func:`scan`)."""
     names = reader.keys()
     found.keys.update(names)
@@ -145,7 +151,8 @@ def _read(found: Scan, reader: SessionReader, wanted: str | None, values: bool) 
         for k in names:
             if k.startswith(prefix):
                 key = k[len(prefix) :]
-                found.results[key] = Stored(key, items.get(key), reader[k], reader.name)
+                result = reader[k] if results else None
+                found.results[key] = Stored(key, items.get(key), result, reader.name)
         metadata = reader.metadata if items else {}
         if metadata.get("task_name") == wanted and metadata.get("task_parameters") is not None:
             found.parameters = list(metadata["task_parameters"])

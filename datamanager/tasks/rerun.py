@@ -151,7 +151,7 @@ def rerun_tasks(
     same = _same_directory(dm, target)
     if same and name == original:
         raise ValueError(f"a rerun cannot write into its original sweep {original!r}; rename it")
-    found = scan(dm, original, values=True)
+    found = scan(dm, original, values=True, results=False)  # the items are enough
     if not found.results:
         found.check(dm, original)
     items, links = [], {}
