@@ -351,6 +351,9 @@ def test_a_stopped_rerun_resumes_and_does_every_item_once(tmp_path: Path, signum
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     assert f"{name}: {40 - kept} done, {kept} skipped, 0 failed" in again.stdout
     assert stored_keys(dm, name) == {f"{name}/{item_key(x + 1)}": 1 for x in range(40)}
+    sessions = dm.sessions()
+    linking = sessions[(sessions["task_name"] == name) & sessions["task"].isna()]
+    assert len(linking) == 1  # the resumed rerun found every link stored, and wrote none
     table = task_table(dm, name)
     assert (table["result"] == 10 * table["x"]).all()
     assert (table["original.result"] == (table["x"] - 1) ** 2).all()

@@ -148,11 +148,13 @@ def run_tasks(
     TypeError
         An item without a canonical form (before anything runs), a task
         that cannot be named or that workers could not import (see Notes),
-        *initargs* / *initkwds* for a task that is no class, or a count
-        (*processes*, *chunksize*, *poolsize*, *numitems*) not an int.
+        *initargs* / *initkwds* for a task that is no class, a count
+        (*processes*, *chunksize*, *poolsize*, *numitems*) not an int, or
+        *metadata* that is not JSON-able.
     ValueError
-        *processes* or *chunksize* below 1, *numitems* below 0, or
-        *poolsize* and *processes* disagreeing (before anything runs).
+        *processes* or *chunksize* below 1, *numitems* below 0,
+        *poolsize* and *processes* disagreeing, or *metadata* replacing an
+        entry the sweep records (before anything runs).
     KeyboardInterrupt
         After a clean stop on Ctrl-C.
 
