@@ -229,27 +229,46 @@ def test_sessions_record_the_modification_functions_with_hashes(swept: DataManag
     ours = sessions[sessions["task_name"] == summary.name]
     workers = ours[ours["task"] == f"{__name__}.rate"]
     assert len(workers) >= 1 and len(ours) == len(workers) + 1  # one session held the links
+    described = [
+        {
+            "name": f"{__name__}.{f.__name__}",
+            "sha256": sha256(inspect.getsource(f)),
+            "hashed": "source",
+            "bound": None,
+        }
+        for f in (louder, slower)
+    ]
     for provenance in ours["rerun"]:
-        assert provenance["sweep"] == "rate" and provenance["data"] is None
-        assert provenance["modify"] == [
-            {
-                "name": f"{__name__}.{f.__name__}",
-                "sha256": sha256(inspect.getsource(f)),
-                "hashed": "source",
-            }
-            for f in (louder, slower)
-        ]
+        assert provenance == {"sweep": "rate", "data": None, "modify": described}
     assert set(workers["note"]) == {"tau study"}
-    # The name is the hash of those identities.
-    identity = json.dumps([[m["name"], m["sha256"]] for m in ours["rerun"].iloc[0]["modify"]])
-    assert summary.name == f"rate~rerun-{sha256(identity)[:8]}"
+    # The name is the hash of those descriptions.
+    assert summary.name == f"rate~rerun-{sha256(json.dumps(described, sort_keys=True))[:8]}"
     with pytest.raises(ValueError, match="task_name"):
         run(swept, rate, ITEMS, metadata={"task_name": "x"})
     with pytest.raises(TypeError, match="JSON"):
         run(swept, rate, ITEMS, metadata={"when": object()})
 
 
-def test_functions_without_source_are_hashed_by_code_or_need_a_name(swept: DataManager):
+def scaled(factor):
+    """A modification made by a factory: its source is the same for every factor."""
+
+    def scale(item):
+        current, tau = item
+        return (current * factor, tau)
+
+    return scale
+
+
+def with_tau(item, tau):
+    return (item[0], tau)
+
+
+class Scale:
+    def __call__(self, item):
+        return (item[0] * 2, item[1])
+
+
+def test_functions_without_source_and_bound_values_are_told_apart(swept: DataManager):
     # A function typed at a prompt (here: python -c) has no source file to read.
     code = textwrap.dedent(
         """
@@ -261,17 +280,34 @@ def test_functions_without_source_are_hashed_by_code_or_need_a_name(swept: DataM
     typed, builtin = json.loads(run_python(code).stdout)
     assert typed["name"] == "__main__.<lambda>" and typed["hashed"] == "bytecode"
     assert len(typed["sha256"]) == 64
-    assert builtin == {"name": "builtins.abs", "sha256": None, "hashed": "nothing"}
-    partial = functools.partial(max, (0.0, 0.0))
-    with pytest.raises(TypeError, match="pass name="):
-        rerun(swept, rate, [partial])
-    summary = rerun(swept, rate, [partial], name="at least", select=[item_key(ITEMS[0])])
-    assert summary.done == 1
+    assert builtin == {"name": "builtins.abs", "sha256": None, "hashed": "builtin", "bound": None}
+    # Values bound by a closure or a partial are part of the name: different
+    # ones make different reruns, the same ones resume.
+    one = [item_key(ITEMS[0])]
+    names = {rerun(swept, rate, [m], select=one).name for m in (scaled(2), scaled(3))}
+    names |= {
+        rerun(swept, rate, [functools.partial(with_tau, tau=t)], select=one).name for t in (1, 2)
+    }
+    assert len(names) == 4
+    assert rerun(swept, rate, [scaled(3)], select=one).name in names
     (recorded,) = {
-        json.dumps(p["modify"]) for p in swept.sessions()["rerun"] if isinstance(p, dict)
-    } - {json.dumps([])}
-    assert json.loads(recorded) == [
-        {"name": "functools.partial", "sha256": None, "hashed": "nothing"}
+        p["modify"][0]["name"]
+        for p in swept.sessions()["rerun"]
+        if isinstance(p, dict) and p["modify"][0]["name"].startswith("functools")
+    }
+    assert recorded == f"functools.partial({__name__}.with_tau)"
+    # A callable object cannot be told apart from another of its class.
+    with pytest.raises(TypeError, match="pass name="):
+        rerun(swept, rate, [Scale()])
+    summary = rerun(swept, rate, [Scale()], name="doubled", select=one)
+    assert summary.done == 1
+    (provenance,) = {
+        json.dumps(p)
+        for p in swept.sessions()["rerun"]
+        if isinstance(p, dict) and "Scale" in str(p)
+    }
+    assert json.loads(provenance)["modify"] == [
+        {"name": f"{__name__}.Scale", "sha256": None, "hashed": "nothing", "bound": None}
     ]
 
 

@@ -8,6 +8,7 @@ which runs, stores, resumes and reports exactly as for any sweep.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -16,7 +17,7 @@ import os
 import types
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from .itemkeys import digest
+from .itemkeys import digest, item_key
 from .queries import LINK, Stored, scan
 from .records import TaskSummary, sweep_name
 from .run import run_tasks
@@ -109,8 +110,9 @@ def rerun_tasks(
     TypeError
         For a *select* that is a str (a list of keys is meant), a
         modification that is not callable, a default name that cannot be
-        derived (a modification that is neither a function nor a builtin:
-        pass *name*), or a new item without a canonical form.
+        derived (a modification that cannot be told apart from others, see
+        :func:`rerun_name`: pass *name*), or a new item without a canonical
+        form.
     ValueError
         If the rerun would write into the original sweep itself.
 
@@ -119,7 +121,8 @@ def rerun_tasks(
     The rerun's provenance, ``rerun`` in the metadata of every session it
     writes: ``{"sweep": ..., "data": ..., "modify": [...]}``, with each
     modification function as :func:`describe_function` describes it
-    (qualified name, and a sha256 of its source).  An exception raised by
+    (qualified name, a sha256 of its source, and one of the values it
+    binds).  An exception raised by
     a modification function propagates before anything runs.
 
     Examples
@@ -187,56 +190,111 @@ def describe_function(function: Callable[..., Any]) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``name``: ``<module>.<qualified name>``; ``sha256``: of the source
-        text (:func:`inspect.getsource`) when it can be found, else of the
-        compiled code (:mod:`marshal`, which differs between Python
-        versions: a function typed at a prompt), else None (a builtin, or a
-        callable object without code of its own); ``hashed``: ``'source'``,
-        ``'bytecode'`` or ``'nothing'``, which of these it is.  The hash
-        covers the function's own code, not values it finds elsewhere
-        (globals, a closure, defaults).
+        - ``name``: ``<module>.<qualified name>`` (``functools.partial(<name>)``
+          for a partial);
+        - ``sha256``: of the source text (:func:`inspect.getsource`) when it
+          can be found, else of the compiled code (:mod:`marshal`, which
+          differs between Python versions: a function typed at a prompt or
+          in ``python -c``), else None;
+        - ``hashed``: which it is, ``'source'`` or ``'bytecode'``;
+          ``'builtin'`` for a builtin, which its name identifies; ``'nothing'``
+          for what cannot be told apart from another of its kind (a callable
+          object, a value bound that has no canonical form);
+        - ``bound``: a sha256 of the values the function binds (its
+          defaults, its closure, a partial's arguments; functions among them
+          by their own description, other values by :func:`item_key`), None
+          if it binds none.
+
+        What the function reads from its module's globals is not covered.
 
     Examples
     --------
     >>> describe_function(len)
-    {'name': 'builtins.len', 'sha256': None, 'hashed': 'nothing'}
+    {'name': 'builtins.len', 'sha256': None, 'hashed': 'builtin', 'bound': None}
     """
+    return _describe(function, set())
+
+
+# Functions and methods written in C, which have neither source nor bytecode.
+_BUILTIN = (
+    types.BuiltinFunctionType,
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+    types.ClassMethodDescriptorType,
+)
+
+
+def _describe(function: Any, active: set[int]) -> dict[str, Any]:
+    """:func:`describe_function`; *active* holds the functions being described,
+    so that one reaching itself through its closure (recursion) ends."""
+    active = active | {id(function)}
+    if isinstance(function, functools.partial):
+        inner = _describe(function.func, active)
+        bound = _bound([inner["bound"], function.args, function.keywords], active)
+        hashed = "nothing" if bound is None else inner["hashed"]
+        name = f"functools.partial({inner['name']})"
+        return {"name": name, "sha256": inner["sha256"], "hashed": hashed, "bound": bound}
     module = getattr(function, "__module__", None) or type(function).__module__
     qualname = getattr(function, "__qualname__", None) or type(function).__qualname__
-    described: dict[str, Any] = {"name": f"{module}.{qualname}", "sha256": None}
-    try:
-        source = inspect.getsource(function)  # type: ignore[arg-type]
-    except (OSError, TypeError):  # no file (a prompt, python -c) or no code (a builtin)
-        code = getattr(function, "__code__", None)
-        if isinstance(code, types.CodeType):
-            described.update(sha256=hashlib.sha256(marshal.dumps(code)).hexdigest())
+    described = {"name": f"{module}.{qualname}", "sha256": None, "hashed": "nothing"}
+    code = getattr(function, "__code__", None)
+    if isinstance(function, _BUILTIN) or getattr(function, "__module__", None) == "builtins":
+        described["hashed"] = "builtin"
+    elif isinstance(code, types.CodeType):
+        try:
+            text = inspect.getsource(function).encode()
+            described["hashed"] = "source"
+        except (OSError, TypeError):  # no source file: a prompt, python -c
+            text = marshal.dumps(code)
             described["hashed"] = "bytecode"
-        else:
+        described["sha256"] = hashlib.sha256(text).hexdigest()
+    values = [getattr(function, "__defaults__", None), getattr(function, "__kwdefaults__", None)]
+    values += [cell.cell_contents for cell in getattr(function, "__closure__", None) or ()]
+    described["bound"] = None
+    if any(v is not None for v in values):
+        described["bound"] = _bound(values, active)
+        if described["bound"] is None:
             described["hashed"] = "nothing"
-        return described
-    described.update(sha256=hashlib.sha256(source.encode()).hexdigest(), hashed="source")
     return described
+
+
+def _bound(values: list[Any], active: set[int]) -> str | None:
+    """A sha256 of *values* (see :func:`describe_function`); None if one has no canonical form."""
+    parts = []
+    for value in values:
+        if isinstance(value, (types.FunctionType, functools.partial)):
+            # A function met again through its own closure is named, not described again.
+            inner = _describe(value, active) if id(value) not in active else value.__qualname__
+            parts.append(json.dumps(inner))
+            continue
+        try:
+            parts.append(item_key(value))
+        except TypeError:
+            return None
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def rerun_name(original: str, described: list[dict[str, Any]]) -> str:
     """The default name of a rerun: ``<original>~rerun-<8 hex digits>``.
 
     The digits are the start of a sha256 of the modification functions'
-    names and hashes, in order (see :func:`describe_function`).
+    descriptions (:func:`describe_function`: names, hashes, bound values),
+    in order.
 
     Raises
     ------
     TypeError
-        If a modification is neither hashed nor a builtin (a callable object,
-        a partial), so that different ones would share a name.
+        If a modification cannot be told apart from others of its kind (it
+        was hashed ``'nothing'``), so that different ones would share a name.
     """
     for d in described:
-        if d["hashed"] == "nothing" and not d["name"].startswith("builtins."):
+        if d["hashed"] == "nothing":
             raise TypeError(
-                f"cannot name a rerun after the modification {d['name']}, whose code "
-                "cannot be hashed (a partial or callable object); pass name="
+                f"cannot name a rerun after the modification {d['name']}, which cannot be "
+                "told apart from others of its kind (a callable object, or it binds a "
+                "value without a canonical form); pass name="
             )
-    identity = json.dumps([[d["name"], d["sha256"]] for d in described])
+    identity = json.dumps(described, sort_keys=True)
     return f"{original}~rerun-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
 
