@@ -17,10 +17,10 @@ import os
 import types
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from .itemkeys import digest, item_key
+from .itemkeys import item_key
 from .queries import LINK, Stored, scan
 from .records import TaskSummary, sweep_name
-from .run import run_tasks
+from .run import key_of, run_tasks
 
 if TYPE_CHECKING:
     from ..manager import DataManager
@@ -165,7 +165,7 @@ def rerun_tasks(
             changed = f(item)
             if changed is not None:
                 item = changed
-        k = key(item) if key is not None else digest(item, f"items[{index}]")
+        k = key_of(item, index, key)
         links.setdefault(k, {"key": stored.key, "sweep": original, "data": where})
         items.append(item)
     provenance = {"sweep": original, "data": where, "modify": described}

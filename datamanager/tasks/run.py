@@ -30,7 +30,7 @@ from .worker import Entry, Spec, describe
 if TYPE_CHECKING:
     from ..manager import DataManager
 
-__all__ = ["plan", "run_tasks"]
+__all__ = ["key_of", "plan", "run_tasks"]
 
 
 def run_tasks(
@@ -358,6 +358,16 @@ def _pool_maker(
     return functools.partial(LocalPool, spec, workers, ctx, chunksize)
 
 
+def key_of(item: Any, index: int, key: Callable[[Any], str] | None) -> str:
+    """The key of ``items[index]``: :func:`item_key`, or what *key* returns, checked."""
+    if key is None:
+        return digest(item, f"items[{index}]")
+    k = key(item)
+    if not isinstance(k, str) or not k:
+        raise TypeError(f"key(items[{index}]) returned {k!r}, not a non-empty str")
+    return k
+
+
 def plan(
     items: Iterable[Any], name: str, key: Callable[[Any], str] | None, stored: set[str]
 ) -> tuple[list[Entry], int, list[tuple[Any, ...]]]:
@@ -368,12 +378,8 @@ def plan(
     """
     todo, seen, skipped, rejected = [], set(), 0, []
     for index, item in enumerate(items):
-        if key is None:
-            k = digest(item, f"items[{index}]")
-        else:
-            k = key(item)
-            if not isinstance(k, str) or not k:
-                raise TypeError(f"key(items[{index}]) returned {k!r}, not a non-empty str")
+        k = key_of(item, index, key)
+        if key is not None:
             try:  # a process pool would choke on it later, far from the cause
                 pickle.dumps(item, protocol=5)
             except Exception as exc:
