@@ -81,6 +81,16 @@ def swept(tmp_path: Path) -> DataManager:
     return dm
 
 
+def link_records(dm: DataManager, name: str) -> list[tuple[str, str, dict]]:
+    """``(session, record key, link)`` of every link record of sweep *name*."""
+    found = []
+    for reader in dm.iter_sessions():
+        with reader:
+            records = reader.task_records(lambda k: k.startswith(f"{name}.links/"))
+            found += [(reader.name, k, link) for k, link in records]
+    return found
+
+
 def rows(table) -> dict[str, dict]:
     """The rows of a table by their original item key."""
     return {row["original_key"]: row for row in table.to_dict("records")}
@@ -181,8 +191,8 @@ def test_results_go_to_another_data_manager(swept: DataManager, tmp_path: Path):
     assert sorted(table["original.rate"]) == sorted(rate(*item)["rate"] for item in ITEMS)
     assert set(table["original_key"]) == {item_key(item) for item in ITEMS}
     # The original is named by its data directory, so its results can be read back.
-    links = [r for s in out.iter_sessions() for r in s.task_records() if ".links/" in r[0]]
-    assert {link["data"] for _, link in links} == {os.path.abspath(swept.basepath)}
+    links = link_records(out, summary.name)
+    assert {link["data"] for _session, _key, link in links} == {os.path.abspath(swept.basepath)}
     assert rerun(swept, rate, [slower], out=out).skipped == 4
 
 
@@ -227,8 +237,11 @@ def test_sessions_record_the_modification_functions_with_hashes(swept: DataManag
     summary = rerun(swept, rate, [louder, slower], metadata={"note": "tau study"})
     sessions = swept.sessions()
     ours = sessions[sessions["task_name"] == summary.name]
-    workers = ours[ours["task"] == f"{__name__}.rate"]
-    assert len(workers) >= 1 and len(ours) == len(workers) + 1  # one session held the links
+    workers = ours[ours["pid"] != os.getpid()]
+    assert len(workers) >= 1 and len(ours) <= len(workers) + 1
+    # This process stored the links, in one session of its own, before anything ran.
+    (linking,) = {session for session, _key, _link in link_records(swept, summary.name)}
+    assert ours.set_index("name").loc[linking, "pid"] == os.getpid()
     described = [
         {
             "name": f"{__name__}.{f.__name__}",
@@ -330,8 +343,8 @@ def test_rerun_on_a_dask_local_cluster(tmp_path: Path):
     table = task_table(dm, summary.name, failures=True)
     assert len(table) == 12 and (table["original.result"] == (table["x"] - 1) ** 2).all()
     sessions = dm.sessions()
-    ours = sessions[(sessions["task_name"] == summary.name) & sessions["task"].notna()]
-    assert set(ours["pid"]) <= worker_pids
+    ours = sessions[(sessions["task_name"] == summary.name) & (sessions["pid"] != os.getpid())]
+    assert len(ours) and set(ours["pid"]) <= worker_pids  # the links are this process's
     assert all(p["modify"][0]["name"] == f"{__name__}.plus_one" for p in ours["rerun"])
 
 
@@ -387,9 +400,8 @@ def test_a_stopped_rerun_resumes_and_does_every_item_once(tmp_path: Path, signum
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     assert f"{name}: {40 - kept} done, {kept} skipped, 0 failed" in again.stdout
     assert stored_keys(dm, name) == {f"{name}/{item_key(x + 1)}": 1 for x in range(40)}
-    sessions = dm.sessions()
-    linking = sessions[(sessions["task_name"] == name) & sessions["task"].isna()]
-    assert len(linking) == 1  # the resumed rerun found every link stored, and wrote none
+    # Links were stored before anything ran, and again only for what was left.
+    assert len(link_records(dm, name)) == 40 + (40 - kept)
     table = task_table(dm, name)
     assert (table["result"] == 10 * table["x"]).all()
     assert (table["original.result"] == (table["x"] - 1) ** 2).all()

@@ -1,9 +1,9 @@
 """Reruns: the stored items of a sweep, changed by modification functions, run again.
 
 :func:`rerun_tasks` reads the items of a sweep, passes each through the
-modification functions, writes one link record per new item (where it came
-from) and hands the changed items to :func:`~datamanager.tasks.run_tasks`,
-which runs, stores, resumes and reports exactly as for any sweep.
+modification functions and hands the changed items, with a link per new item
+to the original it came from, to :func:`~datamanager.tasks.run_tasks`, which
+stores the links, runs, stores, resumes and reports exactly as for any sweep.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import json
 import marshal
 import os
 import types
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .itemkeys import item_key
-from .queries import LINK, Stored, scan
+from .queries import Stored, scan
 from .records import TaskSummary, sweep_name
 from .run import key_of, run_tasks
 
@@ -52,7 +52,7 @@ def rerun_tasks(
     all).  The modified items then run as a sweep of their own: they are
     handed to :func:`run_tasks`, so resuming, failures, progress, Dask and
     Ctrl-C / SIGTERM behave as there.  Before anything runs, a link record
-    ``<name>.links/<key>`` is stored for each new item (a task record, which
+    ``<name>.links/<key>`` is stored for each new item that is to run (a task record, which
     collation does not see): ``{"key": <original item key>, "sweep":
     <original sweep>, "data": <original data directory, or None when it is
     out itself>}``, so :func:`task_table` of the rerun shows each original
@@ -169,7 +169,6 @@ def rerun_tasks(
         links.setdefault(k, {"key": stored.key, "sweep": original, "data": where})
         items.append(item)
     provenance = {"sweep": original, "data": where, "modify": described}
-    _store_links(target, name, links, provenance, options.get("resume", True))
     metadata = {**(options.pop("metadata", None) or {}), "rerun": provenance}
     return run_tasks(
         target,
@@ -180,6 +179,7 @@ def rerun_tasks(
         name=name,
         key=key,
         metadata=metadata,
+        links=links,
         **options,
     )
 
@@ -315,29 +315,3 @@ def _chosen(results: dict[str, Stored], select: Select) -> list[Stored]:
     if missing:
         raise KeyError(f"no stored result for the item keys {missing[:5]}")
     return [results[k] for k in keys]
-
-
-def _store_links(
-    target: DataManager,
-    name: str,
-    links: dict[str, dict[str, Any]],
-    provenance: Mapping[str, Any],
-    resume: bool,
-) -> None:
-    """Store the link records a resumed rerun does not already hold, in one transaction.
-
-    Written before anything runs, so that every result of the rerun has its
-    link, whatever stops the sweep.
-    """
-    if resume:
-        try:
-            found = scan(target, name)
-        except FileNotFoundError:  # nothing written there yet
-            found = None
-        if found is not None:
-            links = {k: v for k, v in links.items() if found.links.get(k) != v}
-    if not links:
-        return
-    with target.session() as session:
-        session.update_metadata({"task_name": name, "rerun": dict(provenance)})
-        session.update_records({f"{name}{LINK}{k}": link for k, link in links.items()})

@@ -54,6 +54,7 @@ def run_tasks(
     chunksize: int | None = None,
     index: bool = True,
     metadata: Mapping[str, Any] | None = None,
+    links: Mapping[str, Any] | None = None,
 ) -> TaskSummary:
     """Run ``task(item)`` for every item in parallel, storing each result in *dm*.
 
@@ -138,6 +139,16 @@ def run_tasks(
         Bring the data directory's index up to date when the sweep ends (see
         :meth:`~datamanager.DataManager.build_index`), so that collating the
         results is fast; a failure to write it is a warning, never an error.
+    metadata : mapping, optional
+        More entries (JSON-able values) for the metadata of every session
+        the sweep writes, beside the task's (``task``, ``task_name``,
+        ``task_run``, ``task_parameters``), which they cannot replace.
+    links : mapping, optional
+        Item key -> where that item came from (builtin values), stored as
+        the task record ``<name>.links/<key>`` of each item that is to run,
+        in one transaction before anything runs, so that every result has
+        its link whatever stops the sweep (what :func:`rerun_tasks`
+        passes; :func:`task_table` shows the linked originals).
 
     Returns
     -------
@@ -212,6 +223,8 @@ def run_tasks(
     bar = None
     with _terminate_as_interrupt():
         try:
+            if links:
+                sweep.link({k: links[k] for _index, k, _item in todo if k in links})
             if rejected:
                 sweep.reject(rejected)
             wanted = (gui if progress is None else progress) and verbose is not False

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UnstorableValueError
+from .queries import LINK
 from .records import parameter_names
 
 if TYPE_CHECKING:
@@ -216,6 +217,12 @@ class Worker:
                 )
             session.update_records(records)
         return [(index, key, error[0], error[1], worker) for index, key, _item, error in failures]
+
+    def link(self, links: dict[str, Any]) -> None:
+        """Store link records (item key -> where the item came from), in one transaction."""
+        if links:
+            records = {f"{self.spec.name}{LINK}{key}": link for key, link in links.items()}
+            self._open().update_records(records)
 
     def close(self) -> None:
         if self.session is not None:
