@@ -169,6 +169,10 @@ def test_items_chosen_by_a_callable_or_by_their_keys(swept: DataManager):
         rerun(swept, rate, [louder], select=keys[0])
     with pytest.raises(KeyError, match="no sweep named 'rates'"):
         rerun(swept, rate, [louder], sweep="rates")
+    # A refused call stores nothing, not even links.
+    with pytest.raises(ValueError, match="chunksize"):
+        rerun(swept, rate, [louder], name="refused", chunksize=0)
+    assert link_records(swept, "refused") == []
 
 
 def test_items_that_become_one_run_once_linked_to_the_first(swept: DataManager):
