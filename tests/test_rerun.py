@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,6 +199,11 @@ def test_results_go_to_another_data_manager(swept: DataManager, tmp_path: Path):
     links = link_records(out, summary.name)
     assert {link["data"] for _session, _key, link in links} == {os.path.abspath(swept.basepath)}
     assert rerun(swept, rate, [slower], out=out).skipped == 4
+    # With the original gone, the rerun still names each original item.
+    shutil.rmtree(swept.basepath)
+    table = task_table(out, summary.name)
+    assert set(table["original_key"]) == {item_key(item) for item in ITEMS}
+    assert not [c for c in table.columns if c.startswith("original.")]
 
 
 def test_failures_in_a_rerun_are_recorded_linked_and_retried(tmp_path: Path):

@@ -49,7 +49,8 @@ def task_table(
         - for a rerun (see :func:`rerun_tasks`), ``original_key``: the key
           of the item it was made from, and that item's result as
           ``original.<field>`` columns (``original.result`` for a result
-          that is no dict), NaN where the original is no longer stored;
+          that is no dict), NaN where the original is no longer stored
+          (no such columns when none is);
         - ``session`` and ``key``: the session holding the result (or the
           failure record) and the item's key (the result is that session's
           key ``<name>/<key>``);
