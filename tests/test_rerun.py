@@ -343,7 +343,7 @@ def test_rerun_on_a_dask_local_cluster(tmp_path: Path):
     run(dm, square, range(12), name="picky")
     with (
         distributed.LocalCluster(
-            n_workers=1, processes=True, threads_per_worker=2, dashboard_address=None
+            n_workers=1, processes=True, threads_per_worker=2, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
