@@ -176,6 +176,32 @@ def test_items_chosen_by_a_callable_or_by_their_keys(swept: DataManager):
     assert link_records(swept, "refused") == []
 
 
+def keyed(params):
+    return {"original_key": params["x"], "y": 1}
+
+
+def test_item_and_result_fields_never_hide_the_original_key(tmp_path: Path):
+    dm = DataManager("sweep", str(tmp_path))
+    run(dm, keyed, [{"x": 1, "original_key": "mine"}])
+    summary = rerun(dm, keyed, name="again")
+    table = task_table(dm, "again")
+    assert list(table.columns) == [
+        "x",
+        "item.original_key",
+        "result.original_key",
+        "y",
+        "original_key",
+        "original.original_key",
+        "original.y",
+        "session",
+        "key",
+    ]
+    (row,) = table.to_dict("records")
+    assert (row["item.original_key"], row["result.original_key"]) == ("mine", 1)
+    assert row["original_key"] == row["key"] == item_key({"x": 1, "original_key": "mine"})
+    assert summary.done == 1
+
+
 def test_items_that_become_one_run_once_linked_to_the_first(swept: DataManager):
     def same(item):
         return (1.0, 1.0)

@@ -27,14 +27,12 @@ if TYPE_CHECKING:
 
 __all__ = ["describe_function", "rerun_name", "rerun_tasks"]
 
-Select = Callable[[Any], Any] | Iterable[str] | None
-
 
 def rerun_tasks(
     dm: DataManager,
     task: Callable[..., Any],
     modify: Callable[[Any], Any] | Sequence[Callable[[Any], Any]] = (),
-    select: Select = None,
+    select: Callable[[Any], Any] | Iterable[str] | None = None,
     out: DataManager | None = None,
     name: str | None = None,
     processes: int | None = None,
@@ -302,7 +300,9 @@ def _same_directory(a: DataManager, b: DataManager) -> bool:
     return os.path.realpath(a.basepath) == os.path.realpath(b.basepath)
 
 
-def _chosen(results: dict[str, Stored], select: Select) -> list[Stored]:
+def _chosen(
+    results: dict[str, Stored], select: Callable[[Any], Any] | Iterable[str] | None
+) -> list[Stored]:
     """The stored results *select* picks (see :func:`rerun_tasks`)."""
     if select is None:
         return list(results.values())
