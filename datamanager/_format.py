@@ -44,14 +44,17 @@ __all__ = [
     "SESSION_SUFFIX",
     "SIDE_FILE_THRESHOLD",
     "SQLITE_COMPANIONS",
+    "STORE_DIR",
     "blob_dir",
     "decode",
     "decode_created",
     "is_index_name",
     "is_side_name",
+    "is_store_name",
     "load_side_file",
     "read_metadata",
     "read_value",
+    "store_path",
     "temp_kind",
     "validate_data_name",
     "validate_session_name",
@@ -77,6 +80,11 @@ _SIDE_NAME = re.compile(r"[0-9a-f]{32}\.npy")
 #: The index of a data directory (:mod:`datamanager.index`): a name no session
 #: can take, as session names never start with a dot.
 INDEX_NAME = ".index.sqlite"
+#: The content-addressed file store of a data directory: the file of sha256
+#: ``h`` is ``.files/<h[:2]>/<h[2:]>``, written whole under a temporary name
+#: in its folder, renamed into place, read-only and never modified afterwards.
+#: Session names never start with a dot, so no session can take the name.
+STORE_DIR = ".files"
 #: What an index build writes first and renames to INDEX_NAME when complete:
 #: ``.index.sqlite.<32 hex digits>.tmp``.  One left over was interrupted.
 _INDEX_TEMP = re.compile(r"\.index\.sqlite\.[0-9a-f]{32}\.tmp")
@@ -211,6 +219,20 @@ def new_index_temp_name() -> str:
 def is_index_name(name: str) -> bool:
     """Whether *name* (in a data directory) is its index, or an index being built."""
     return name == INDEX_NAME or _INDEX_TEMP.fullmatch(name) is not None
+
+
+def is_store_name(name: str) -> bool:
+    """Whether *name* (in a data directory) is its content-addressed file store."""
+    return name == STORE_DIR
+
+
+def store_path(basepath: str, sha256: str) -> str:
+    """Where the store of data directory *basepath* keeps the content of hash *sha256*.
+
+    A two-hex-digit folder level keeps any one folder small in a store of
+    many files.
+    """
+    return os.path.join(basepath, STORE_DIR, sha256[:2], sha256[2:])
 
 
 def temp_kind(name: str) -> str | None:
