@@ -31,8 +31,10 @@ from typing import IO, Any, NamedTuple
 from ._format import store_path
 
 __all__ = [
+    "CODE_IDENTITY",
     "Diff",
     "code_record",
+    "code_versions",
     "computer_name",
     "git_diff",
     "git_state",
@@ -43,6 +45,8 @@ __all__ = [
     "warm_cache",
 ]
 
+#: The metadata fields that together name the code a session was written by.
+CODE_IDENTITY = ("git_commit", "git_dirty", "git_diff_sha256", "datamanager_version", "python")
 #: Seconds a ``git`` subprocess may take before its answer is given up.
 GIT_TIMEOUT = 2.0
 #: Seconds ``git diff`` may take: unlike ``git status`` it reads every changed file.
@@ -313,6 +317,47 @@ def code_record(basepath: str) -> dict[str, Any]:
             ipython_history_sha256=store_text(basepath, text), ipython_history_cells=len(history)
         )
     return record
+
+
+def code_versions(
+    sessions: list[dict[str, Any]],
+) -> list[tuple[dict[str, Any], list[str]]]:
+    """Group sessions by the code that wrote them.
+
+    Parameters
+    ----------
+    sessions : list of dict
+        Each a session's ``name`` and metadata (a row of
+        :meth:`~datamanager.DataManager.sessions`); a field it lacks, or
+        holds as NaN, counts as None.
+
+    Returns
+    -------
+    list of (dict, list of str)
+        One pair per code version: its :data:`CODE_IDENTITY` fields plus
+        ``git_status``, ``git_diff_size`` and ``git_diff_stored``, and the
+        names of its sessions, sorted.  Versions come in the order of their
+        first session in *sessions*.
+
+    Examples
+    --------
+    >>> rows = [{"name": "b", "git_commit": "1f", "git_dirty": False},
+    ...         {"name": "a", "git_commit": "1f", "git_dirty": False}]
+    >>> [(v["git_commit"], names) for v, names in code_versions(rows)]
+    [('1f', ['a', 'b'])]
+    """
+    fields = (*CODE_IDENTITY, "git_status")
+    groups: dict[tuple[Any, ...], tuple[dict[str, Any], list[str]]] = {}
+    for row in sessions:
+        version = {f: _scalar(row.get(f)) for f in (*fields, "git_diff_size", "git_diff_stored")}
+        key = tuple(version[f] for f in fields)
+        groups.setdefault(key, (version, []))[1].append(row["name"])
+    return [(version, sorted(names)) for version, names in groups.values()]
+
+
+def _scalar(value: Any) -> Any:
+    # A column that some sessions lack holds NaN (a float) where they lack it.
+    return None if isinstance(value, float) and value != value else value
 
 
 def imported_versions() -> dict[str, str]:

@@ -18,7 +18,8 @@ import pytest
 
 from datamanager import DataManager
 from datamanager._format import store_path
-from datamanager.provenance import DIFF_CAP, HISTORY_CAP
+from datamanager.cli import main
+from datamanager.provenance import CODE_IDENTITY, DIFF_CAP, HISTORY_CAP
 
 WRITER = """
 import sys
@@ -37,6 +38,15 @@ if __name__ == "__main__":
 """
 
 
+ONE_SESSION = """
+import sys
+from datamanager import DataManager
+for name in sys.argv[2:]:
+    with DataManager("sweep", sys.argv[1]).session(name) as s:
+        s["x"] = 1
+"""
+
+
 def git(repo: Path, *args: str) -> str:
     who = ["-c", "user.name=t", "-c", "user.email=t@example.org"]
     done = subprocess.run(
@@ -51,6 +61,7 @@ def repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     (repo / "model").mkdir(parents=True)
     (repo / "sweep.py").write_text(WRITER)
+    (repo / "one.py").write_text(ONE_SESSION)
     (repo / "model" / "params.txt").write_text("tau = 10\nv_rest = -70\n")
     (repo / "model" / "weights.bin").write_bytes(bytes(range(256)) * 4)
     git(repo, "init", "-q")
@@ -90,7 +101,8 @@ def test_dirty_code_stores_its_diff_once_and_the_diff_rebuilds_the_tree(repo, tm
     git(repo, "add", "model/new.txt")
     (repo / "untracked.txt").write_text("no part of the code\n")
     dm = run_writer(repo, tmp_path / "data")
-    frame = dm.sessions()
+    frame = dm.sessions()  # the store is no session, nor a stray to warn about
+    assert dm.verify() == []
     assert len(frame) == 4 and frame["git_dirty"].all() and frame["git_diff_stored"].all()
     assert set(frame["git_commit"]) == {commit} and set(frame["git_diff_status"]) == {"ok"}
     # Every session, the forked workers' too, names the one stored diff.
@@ -114,18 +126,35 @@ def test_dirty_code_stores_its_diff_once_and_the_diff_rebuilds_the_tree(repo, tm
     assert not (rebuilt / "untracked.txt").exists()
 
 
-def test_a_diff_over_the_cap_is_recorded_by_size_and_hash_only(repo, tmp_path):
-    lines = "".join(f"row {i} of a large tracked table\n" for i in range(40_000))
-    (repo / "model" / "params.txt").write_text(lines)
-    dm = run_writer(repo, tmp_path / "data")
-    row = dm.sessions().iloc[0]
-    whole = subprocess.run(
-        ["git", "-C", str(repo), "diff", "--binary", "HEAD"], capture_output=True, check=True
-    ).stdout
-    assert len(whole) > DIFF_CAP
-    assert row["git_diff_size"] == len(whole) and not row["git_diff_stored"]
-    assert row["git_diff_sha256"] == hashlib.sha256(whole).hexdigest()
-    assert not (Path(dm.basepath) / ".files").exists()
+COUNTING = """
+import sys
+from datamanager import DataManager
+from datamanager.provenance import git_diff, git_state
+for name in sys.argv[2:]:
+    with DataManager("sweep", sys.argv[1]).session(name) as s:
+        s["y"] = 2
+print(git_state.cache_info().misses, git_diff.cache_info().misses)
+"""
+
+
+def test_git_is_asked_once_per_process_and_a_reopened_session_keeps_its_record(repo, tmp_path):
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "one.py", str(data), "old"], check=True, cwd=repo)
+    (repo / "model" / "params.txt").write_text("tau = 12\n")
+    (repo / "counting.py").write_text(COUNTING)
+    store = Path(DataManager("sweep", str(data)).basepath) / ".files"
+    for names in (["old"], ["old", "new1", "new2"]):
+        run = [sys.executable, "counting.py", str(data), *names]
+        done = subprocess.run(run, check=True, cwd=repo, capture_output=True, text=True)
+        # Reopening a session records (and stores) nothing about this process.
+        assert store.exists() == (names != ["old"])
+    assert done.stdout.split() == ["1", "1"]  # one git status, one git diff
+    frame = DataManager("sweep", str(data)).sessions().set_index("name")
+    # The session made from clean code says so, though dirty code wrote to it later.
+    assert not frame.loc["old", "git_dirty"] and frame.loc["new1", "git_dirty"]
+    assert frame["git_diff_sha256"].isna()["old"]
+    (sha256,) = set(frame.loc[["new1", "new2"], "git_diff_sha256"])
+    assert [p.name for p in store.rglob("*") if p.is_file()] == [sha256[2:]]
 
 
 def test_sessions_show_the_same_code_identity_with_and_without_the_index(repo, tmp_path):
@@ -133,6 +162,7 @@ def test_sessions_show_the_same_code_identity_with_and_without_the_index(repo, t
     dm = run_writer(repo, tmp_path / "data")
     columns = ["name", "git_commit", "git_dirty", "git_diff_sha256", "git_diff_size"]
     columns += ["datamanager_version", "python", "ipython_history_sha256"]
+    assert list(dm.sessions().columns[:6]) == ["name", *CODE_IDENTITY]
     before = dm.sessions()[columns]
     assert before["git_diff_sha256"].notna().all()
     dm.build_index()
@@ -170,32 +200,22 @@ def run_ipython(data: Path, cells: list[str], cwd: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_an_ipython_kernel_records_its_input_history(tmp_path):
+def test_an_ipython_kernel_records_its_newest_input_cells_within_the_cap(tmp_path):
     pytest.importorskip("IPython")
-    cells = ["rate = 2 * 3", "# a comment 'quoted', été\nrate += 1", "print(rate)"]
+    cell_size = 50_000
+    cells = [f"x{i} = {i}  # " + "p" * cell_size for i in range(12)]
+    cells += ["rate = 2 * 3", "# a comment 'quoted', \u00e9t\u00e9\nrate += 1", "print(rate)"]
     data = tmp_path / "data"
     run_ipython(data, cells, cwd=tmp_path)
     dm = DataManager("sweep", str(data))
     row = dm.sessions().iloc[0]
     assert dm.get("rate") == {"nb": 7}
     history = json.loads(Path(store_path(dm.basepath, row["ipython_history_sha256"])).read_text())
-    assert history[:3] == cells and "s['rate'] = rate" in history[3]
-    assert row["ipython_history_cells"] == len(history) == 4
-
-
-def test_the_history_keeps_the_newest_cells_within_the_cap(tmp_path):
-    pytest.importorskip("IPython")
-    cell_size = 50_000
-    cells = [f"x{i} = {i}  # " + "p" * cell_size for i in range(12)] + ["rate = 1"]
-    data = tmp_path / "data"
-    run_ipython(data, cells, cwd=tmp_path)
-    dm = DataManager("sweep", str(data))
-    history = json.loads(
-        Path(store_path(dm.basepath, dm.sessions().iloc[0]["ipython_history_sha256"])).read_text()
-    )
-    kept = sum(len(c.encode()) for c in history)
-    # The newest cells, as many as fit: the next older one would not.
+    assert row["ipython_history_cells"] == len(history)
+    # Each cell exactly, the one that wrote the session last ...
     assert history[:-1] == cells[-len(history) + 1 :] and "s['rate'] = rate" in history[-1]
+    # ... and the newest cells, as many as fit: the next older one would not.
+    kept = sum(len(c.encode()) for c in history)
     assert kept <= HISTORY_CAP < kept + len(cells[-len(history)])
     assert 3 < len(history) < len(cells)
 
@@ -213,9 +233,56 @@ def test_a_plain_process_records_no_history_and_imports_no_ipython(tmp_path):
     assert row["ipython_history_sha256"] is None and row["ipython_history_cells"] is None
 
 
-def test_the_store_is_no_session_and_no_stray(repo, tmp_path):
+# -- the command line --------------------------------------------------------------------
+
+
+def test_info_groups_the_sessions_by_the_code_that_wrote_them(repo, tmp_path, capsys):
+    data = tmp_path / "data"
+
+    def write(folder: Path, *names: str) -> None:
+        run = [sys.executable, str(folder / "one.py"), str(data), *names]
+        subprocess.run(run, check=True, cwd=folder, timeout=60)
+
+    write(repo, "clean1", "clean2")
     (repo / "model" / "params.txt").write_text("tau = 12\n")
-    dm = run_writer(repo, tmp_path / "data")
-    assert (Path(dm.basepath) / ".files").is_dir()
-    assert sorted(dm.sessions()["name"])[:2] == ["a", "b"]
-    assert dm.verify() == []  # and no warning about it: filterwarnings = error
+    write(repo, "edited1", "edited2")
+    (repo / "model" / "params.txt").write_text("x\n" * (DIFF_CAP // 2))
+    write(repo, "huge")
+    whole = subprocess.run(
+        ["git", "-C", str(repo), "diff", "--binary", "HEAD"], capture_output=True, check=True
+    ).stdout
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "one.py").write_text(ONE_SESSION)
+    write(outside, "plain")
+    datadir = str(data / "sweep.data")
+    frame = DataManager.from_path(datadir).sessions()
+    assert list(frame.columns[:6]) == ["name", *CODE_IDENTITY]
+    # A diff over the cap is recorded by its size and sha256 only.
+    huge = frame.set_index("name").loc["huge"]
+    assert len(whole) > DIFF_CAP and huge["git_diff_size"] == len(whole)
+    assert huge["git_diff_sha256"] == hashlib.sha256(whole).hexdigest()
+    assert not huge["git_diff_stored"]
+    assert not os.path.exists(store_path(datadir, huge["git_diff_sha256"]))
+
+    assert main(["info", datadir]) == 0
+    out = capsys.readouterr().out
+    assert "sessions: 6\n" in out and "keys: 1\n" in out and "code version 1" not in out
+    assert "code versions: 4, 2 with uncommitted changes (3 sessions)" in out
+
+    assert main(["info", datadir, "--provenance"]) == 0
+    blocks = capsys.readouterr().out.split("\ncode version ")[1:]
+    sessions = [block.split("sessions:\n")[1].split() for block in blocks]
+    assert sessions == [["clean1", "clean2"], ["edited1", "edited2"], ["huge"], ["plain"]]
+    commit = git(repo, "rev-parse", "HEAD").strip()
+    assert all(f"git commit   {commit}\n" in block for block in blocks[:3])
+    assert "uncommitted  none\n" in blocks[0] and "diff file" not in blocks[0]
+    edited = frame.set_index("name").loc["edited1"]
+    diff_file = store_path(datadir, edited["git_diff_sha256"])
+    assert f"diff file    {diff_file}\n" in blocks[1] and os.path.isfile(diff_file)
+    assert "diff file    none: the diff was too large to store" in blocks[2]
+    assert "uncommitted  unknown (not a git repository)" in blocks[3]
+    assert all(f"python       {sys.version.split()[0]}\n" in block for block in blocks)
+
+    assert main(["info", diff_file, "--provenance"]) == 2
+    assert "--provenance describes a data directory" in capsys.readouterr().err
