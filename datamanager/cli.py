@@ -225,7 +225,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .recordings import load_recording
 
-    if os.path.isdir(args.file):
+    # Any other folder is a recording that is not there: load_recording says so.
+    if os.path.isdir(args.file) and os.path.normpath(args.file).endswith(".data"):
         return _info_directory(args.file, args.unsafe, args.provenance)
     if args.provenance:
         print(f"Error: --provenance describes a data directory, not {args.file}", file=sys.stderr)

@@ -234,9 +234,10 @@ def ipython_history() -> list[str] | None:
     ones).  IPython is never imported here: a process that has not imported it
     runs no IPython kernel.
     """
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    manager = getattr(shell, "history_manager", None)
+    # A module half imported (this very session opened during its import)
+    # may lack get_ipython yet.
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    manager = getattr(get_ipython() if get_ipython else None, "history_manager", None)
     if manager is None:
         return None
     cells = [str(c) for c in manager.input_hist_raw[1:]][-HISTORY_CELLS:]  # [0] is empty
