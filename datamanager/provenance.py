@@ -181,6 +181,12 @@ def git_diff(directory: str | None = None) -> Diff | None:
     ----------
     directory : str, optional
         Where to look; :func:`script_directory` by default.
+
+    Returns
+    -------
+    Diff or None
+        The whole diff's size and sha256, and its bytes when at most
+        :data:`DIFF_CAP`; None for clean code or no repository.
     """
     directory = directory or script_directory()
     if not git_state(directory)["git_dirty"]:
@@ -243,7 +249,7 @@ def ipython_history() -> list[str] | None:
     cells = [str(c) for c in manager.input_hist_raw[1:]][-HISTORY_CELLS:]  # [0] is empty
     kept, total = [], 0
     for cell in reversed(cells):
-        total += len(cell.encode("utf-8", "surrogatepass"))
+        total += len(cell.encode("utf-8", "backslashreplace"))
         if total > HISTORY_CAP:
             break
         kept.append(cell)
@@ -312,8 +318,9 @@ def code_record(basepath: str) -> dict[str, Any]:
     history = ipython_history()
     record.update(ipython_history_sha256=None, ipython_history_cells=None)
     if history is not None:
-        # JSON keeps each cell exactly, whatever it holds.
-        text = json.dumps(history, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        # JSON keeps each cell exactly, whatever it holds; a lone surrogate
+        # becomes the JSON escape that reads back as it, in valid UTF-8.
+        text = json.dumps(history, ensure_ascii=False).encode("utf-8", "backslashreplace")
         record.update(
             ipython_history_sha256=store_text(basepath, text), ipython_history_cells=len(history)
         )

@@ -202,22 +202,40 @@ def run_ipython(data: Path, cells: list[str], cwd: Path) -> None:
 
 def test_an_ipython_kernel_records_its_newest_input_cells_within_the_cap(tmp_path):
     pytest.importorskip("IPython")
+    data = tmp_path / "data"
     cell_size = 50_000
     cells = [f"x{i} = {i}  # " + "p" * cell_size for i in range(12)]
     cells += ["rate = 2 * 3", "# a comment 'quoted', \u00e9t\u00e9\nrate += 1", "print(rate)"]
-    data = tmp_path / "data"
+    cells.append(
+        "from datamanager import DataManager\n"
+        "from datamanager.tasks import run_tasks\n"
+        "def triple(x):\n"
+        "    return 3 * x\n"
+        f"run_tasks(DataManager('sweep', {str(data)!r}), triple, range(4), processes=2,"
+        " progress=False, index=False)"
+    )
     run_ipython(data, cells, cwd=tmp_path)
     dm = DataManager("sweep", str(data))
-    row = dm.sessions().iloc[0]
+    frame = dm.sessions().set_index("name")
     assert dm.get("rate") == {"nb": 7}
-    history = json.loads(Path(store_path(dm.basepath, row["ipython_history_sha256"])).read_text())
-    assert row["ipython_history_cells"] == len(history)
+
+    def history(name: str) -> list[str]:
+        sha256 = frame.loc[name, "ipython_history_sha256"]
+        return json.loads(Path(store_path(dm.basepath, sha256)).read_text())
+
+    nb = history("nb")
+    assert frame.loc["nb", "ipython_history_cells"] == len(nb)
     # Each cell exactly, the one that wrote the session last ...
-    assert history[:-1] == cells[-len(history) + 1 :] and "s['rate'] = rate" in history[-1]
+    assert nb[:-1] == cells[-len(nb) + 1 :] and "s['rate'] = rate" in nb[-1]
     # ... and the newest cells, as many as fit: the next older one would not.
-    kept = sum(len(c.encode()) for c in history)
-    assert kept <= HISTORY_CAP < kept + len(cells[-len(history)])
-    assert 3 < len(history) < len(cells)
+    kept = sum(len(c.encode()) for c in nb)
+    assert kept <= HISTORY_CAP < kept + len(cells[-len(nb)])
+    assert 3 < len(nb) < len(cells)
+    # The sweep's forked workers name the one history of the cell that ran it.
+    workers = frame.index.drop("nb")
+    assert len(workers) == 2 and len(set(frame.loc[workers, "ipython_history_sha256"])) == 1
+    assert history(workers[0])[-1] == cells[-1]
+    assert len([p for p in (Path(dm.basepath) / ".files").rglob("*") if p.is_file()]) == 2
 
 
 def test_a_plain_process_records_no_history_and_imports_no_ipython(tmp_path):
