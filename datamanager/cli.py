@@ -222,6 +222,59 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweeps(args: argparse.Namespace) -> int:
+    from .tasks import task_sweeps
+
+    frame = task_sweeps(_open(args.datadir, args.unsafe))
+    if frame.empty:
+        print(f"no sweeps in {args.datadir}")
+        return 0
+    rows = [
+        [rec["name"], rec["done"], rec["failed"], rec["last_run"].strftime("%Y-%m-%d %H:%M:%S")]
+        for rec in frame.to_dict("records")
+    ]
+    print(_table(["sweep", "done", "failed", "last run (UTC)"], rows))
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .tasks import task_table
+
+    frame = task_table(_open(args.datadir, args.unsafe), args.sweep, failures=args.failures)
+    if args.parquet:
+        from .index.tables import write_parquet
+
+        write_parquet(frame, args.parquet)
+        print(f"wrote {args.parquet}: {len(frame)} rows")
+    elif args.csv == "-":
+        frame.to_csv(sys.stdout, index=False)
+    elif args.csv:
+        frame.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}: {len(frame)} rows")
+    else:
+        rows = [[_cell(v) for v in rec.values()] for rec in frame.to_dict("records")]
+        print(_table(list(frame.columns), rows))
+    return 0
+
+
+def _cell(value: Any) -> str:
+    """A table cell short enough to read: numbers to 6 digits, objects in brief.
+
+    A missing field (or NaN, or None) is an empty cell, as in the CSV.
+    """
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return _preview(value)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .recordings import load_recording
 
@@ -281,7 +334,7 @@ def _info_directory(datadir: str, unsafe: bool, provenance: bool) -> int:
 
 def _code_version(basepath: str, version: dict[str, Any]) -> list[tuple[str, str]]:
     """The lines that describe one code version (see :func:`provenance.code_versions`)."""
-    from ._format import store_path
+    from ._format import stored_path
 
     commit, dirty, status = version["git_commit"], version["git_dirty"], version["git_status"]
     sha256 = version["git_diff_sha256"]
@@ -295,7 +348,7 @@ def _code_version(basepath: str, version: dict[str, Any]) -> list[tuple[str, str
         changes = f"yes; diff sha256 {sha256}, {_size(int(version['git_diff_size']))}"
     lines = [("git commit", commit or "unknown"), ("uncommitted", changes)]
     if sha256 is not None:
-        where = store_path(basepath, sha256) if version["git_diff_stored"] else None
+        where = stored_path(basepath, sha256) if version["git_diff_stored"] else None
         lines.append(("diff file", where or "none: the diff was too large to store"))
     lines.append(("datamanager", version["datamanager_version"] or "unknown"))
     lines.append(("python", version["python"] or "unknown"))
@@ -444,6 +497,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "sweeps",
+        cmd_sweeps,
+        "list the sweeps of run_tasks: items done, items failed, last run",
+        "datamanager sweeps sweep.data",
+    )
+    p.add_argument("datadir", metavar="DATADIR")
+
+    p = _command(
+        sub,
+        "table",
+        cmd_table,
+        "one sweep as a table: a row per item, its parameters and its result",
+        "datamanager table sweep.data firing_rate --csv rates.csv",
+    )
+    p.add_argument("datadir", metavar="DATADIR")
+    p.add_argument("sweep", metavar="SWEEP")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--csv", metavar="OUT", help="write CSV to OUT ('-': standard output)")
+    out.add_argument("--parquet", metavar="OUT", help="write Parquet to OUT (needs pyarrow)")
+    p.add_argument(
+        "--failures", action="store_true", help="also the failed items, with an error column"
+    )
+
+    p = _command(
+        sub,
         "info",
         cmd_info,
         "describe a data directory (sessions, keys, size, code versions) or a recording"
@@ -508,7 +586,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except KeyError as exc:
         print(f"Error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-    except (DataManagerError, OSError, ValueError, TypeError) as exc:
+    except (DataManagerError, OSError, ValueError, TypeError, ImportError) as exc:
         print(f"Error: {_message(exc)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ import numpy as np
 from ._descriptors import reader_budget
 from ._format import SESSION_SUFFIX, validate_data_name, validate_session_name
 from .errors import CorruptSessionError, warn_caller
+from .filestore import StoredFile, store_file, stored_in
 from .filesystem import check_journal_mode
 from .index import IndexSummary, IndexView, build_index, index_tables, open_view
 from .legacy import check_not_hiding, find_sessions, migrate
@@ -150,6 +151,63 @@ class DataManager:
         :meth:`computer_session` does, and collation would mix them up.
         """
         return self._named(Session, session_name)
+
+    def store_file(self, path: str | os.PathLike) -> StoredFile:
+        """Store the file at *path* in the data directory, once by content.
+
+        Store the returned value under a key (``s[key] = dm.store_file(p)``),
+        alone or inside a list, tuple or dict; it reads back as a
+        :class:`~datamanager.StoredFile` whose path is the stored copy,
+        whatever happens to the original.  Content stored already is not
+        written again; many processes may store at once.  See :doc:`/files`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to store.
+
+        Returns
+        -------
+        StoredFile
+            Its name, size, sha256, original path and the stored copy's path.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be read or the data directory written.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> with open(os.path.join(folder, "net.param"), "w") as f:
+        ...     _ = f.write("N = 100\\n")
+        >>> dm = DataManager("sweep", folder)
+        >>> f = dm.store_file(os.path.join(folder, "net.param"))
+        >>> f.name, f.size, f == dm.store_file(os.path.join(folder, "net.param"))
+        ('net.param', 8, True)
+        """
+        return store_file(self.basepath, path)
+
+    def files(self, strict: bool = False) -> pandas.DataFrame:
+        """Every stored file the values and task records refer to, as a DataFrame.
+
+        One row per reference: ``session``, ``key`` (of the value, or of the
+        task record), ``item`` (the item key, for a file an item of
+        :func:`~datamanager.tasks.run_tasks` refers to), ``name`` and
+        ``original`` (where it was stored from), ``sha256``, ``size``, and
+        ``path`` (the stored copy).  Files inside lists, tuples, dicts and
+        sets are found; sessions sort as in :meth:`iter_sessions`.
+        """
+        import pandas
+
+        columns = ["session", "key", "item", "name", "original", "sha256", "size", "path"]
+        rows = [
+            {"session": name, **row}
+            for name, found in self._collect(stored_in, strict)
+            for row in found
+        ]
+        return pandas.DataFrame(rows, columns=columns)
 
     def computer_session(self) -> Session:
         """Return the session named after this user and computer (see :meth:`session`)."""

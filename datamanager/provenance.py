@@ -28,7 +28,7 @@ import tempfile
 import time
 from typing import IO, Any, NamedTuple
 
-from ._format import store_path
+from .filestore import store_bytes
 
 __all__ = [
     "CODE_IDENTITY",
@@ -263,29 +263,13 @@ _STORED: set[tuple[str, str]] = set()
 def store_text(basepath: str, data: bytes) -> str:
     """Store *data* in the file store of data directory *basepath*; return its sha256.
 
-    A content already stored is not written again, and it is known without
-    touching the disk when this process stored it.  The file is written under
-    a temporary name in its folder and renamed into place, read-only: a
-    reader finds the whole content or nothing, and a writer killed midway
-    leaves only the temporary file.
+    Every later session of this process that names the same text costs
+    neither a write nor a look at the disk.
     """
     sha256 = hashlib.sha256(data).hexdigest()
-    if (basepath, sha256) in _STORED:
-        return sha256
-    path = store_path(basepath, sha256)
-    if not os.path.exists(path):
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-            os.chmod(temp, 0o444)
-            os.replace(temp, path)
-        except BaseException:
-            os.unlink(temp)
-            raise
-    _STORED.add((basepath, sha256))
+    if (basepath, sha256) not in _STORED:
+        store_bytes(basepath, data)
+        _STORED.add((basepath, sha256))
     return sha256
 
 

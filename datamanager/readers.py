@@ -463,10 +463,8 @@ def list_directory(basepath: str) -> Listing:
         frozenset(names),
     )
     for name, is_dir in names.items():
-        if fmt.is_index_name(name) and not is_dir:
-            continue  # the directory's index: not a session, not a stray
-        if fmt.is_store_name(name) and is_dir:
-            continue  # the file store: its files belong to no one session
+        if (fmt.is_index_name(name) and not is_dir) or (fmt.is_store_name(name) and is_dir):
+            continue  # the directory's index or file store: not a session, not a stray
         if name.startswith(".") or (is_dir and not name.endswith(BLOB_SUFFIX)):
             listing.stray.append(name)
         elif name.endswith(SESSION_SUFFIX) and not is_dir:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -11,6 +12,7 @@ from typing import Any
 from . import _format as fmt
 from ._format import BLOB_SUFFIX, SESSION_SUFFIX
 from .errors import CorruptSessionError, UnsafeValueError
+from .filestore import file_sha256, may_hold_stored, stored_files
 from .readers import SessionEntry, SessionReader
 from .safepickle import malformed
 
@@ -21,6 +23,7 @@ __all__ = [
     "orphan_folders",
     "orphan_side_files",
     "verify",
+    "verify_store",
 ]
 
 #: Seconds after which verify() reports a side file no key refers to; younger
@@ -56,9 +59,13 @@ def verify(basepath: str, entries: list[SessionEntry]) -> list[Problem]:
     key's value and can be deleted.  A blob folder of no session, as old, is
     reported likewise.  Side-file names in a session's tables that are not
     names of its own side files (a damaged or hostile file) are reported;
-    writers never delete such files.  Nothing is modified.
+    writers never delete such files.  Every file of the file store is read
+    and checked against its sha256 (:func:`verify_store`), and a value
+    referring to a stored file that is missing is reported.  Nothing is
+    modified.
     """
-    problems = [
+    problems = verify_store(basepath)
+    problems += [
         Problem(
             path,
             "blob folder of no session (its writer was killed before it created "
@@ -144,12 +151,72 @@ def _check_value(reader: SessionReader, key: str, data: Any) -> str | None:
     if reason:
         return f"malformed pickle ({reason})"
     try:
-        fmt.decode(data, reader.path, reader.name, key, safe=True)
+        value = fmt.decode(data, reader.path, reader.name, key, safe=True)
     except UnsafeValueError:
-        pass  # well formed; checking it further would run its code
+        return None  # well formed; checking it further would run its code
     except CorruptSessionError as exc:
         return exc.reason
+    if may_hold_stored(data):
+        for f in stored_files(value):
+            if not os.path.isfile(f.path):
+                return (
+                    f"refers to stored file {f.name} (sha256 {f.sha256}), missing from the store"
+                )
     return None
+
+
+def verify_store(basepath: str) -> list[Problem]:
+    """Check the file store of *basepath*: every stored file against its name, and leftovers.
+
+    Reads every stored file.  Reports a file whose content does not match
+    its sha256 (it was damaged: the store never modifies a file), a
+    temporary file older than :data:`ORPHAN_AGE` seconds (a store
+    interrupted by a killed process; it can be deleted), and names the
+    store does not make.
+    """
+    store = os.path.join(basepath, fmt.STORE_DIR)
+    try:
+        top = sorted(os.listdir(store))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    problems, now = [], time.time()
+    for name in top:
+        path = os.path.join(store, name)
+        if fmt.is_store_temp_name(name):
+            with contextlib.suppress(FileNotFoundError):  # renamed meanwhile: now stored
+                if now - os.stat(path).st_mtime > ORPHAN_AGE:
+                    problems.append(Problem(path, _PARTIAL))
+        elif len(name) == 2 and os.path.isdir(path):
+            problems.extend(_check_stored(path))
+        else:
+            problems.append(Problem(path, "not a file of the file store"))
+    return problems
+
+
+_PARTIAL = (
+    "partial copy left by an interrupted store (its writer was killed?); "
+    "it holds nothing and can be deleted"
+)
+
+
+def _check_stored(folder: str) -> list[Problem]:
+    problems = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        sha256 = os.path.basename(folder) + name
+        if not fmt.is_stored_name(os.path.basename(folder), name):
+            problems.append(Problem(path, "not a file of the file store"))
+            continue
+        try:
+            found, _size = file_sha256(path)
+        except OSError as exc:
+            problems.append(Problem(path, f"stored file cannot be read ({exc})"))
+            continue
+        if found != sha256:
+            problems.append(
+                Problem(path, f"stored file is damaged: its content has sha256 {found}")
+            )
+    return problems
 
 
 def orphan_folders(basepath: str) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from datamanager import DataManager
-from datamanager._format import store_path
+from datamanager._format import stored_path
 from datamanager.cli import main
 from datamanager.provenance import CODE_IDENTITY, DIFF_CAP, HISTORY_CAP
 
@@ -107,7 +107,7 @@ def test_dirty_code_stores_its_diff_once_and_the_diff_rebuilds_the_tree(repo, tm
     assert set(frame["git_commit"]) == {commit} and set(frame["git_diff_status"]) == {"ok"}
     # Every session, the forked workers' too, names the one stored diff.
     (sha256,) = set(frame["git_diff_sha256"])
-    stored = Path(store_path(dm.basepath, sha256))
+    stored = Path(stored_path(dm.basepath, sha256))
     diff = stored.read_bytes()
     assert hashlib.sha256(diff).hexdigest() == sha256 and set(frame["git_diff_size"]) == {
         len(diff)
@@ -221,7 +221,7 @@ def test_an_ipython_kernel_records_its_newest_input_cells_within_the_cap(tmp_pat
 
     def history(name: str) -> list[str]:
         sha256 = frame.loc[name, "ipython_history_sha256"]
-        return json.loads(Path(store_path(dm.basepath, sha256)).read_text())
+        return json.loads(Path(stored_path(dm.basepath, sha256)).read_text())
 
     nb = history("nb")
     assert frame.loc["nb", "ipython_history_cells"] == len(nb)
@@ -281,7 +281,7 @@ def test_info_groups_the_sessions_by_the_code_that_wrote_them(repo, tmp_path, ca
     assert len(whole) > DIFF_CAP and huge["git_diff_size"] == len(whole)
     assert huge["git_diff_sha256"] == hashlib.sha256(whole).hexdigest()
     assert not huge["git_diff_stored"]
-    assert not os.path.exists(store_path(datadir, huge["git_diff_sha256"]))
+    assert not os.path.exists(stored_path(datadir, huge["git_diff_sha256"]))
 
     assert main(["info", datadir]) == 0
     out = capsys.readouterr().out
@@ -296,7 +296,7 @@ def test_info_groups_the_sessions_by_the_code_that_wrote_them(repo, tmp_path, ca
     assert all(f"git commit   {commit}\n" in block for block in blocks[:3])
     assert "uncommitted  none\n" in blocks[0] and "diff file" not in blocks[0]
     edited = frame.set_index("name").loc["edited1"]
-    diff_file = store_path(datadir, edited["git_diff_sha256"])
+    diff_file = stored_path(datadir, edited["git_diff_sha256"])
     assert f"diff file    {diff_file}\n" in blocks[1] and os.path.isfile(diff_file)
     assert "diff file    none: the diff was too large to store" in blocks[2]
     assert "uncommitted  unknown (not a git repository)" in blocks[3]

@@ -15,7 +15,7 @@ from .build import SCHEMA, refresh, usable
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["export_tables", "index_tables"]
+__all__ = ["export_tables", "index_tables", "write_parquet"]
 
 
 def index_tables(basepath: str) -> dict[str, pandas.DataFrame]:
@@ -83,22 +83,38 @@ _ITEMS_TABLE = (
 
 def export_tables(tables: dict[str, pandas.DataFrame], out_dir: str) -> list[str]:
     """Write *tables* as ``<name>.parquet`` files in *out_dir*; return their paths."""
+    _need_pyarrow()
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, frame in tables.items():
+        path = os.path.join(out_dir, f"{name}.parquet")
+        write_parquet(frame, path)
+        written.append(path)
+    return written
+
+
+def write_parquet(frame: pandas.DataFrame, path: str) -> None:
+    """Write *frame* to the Parquet file *path*, whole or not at all.
+
+    Raises
+    ------
+    ImportError
+        Without pyarrow, naming the extra that installs it.
+    """
+    _need_pyarrow()
+    temp = f"{path}.{os.getpid()}.tmp"
+    try:
+        frame.to_parquet(temp, engine="pyarrow", index=False)
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def _need_pyarrow() -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         raise ImportError(
             "writing Parquet files needs pyarrow: pip install 'sim-datamanager[parquet]'"
         ) from None
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for name, frame in tables.items():
-        path = os.path.join(out_dir, f"{name}.parquet")
-        temp = f"{path}.{os.getpid()}.tmp"
-        try:
-            frame.to_parquet(temp, engine="pyarrow", index=False)
-            os.replace(temp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-        written.append(path)
-    return written
