@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from datamanager import DataManager
 from datamanager._format import stored_path
 from datamanager.cli import main
 from datamanager.provenance import CODE_IDENTITY, DIFF_CAP, HISTORY_CAP
+
+DATA = Path(__file__).resolve().parent / "data"
 
 WRITER = """
 import sys
@@ -304,3 +307,14 @@ def test_info_groups_the_sessions_by_the_code_that_wrote_them(repo, tmp_path, ca
 
     assert main(["info", diff_file, "--provenance"]) == 2
     assert "--provenance describes a data directory" in capsys.readouterr().err
+
+
+def test_info_on_sessions_that_recorded_no_code(tmp_path, capsys):
+    legacy = shutil.copytree(DATA / "legacy_shelves" / "gdbm_py3.data", tmp_path / "old.data")
+    assert main(["info", str(legacy), "--provenance"]) == 0
+    out = capsys.readouterr().out
+    assert "code versions: 1, 0 with uncommitted changes (0 sessions)" in out
+    assert "uncommitted  unknown (not recorded)\n" in out and "python       unknown\n" in out
+    (tmp_path / "empty.data").mkdir()
+    assert main(["info", str(tmp_path / "empty.data"), "--provenance"]) == 0
+    assert "sessions: 0\n" in capsys.readouterr().out
