@@ -285,16 +285,20 @@ def code_record(basepath: str) -> dict[str, Any]:
 
     The diff (when at most :data:`DIFF_CAP` bytes) and the history are
     written to the file store of data directory *basepath* and named here
-    by sha256 and size.
+    by sha256 and size.  Never raises: a text the store cannot take is
+    recorded as not stored, with the reason for a diff.
     """
     directory = script_directory()
     record: dict[str, Any] = dict(git_state(directory))
     diff = git_diff(directory)
-    stored = diff is not None and diff.text is not None
-    if stored:
-        store_text(basepath, diff.text)
+    status = None if diff is None else diff.status
+    stored = False
+    if diff is not None and diff.text is not None:
+        failure = _store_or_why(basepath, diff.text)
+        stored = failure is None
+        status = status if stored else f"not stored: {failure}"
     record.update(
-        git_diff_status=None if diff is None else diff.status,
+        git_diff_status=status,
         git_diff_sha256=None if diff is None else diff.sha256,
         git_diff_size=None if diff is None else diff.size,
         git_diff_stored=stored,
@@ -305,10 +309,23 @@ def code_record(basepath: str) -> dict[str, Any]:
         # JSON keeps each cell exactly, whatever it holds; a lone surrogate
         # becomes the JSON escape that reads back as it, in valid UTF-8.
         text = json.dumps(history, ensure_ascii=False).encode("utf-8", "backslashreplace")
-        record.update(
-            ipython_history_sha256=store_text(basepath, text), ipython_history_cells=len(history)
-        )
+        if _store_or_why(basepath, text) is None:
+            record.update(
+                ipython_history_sha256=hashlib.sha256(text).hexdigest(),
+                ipython_history_cells=len(history),
+            )
     return record
+
+
+def _store_or_why(basepath: str, data: bytes) -> str | None:
+    """Store *data* (see :func:`store_text`); None, or why it could not be."""
+    # The session being created must not fail for its provenance: a full
+    # disk, say, then fails the session's own write, with its own error.
+    try:
+        store_text(basepath, data)
+    except OSError as exc:
+        return str(exc)
+    return None
 
 
 def code_versions(

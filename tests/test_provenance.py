@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from datamanager import DataManager
+from datamanager import DataManager, DataManagerWarning
 from datamanager._format import stored_path
 from datamanager.cli import main
 from datamanager.provenance import CODE_IDENTITY, DIFF_CAP, HISTORY_CAP
@@ -318,3 +318,15 @@ def test_info_on_sessions_that_recorded_no_code(tmp_path, capsys):
     (tmp_path / "empty.data").mkdir()
     assert main(["info", str(tmp_path / "empty.data"), "--provenance"]) == 0
     assert "sessions: 0\n" in capsys.readouterr().out
+
+
+def test_a_store_that_cannot_be_written_leaves_the_session_made_and_says_why(repo, tmp_path):
+    (repo / "model" / "params.txt").write_text("tau = 12\n")
+    basepath = tmp_path / "data" / "sweep.data"
+    basepath.mkdir(parents=True)
+    (basepath / ".files").write_text("a file where the store's folder goes\n")
+    subprocess.run([sys.executable, "one.py", str(tmp_path / "data"), "s"], check=True, cwd=repo)
+    with pytest.warns(DataManagerWarning, match=r"\.files: not a datamanager session"):
+        row = DataManager("sweep", str(tmp_path / "data")).sessions().iloc[0]
+    assert row["git_dirty"] and not row["git_diff_stored"] and row["git_diff_sha256"]
+    assert row["git_diff_status"].startswith("not stored: ")
