@@ -32,6 +32,10 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / 1024:.1f} GiB"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _table(header: Sequence[str], rows: list[Sequence[Any]]) -> str:
     cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -274,6 +278,12 @@ def _cell(value: Any) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from .recordings import load_recording
 
+    # Any other folder is a recording that is not there: load_recording says so.
+    if os.path.isdir(args.file) and os.path.normpath(args.file).endswith(".data"):
+        return _info_directory(args.file, args.unsafe, args.provenance)
+    if args.provenance:
+        print(f"Error: --provenance describes a data directory, not {args.file}", file=sys.stderr)
+        return 2
     recordings = load_recording(args.file)
     for n, rec in enumerate(recordings):
         if len(recordings) > 1:
@@ -289,6 +299,60 @@ def cmd_info(args: argparse.Namespace) -> int:
             for key, value in rec.header.items():
                 print(f"  {key} = {value}")
     return 0
+
+
+def _info_directory(datadir: str, unsafe: bool, provenance: bool) -> int:
+    """Describe a data directory: sessions, keys, size, and the code that wrote them."""
+    from .provenance import code_versions
+
+    dm = _open(datadir, unsafe)
+    frame = dm.sessions()
+    rows = frame.to_dict("records")
+    versions = code_versions(rows)
+    print(f"data directory: {dm.basepath}")
+    print(f"sessions: {len(rows)}")
+    print(f"keys: {len(dm.keys())}")
+    print(f"size: {_size(frame['size'].sum() if rows else 0)}")
+    if rows and "created" in frame:
+        first, last = frame["created"].min(), frame["created"].max()
+        print(f"written: {first:%Y-%m-%d %H:%M:%S} to {last:%Y-%m-%d %H:%M:%S} (UTC)")
+    dirty = [names for version, names in versions if version["git_dirty"]]
+    print(
+        f"code versions: {len(versions)}, {len(dirty)} with uncommitted changes"
+        f" ({_count(sum(map(len, dirty)), 'session')})"
+    )
+    if provenance:
+        for n, (version, names) in enumerate(versions, 1):
+            print(f"\ncode version {n}: {_count(len(names), 'session')}")
+            for label, text in _code_version(dm.basepath, version):
+                print(f"  {label:<12} {text}")
+            print("  sessions:")
+            for name in names:
+                print(f"    {name}")
+    return 0
+
+
+def _code_version(basepath: str, version: dict[str, Any]) -> list[tuple[str, str]]:
+    """The lines that describe one code version (see :func:`provenance.code_versions`)."""
+    from ._format import stored_path
+
+    commit, dirty, status = version["git_commit"], version["git_dirty"], version["git_status"]
+    sha256 = version["git_diff_sha256"]
+    if dirty is None:
+        changes = f"unknown ({status or 'not recorded'})"
+    elif not dirty:
+        changes = "none"
+    elif sha256 is None:
+        changes = "yes; no diff recorded"
+    else:
+        changes = f"yes; diff sha256 {sha256}, {_size(int(version['git_diff_size']))}"
+    lines = [("git commit", commit or "unknown"), ("uncommitted", changes)]
+    if sha256 is not None:
+        where = stored_path(basepath, sha256) if version["git_diff_stored"] else None
+        lines.append(("diff file", where or "none: the diff was too large to store"))
+    lines.append(("datamanager", version["datamanager_version"] or "unknown"))
+    lines.append(("python", version["python"] or "unknown"))
+    return lines
 
 
 # -- parser ----------------------------------------------------------------
@@ -460,10 +524,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "info",
         cmd_info,
-        "describe a recording file: layout, columns, units, rows, header records",
-        "datamanager info cell1.atf",
+        "describe a data directory (sessions, keys, size, code versions) or a recording"
+        " file (layout, columns, units, rows, header records)",
+        "datamanager info sweep.data --provenance",
     )
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="PATH", help="a data directory or a recording file")
+    p.add_argument(
+        "--provenance",
+        action="store_true",
+        help="group the sessions of a data directory by the code that wrote them",
+    )
     return parser
 
 

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -46,6 +46,7 @@ __all__ = [
     "file_sha256",
     "hash_files",
     "may_hold_stored",
+    "store_bytes",
     "store_file",
     "stored_files",
     "stored_in",
@@ -282,12 +283,48 @@ def store_file(basepath: str | os.PathLike, path: str | os.PathLike) -> StoredFi
     basepath = os.path.abspath(basepath)
     source = os.path.abspath(path)
     original = path.original if isinstance(path, StoredFile) else source
+    with open(source, "rb", buffering=0) as src:
+        sha256, size, final = _store(basepath, lambda out: _stream(src, out))
+    return StoredFile(os.path.basename(original), size, sha256, original, final)
+
+
+def store_bytes(basepath: str | os.PathLike, data: bytes) -> str:
+    """Store *data* as a file of the file store of the data directory *basepath*.
+
+    As :func:`store_file` stores a file, for a text made in memory (such as
+    the diff of uncommitted code a session's metadata names).
+
+    Returns
+    -------
+    str
+        The sha256 of *data*, which names the stored file (see
+        :func:`datamanager._format.stored_path`).
+    """
+    sha256 = hashlib.sha256(data).hexdigest()
+    if not os.path.exists(fmt.stored_path(os.path.abspath(basepath), sha256)):
+
+        def fill(out: BinaryIO) -> tuple[str, int]:
+            out.write(data)
+            return sha256, len(data)
+
+        _store(os.path.abspath(basepath), fill)
+    return sha256
+
+
+def _store(basepath: str, fill: Callable[[BinaryIO], tuple[str, int]]) -> tuple[str, int, str]:
+    """Write a file into the store of *basepath*: ``(sha256, size, stored path)``.
+
+    *fill* writes the content to the open temporary file it is given and
+    returns its sha256 and size; the file then takes its stored name, unless
+    that content is stored already.  Nothing is left under a stored name if
+    anything fails.
+    """
     store = os.path.join(basepath, fmt.STORE_DIR)
     os.makedirs(store, exist_ok=True)
     temp = os.path.join(store, fmt.new_store_temp_name())
     try:
-        with open(source, "rb", buffering=0) as src, open(temp, "xb") as out:
-            sha256, size = _stream(src, out)
+        with open(temp, "xb") as out:
+            sha256, size = fill(out)
             out.flush()
             # The name must never hold less than the whole file, even after a
             # power cut: the data goes to disk before the rename does.
@@ -312,7 +349,7 @@ def store_file(basepath: str | os.PathLike, path: str | os.PathLike) -> StoredFi
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    return StoredFile(os.path.basename(original), size, sha256, original, final)
+    return sha256, size, final
 
 
 def _hash_one(path: str) -> tuple[str, int]:

@@ -25,7 +25,7 @@ from .filesystem import check_journal_mode
 from .index import IndexSummary, IndexView, build_index, index_tables, open_view
 from .legacy import check_not_hiding, find_sessions, migrate
 from .locking import LockingSession
-from .provenance import computer_name
+from .provenance import CODE_IDENTITY, computer_name
 from .prune import prune
 from .readers import (
     Listing,
@@ -510,7 +510,10 @@ class DataManager:
         """Return a DataFrame with one row per session: its metadata, keys and size.
 
         ``created`` is a UTC timestamp; ``keys`` the number of keys; ``size``
-        the bytes on disk (database, journal and side files).
+        the bytes on disk (database, journal and side files).  The columns
+        that name the code which wrote each session come first, after
+        ``name``: ``git_commit``, ``git_dirty``, ``git_diff_sha256`` (of its
+        uncommitted changes), ``datamanager_version`` and ``python``.
         """
         import pandas
 
@@ -524,6 +527,9 @@ class DataManager:
 
         rows = [r for _, r in self._collect(row, strict)]
         frame = pandas.DataFrame([{k: v for k, v in r.items() if k != "name"} for r in rows])
+        # Which code wrote each session, at a glance: those columns first.
+        first = [c for c in CODE_IDENTITY if c in frame]
+        frame = frame[first + [c for c in frame if c not in first]]
         # Object dtype: a name read from a file system in another encoding
         # keeps its undecodable bytes, which pyarrow-backed text refuses.
         frame.insert(0, "name", pandas.Series([r["name"] for r in rows], dtype=object))

@@ -169,7 +169,12 @@ class Session(MutableMapping):
             conn.execute("BEGIN IMMEDIATE")
             for statement in fmt.SCHEMA:
                 conn.execute(statement)
-            conn.executemany(fmt.ADD_METADATA, fmt.metadata_rows(session_metadata()))
+            # Only a new session records who writes it: a process opening an
+            # existing one would describe itself, and would store its diff and
+            # history for no session to refer to.
+            if conn.execute(fmt.CREATED).fetchone() is None:
+                metadata = session_metadata(directory)
+                conn.executemany(fmt.ADD_METADATA, fmt.metadata_rows(metadata))
             conn.execute("COMMIT")
             self._collect_garbage(conn)  # left behind by a process killed mid-way
         except sqlite3.DatabaseError as exc:

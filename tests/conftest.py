@@ -27,6 +27,15 @@ METADATA_FIELDS = (
     "cwd",
     "numpy_version",
     "datamanager_version",
+    "git_commit",
+    "git_dirty",
+    "git_status",
+    "git_diff_status",
+    "git_diff_sha256",
+    "git_diff_size",
+    "git_diff_stored",
+    "ipython_history_sha256",
+    "ipython_history_cells",
 )
 
 

@@ -58,8 +58,12 @@ def test_many_processes_store_one_file_once(dm, param):
         "with dm.session() as s:\n"
         "    s['model'] = dm.store_file(sys.argv[2])\n"
     )
+    # Run outside any repository: a session made from uncommitted code would
+    # also store that code's diff.
+    cwd = dm.datapath
     procs = [
-        start_python(code, dm.datapath, str(param), stdin=-1, env=ENV) for _ in range(writers)
+        start_python(code, dm.datapath, str(param), stdin=-1, env=ENV, cwd=cwd)
+        for _ in range(writers)
     ]
     try:
         for p in procs:

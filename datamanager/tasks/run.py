@@ -234,9 +234,9 @@ def run_tasks(
             elif verbose and todo:
                 bar = _Lines(name, len(todo))
             if todo:
-                # One git subprocess here, cached: forked workers inherit the answer
-                # instead of each running its own when its session opens.
-                provenance.git_state(provenance.script_directory())
+                # Git asked here, once, cached: forked workers inherit the answers
+                # instead of each asking when its session opens.
+                provenance.warm_cache()
             sweep.run(bar)
         except KeyboardInterrupt:
             print(
