@@ -1,0 +1,280 @@
+"""Collation through the index answers exactly as collation without it.
+
+Every collation method is asked every question twice, once with the data
+directory's index in place and once with it moved aside, and the answers
+(values, order, raised errors and warnings) must be the same: after a fresh
+build, and after sessions were added, rewritten, deleted, replaced by a copy
+of another, and written during the build or during the collation itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fractions
+import math
+import os
+import shutil
+import sqlite3
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datamanager import DataManager, DataManagerWarning
+from datamanager._format import INDEX_NAME, SIDE_FILE_THRESHOLD
+
+from conftest import ROOT
+
+# -- comparing answers --
+
+
+def canon(value: Any) -> Any:
+    """*value* as plain data that compares equal exactly when the values are the same.
+
+    Types are kept (an int is not a numpy int, a tuple not a list), arrays
+    compare by dtype, shape and bytes, NaN equals NaN, and a DataFrame by
+    its columns, dtypes and cells.
+    """
+    if isinstance(value, pd.DataFrame):
+        return (
+            "DataFrame",
+            list(value.columns),
+            [str(t) for t in value.dtypes],
+            canon(value.to_dict("list")),
+        )
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, np.generic):
+        return ("numpy", value.dtype.str, value.tobytes())
+    if isinstance(value, dict):
+        return (type(value).__name__, [(canon(k), canon(v)) for k, v in value.items()])
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [canon(v) for v in value])
+    if isinstance(value, float) and math.isnan(value):
+        return ("nan",)
+    if value is pd.NaT or value is pd.NA:
+        return (repr(value),)
+    return (type(value).__qualname__, value)
+
+
+def _call(method: Callable[[], Any]) -> tuple[Any, list[tuple[str, str]]]:
+    """``(answer, warnings)`` of *method*: its result, or the error it raised, made plain."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            answer = ("returned", canon(method()))
+        except Exception as exc:
+            answer = ("raised", type(exc).__name__, str(exc))
+    return answer, [(w.category.__name__, str(w.message)) for w in caught]
+
+
+def _readers(dm: DataManager, strict: bool) -> list[Any]:
+    """All that iter_sessions shows of each session: name, file, order, metadata, values."""
+    found = []
+    for reader in dm.iter_sessions(strict):
+        with reader:
+            errors: list[str] = []
+            values = list(
+                reader.items(on_error=lambda exc, errors=errors: errors.append(str(exc)))
+            )
+            keys = reader.keys()
+            found.append(
+                (
+                    reader.name,
+                    reader.path,
+                    reader.created,
+                    reader.metadata,
+                    keys,
+                    len(reader),
+                    values,
+                    [str(exc) for exc in errors],
+                    reader.nbytes,
+                    [key in reader for key in [*keys, "missing"]],
+                    reader.matching("p"),
+                )
+            )
+    return found
+
+
+def _listed(method: Callable[[bool], Iterator[Any]], strict: bool) -> list[Any]:
+    return list(method(strict))
+
+
+#: Questions asked about keys by prefix or test.
+MATCHES: list[Any] = ["", "p", "p/", "zz", lambda key: key.endswith("1")]
+
+
+def questions(dm: DataManager, keys: list[str], strict: bool) -> Iterator[tuple[str, Any]]:
+    """``(name, question)``: every collation method, asked every way."""
+    for key in keys:
+        yield f"get({key!r})", partial(dm.get, key, strict)
+        yield f"get_merged({key!r})", partial(dm.get_merged, key, strict)
+    for i, match in enumerate(MATCHES):
+        for method in (
+            dm.get_matching,
+            dm.get_merged_matching,
+            dm.get_flat_matching,
+            dm.get_matching_keys,
+        ):
+            yield f"{method.__name__}(match {i})", partial(method, match, strict)
+    for method in (dm.keys, dm.items, dm.values, dm.itemcount, dm.sessions, dm.session_filenames):
+        yield method.__name__, partial(method, strict)
+    yield "iteritems", partial(_listed, dm.iteritems, strict)
+    yield "itervalues", partial(_listed, dm.itervalues, strict)
+    yield "iter_sessions", partial(_readers, dm, strict)
+
+
+def collate_all(dm: DataManager, keys: list[str] | None = None) -> dict[str, Any]:
+    """Every collation method's answer about *dm*, with the warnings it gave.
+
+    Asked in non-strict and strict mode, for every key *keys* names (by
+    default every key any session holds, and one none holds).
+    """
+    if keys is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # asked again below, where warnings count
+            keys = [*DataManager.from_path(dm.basepath).keys(), "missing"]
+    return {
+        f"{name} strict={strict}": _call(question)
+        for strict in (False, True)
+        for name, question in questions(dm, keys, strict)
+    }
+
+
+@contextlib.contextmanager
+def index_aside(dm: DataManager) -> Iterator[None]:
+    """Move the directory's index out of it for a while (never deleting it)."""
+    index = os.path.join(dm.basepath, INDEX_NAME)
+    aside = os.path.join(dm.datapath, "index-aside.sqlite")
+    os.rename(index, aside)
+    try:
+        yield
+    finally:
+        os.rename(aside, index)
+
+
+def snapshot(folder: str) -> dict[str, Any]:
+    """Every file under *folder*: its identity, times and bytes."""
+    found = {}
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            info = os.stat(path)
+            with open(path, "rb") as f:
+                found[path] = (
+                    info.st_ino,
+                    info.st_size,
+                    info.st_mtime_ns,
+                    info.st_ctime_ns,
+                    f.read(),
+                )
+    return found
+
+
+def assert_same_answers(dm: DataManager, keys: list[str] | None = None) -> dict[str, Any]:
+    """Assert that *dm* collates alike with and without its index; return the answers.
+
+    Collation through the index must also leave every file as it was.
+    """
+    assert os.path.isfile(os.path.join(dm.basepath, INDEX_NAME)), "no index to compare"
+    before = snapshot(dm.basepath)
+    indexed = collate_all(dm, keys)
+    assert snapshot(dm.basepath) == before, "collation through the index wrote"
+    with index_aside(dm):
+        plain = collate_all(dm, keys)
+    differ = [name for name in plain if indexed[name] != plain[name]]
+    assert not differ, (
+        f"answers differ with the index: {differ[:5]}\n{_first(differ, indexed, plain)}"
+    )
+    return indexed
+
+
+def _first(differ: list[str], indexed: dict[str, Any], plain: dict[str, Any]) -> str:
+    name = differ[0]
+    return f"{name}:\n  indexed: {indexed[name]!r:.2000}\n  plain:   {plain[name]!r:.2000}"
+
+
+def settled(dm: DataManager) -> pd.Series:
+    frame = dm.index_tables()["sessions"]
+    return frame.set_index("name")["settled"]
+
+
+# -- the data --
+
+LEGACY = ROOT / "tests" / "data" / "legacy_shelves" / "py2_dumbdbm.data"
+#: A value safe mode refuses: an instance of a class that is not a builtin.
+UNSAFE = fractions.Fraction(1, 3)
+SMALL = {
+    "int": 7,
+    "float": 2.5,
+    "str": "text é",
+    "list": [1.0, 2.0],
+    "tuple": (3, "x"),
+    "dict": {"a": 1, "b": [2]},
+    "none": None,
+    "np_float": np.float32(1.5),
+    "np_int": np.int64(-3),
+    "array": np.arange(6, dtype=np.int16).reshape(2, 3),
+}
+
+
+def write_session(dm: DataManager, name: str, i: int, **extra: Any) -> str:
+    """Session *name* holding small values, plus *extra*; return its file."""
+    with dm.session(name) as s:
+        s.update({f"p/{i}": i, "rate": [float(i)], "shared": i * 10})
+        s.update(SMALL)
+        s.update(extra)
+    return dm.session_filename(name)
+
+
+def damage(path: str, key: str) -> None:
+    """Replace the stored pickle of *key* in session *path* by bytes no pickle reads."""
+    conn = sqlite3.connect(path)
+    with conn:
+        assert (
+            conn.execute(
+                "UPDATE items SET value = ? WHERE key = ?", (b"\x80\x04\x95garbage", key)
+            ).rowcount
+            == 1
+        )
+    conn.close()
+
+
+def build_directory(dm: DataManager) -> None:
+    """A data directory holding every kind of value and session collation meets."""
+    for i in range(4):
+        write_session(dm, f"s{i}", i)
+    write_session(
+        dm, "big", 9, inline=list(range(30_000)), side=np.arange(SIDE_FILE_THRESHOLD // 8 + 1.0)
+    )
+    write_session(dm, "unsafe", 10, obj=UNSAFE)
+    write_session(dm, "damaged", 11, bad=[1, 2])
+    damage(dm.session_filename("damaged"), "bad")
+    open(dm.session_filename("killed"), "wb").close()  # killed before its first commit
+    # The native twin of a shelf not migrated: both are read, the shelf labelled apart.
+    write_session(dm, "erin.lab", 12)
+    for path in LEGACY.iterdir():
+        shutil.copy2(path, dm.basepath)
+
+
+@pytest.fixture(params=[False, True], ids=["trusting", "safe"])
+def full(request, tmp_path: Path) -> DataManager:
+    dm = DataManager("sweep", str(tmp_path), safe=request.param)
+    build_directory(dm)
+    return dm
+
+
+def test_every_method_alike_with_and_without_the_index(full):
+    dm = full
+    summary = dm.build_index()
+    assert (summary.sessions, summary.read, summary.unsettled) == (8, 8, 0)
+    flags = settled(dm)
+    assert flags.all() and len(flags) == 8  # every native session with a commit
+    assert_same_answers(dm)
+    # The scenario holds what it claims to: the shelf read beside its twin.
+    with pytest.warns(DataManagerWarning, match="shares its name with legacy shelf"):
+        assert "erin.lab (legacy shelf)" in dm.get("spikes")
