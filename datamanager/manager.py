@@ -221,7 +221,14 @@ class DataManager:
         with self._sources() as (entries, index):
             wanted = holding(index) if index is not None and holding is not None else None
             for entry in entries:
-                if wanted is not None and entry.name not in wanted and entry.name in index.served:
+                # A shelf shares its name with its native twin, which the
+                # index may serve: only the native entry may be passed.
+                if (
+                    wanted is not None
+                    and not entry.legacy
+                    and entry.name not in wanted
+                    and entry.name in index.served
+                ):
                     passed.add(entry.name)
                     continue
                 reader = self._open(entry, strict, index)
