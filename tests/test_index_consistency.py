@@ -25,7 +25,8 @@ import pandas as pd
 import pytest
 
 from datamanager import DataManager, DataManagerWarning
-from datamanager._format import INDEX_NAME, SIDE_FILE_THRESHOLD
+from datamanager._format import INDEX_NAME, SIDE_FILE_THRESHOLD, blob_dir, session_files
+from datamanager.index import CACHE_LIMIT
 
 from conftest import ROOT
 
@@ -249,7 +250,12 @@ def build_directory(dm: DataManager) -> None:
     for i in range(4):
         write_session(dm, f"s{i}", i)
     write_session(
-        dm, "big", 9, inline=list(range(30_000)), side=np.arange(SIDE_FILE_THRESHOLD // 8 + 1.0)
+        dm,
+        "big",
+        9,
+        inline="x" * (CACHE_LIMIT + 1),  # too large to be cached in the index
+        array=np.arange(CACHE_LIMIT // 8 + 1.0),  # pickled inline, too large to cache
+        side=np.arange(SIDE_FILE_THRESHOLD // 8 + 1.0),  # in a side file
     )
     write_session(dm, "unsafe", 10, obj=UNSAFE)
     write_session(dm, "damaged", 11, bad=[1, 2])
@@ -278,3 +284,88 @@ def test_every_method_alike_with_and_without_the_index(full):
     # The scenario holds what it claims to: the shelf read beside its twin.
     with pytest.warns(DataManagerWarning, match="shares its name with legacy shelf"):
         assert "erin.lab (legacy shelf)" in dm.get("spikes")
+
+
+# -- a directory that changes after the build --
+
+
+def remove_session(dm: DataManager, name: str) -> None:
+    path = dm.session_filename(name)
+    for file in session_files(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(file)
+    shutil.rmtree(blob_dir(path), ignore_errors=True)
+
+
+def add_sessions(dm: DataManager) -> None:
+    write_session(dm, "new0", 20)
+    write_session(dm, "new1", 21, side=np.ones(SIDE_FILE_THRESHOLD // 8))
+
+
+def rewrite_keys(dm: DataManager) -> None:
+    path = dm.session_filename("s0")
+    size = os.path.getsize(path)
+    with dm.session("s0") as s:
+        s["shared"] = 99  # an int for an int: the file keeps its size
+        s["array"] = SMALL["array"] + 1
+    assert os.path.getsize(path) == size
+    with dm.session("big") as s:
+        s["side"] = np.zeros(SIDE_FILE_THRESHOLD // 8 + 1)  # a new side file, same size
+        s["inline"] = "y" * (CACHE_LIMIT + 1)
+    with dm.session("s2") as s:
+        s.update_metadata({"note": "added later"})
+
+
+def delete_sessions(dm: DataManager) -> None:
+    remove_session(dm, "s1")
+    remove_session(dm, "big")
+
+
+def delete_keys(dm: DataManager) -> None:
+    with dm.session("s2") as s:
+        del s["shared"]
+    with dm.session("big") as s:
+        del s["side"]
+        del s["inline"]
+
+
+def replace_by_copies(dm: DataManager) -> None:
+    """s2 and s1 become copies of s3, of the same size and modification time."""
+    source = dm.session_filename("s3")
+    for name, in_place in [("s2", True), ("s1", False)]:
+        target = dm.session_filename(name)
+        before = os.stat(target)
+        assert before.st_size == os.path.getsize(source)
+        if in_place:  # the same inode, rewritten
+            shutil.copyfile(source, target)
+        else:  # a new inode, renamed over it
+            shutil.copyfile(source, target + ".new")
+            os.replace(target + ".new", target)
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+#: What changes, and then how many sessions a second build reads, keeps and drops.
+CHANGES = {
+    "added": (add_sessions, 2, 8, 0),
+    "rewritten": (rewrite_keys, 3, 5, 0),
+    "sessions deleted": (delete_sessions, 0, 6, 2),
+    "keys deleted": (delete_keys, 2, 6, 0),
+    "replaced by copies": (replace_by_copies, 2, 6, 0),
+}
+#: The keys asked about after a change: the ones changed, and some that were not.
+CHANGED_KEYS = ["shared", "array", "side", "inline", "int", "p/0", "p/3", "obj", "missing"]
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_changed_sessions_are_read_directly_and_rebuilt_incrementally(tmp_path, change):
+    dm = DataManager("sweep", str(tmp_path))
+    build_directory(dm)
+    dm.build_index()
+    assert settled(dm).all()
+    modify, read, kept, dropped = CHANGES[change]
+    modify(dm)
+    assert_same_answers(dm, CHANGED_KEYS)  # the index is stale: changed sessions read directly
+    summary = dm.build_index()
+    assert (summary.read, summary.kept, summary.dropped) == (read, kept, dropped)
+    assert summary.sessions == read + kept
+    assert_same_answers(dm, CHANGED_KEYS)
