@@ -521,7 +521,12 @@ class IndexView:
     def holding_match(self, match: Match) -> set[str]:
         """The served sessions that hold a key matching *match*."""
         test = key_test(match)
-        return {self._names[sid] for sid, keys in self.keys().items() if any(map(test, keys))}
+        # keys() lists every indexed session, served or not (changed since).
+        return {
+            self._names[sid]
+            for sid, keys in self.keys().items()
+            if sid in self._names and any(map(test, keys))
+        }
 
     def rows(self, key: str) -> dict[int, tuple[Any, Any, Any]]:
         """``{session id: (cached pickle, side, side_size)}`` of the sessions holding *key*."""
