@@ -247,16 +247,15 @@ def _start(target: str, temp: str, hash_values: bool) -> sqlite3.Connection:
     except FileNotFoundError:
         pass
     else:
-        conn = _connect(temp)
+        conn = None
         try:
-            info = _info(conn)
-            if info.get("version") == str(INDEX_VERSION) and (
-                info.get("hash_values") == "1" or not hash_values
-            ):
+            conn = _connect(temp)  # raises for a file that is not a database at all
+            if _usable(conn) and (_info(conn).get("hash_values") == "1" or not hash_values):
                 return conn
         except sqlite3.DatabaseError:
             pass  # damaged: start afresh
-        conn.close()
+        if conn is not None:
+            conn.close()
         os.unlink(temp)
     open(temp, "xb").close()
     conn = _connect(temp)
@@ -276,6 +275,21 @@ def _connect(path: str) -> sqlite3.Connection:
 
 def _info(conn: sqlite3.Connection) -> dict[str, Any]:
     return dict(conn.execute("SELECT name, value FROM info").fetchall())
+
+
+#: A session row without numbers where numbers belong: a damaged index.
+_UNSOUND = (
+    "SELECT 1 FROM sessions WHERE typeof(created) != 'real' OR typeof(keys) != 'integer' "
+    "OR typeof(mtime) != 'real' OR typeof(wal_mtime) NOT IN ('real', 'null') "
+    "OR typeof(journal_mtime) NOT IN ('real', 'null') LIMIT 1"
+)
+
+
+def _usable(conn: sqlite3.Connection) -> bool:
+    """Whether *conn* holds an index of this version, not damaged, to update or load."""
+    if _info(conn).get("version") != str(INDEX_VERSION):
+        return False
+    return conn.execute(_UNSOUND).fetchone() is None
 
 
 def _refresh(
@@ -721,7 +735,7 @@ def index_tables(basepath: str) -> dict[str, pandas.DataFrame]:
                 source = sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)
                 try:
                     source.backup(conn)
-                    loaded = _info(conn).get("version") == str(INDEX_VERSION)
+                    loaded = _usable(conn)
                 finally:
                     source.close()
         if not loaded:
