@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import configparser
 import contextlib
+import hashlib
+import json
 import os
 import pickle
+import shutil
 import sqlite3
 import subprocess
+import warnings
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from datamanager import DataManager, DataManagerWarning
-from datamanager._format import INDEX_NAME
+from datamanager._format import INDEX_NAME, SIDE_FILE_THRESHOLD, blob_dir
+from datamanager.index import CACHE_LIMIT
 
-from conftest import start_python
+from conftest import ROOT, run_python, start_python
 from test_index_consistency import (
     SMALL,
     build_directory,
     collate_all,
     index_aside,
     remove_session,
+    settled,
     snapshot,
     write_session,
 )
@@ -221,3 +231,216 @@ def test_a_damaged_or_foreign_index_is_ignored_with_a_warning(tmp_path, how):
     summary = dm.build_index()
     assert (summary.sessions, summary.read, summary.kept) == (8, 8, 0)  # nothing kept
     assert collate_all(dm, stricts=(False,)) == expected
+
+
+# -- tables --
+
+
+def _stored_rows(path: str) -> list[tuple]:
+    """``(key, pickle, side, side_size)`` of every value of session *path*, read by sqlite3."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(
+            "SELECT key, value, side, side_size FROM items ORDER BY rowid"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def _describe(path: str, key: str, value: bytes | None, side: str | None, size: int) -> dict:
+    """What the items table must say of one stored value, found without datamanager."""
+    if side is not None:
+        loaded: Any = np.load(os.path.join(blob_dir(path), side), mmap_mode="r")
+        kind: type | None = np.ndarray
+        stored = size
+    else:
+        try:
+            loaded = pickle.loads(value)
+            kind = type(loaded)
+        except pickle.UnpicklingError:
+            loaded = kind = None  # damaged: nothing is known of it
+        stored = len(value)
+    numpy = isinstance(loaded, (np.ndarray, np.generic))
+    return {
+        "key": key,
+        "type": kind
+        and (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        ),
+        "dtype": loaded.dtype.str if numpy else None,
+        "shape": json.dumps(list(np.shape(loaded))) if numpy else None,
+        "stored_size": stored,
+        "side": side,
+        "cached": side is None and stored <= CACHE_LIMIT,
+    }
+
+
+def test_index_tables_describe_what_the_sessions_hold(tmp_path):
+    dm = DataManager("sweep", str(tmp_path))
+    build_directory(dm, legacy=False)
+    dm.build_index()
+    tables = dm.index_tables()
+    sessions, items = tables["sessions"], tables["items"]
+    assert list(sessions.columns) == [
+        "name", "file", "created", "user", "host", "pid", "git_commit", "git_dirty", "keys",
+        "bytes", "size", "mtime", "wal_size", "wal_mtime", "journal_size", "journal_mtime",
+        "settled",
+    ]  # fmt: skip
+    assert list(items.columns) == [
+        "session", "key", "type", "dtype", "shape", "stored_size", "side", "sha256", "cached",
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the damaged session, the empty one
+        readers = {r.name: (r.created, r.metadata, len(r), r.nbytes) for r in dm.iter_sessions()}
+    del readers["killed"]  # no commit: nothing to index
+    assert list(sessions["name"]) == list(readers)  # in creation order
+    for row in sessions.itertuples():
+        created, metadata, keys, nbytes = readers[row.name]
+        path = dm.session_filename(row.name)
+        info = os.stat(path)
+        assert row.file == os.path.basename(path)
+        assert row.created == pd.Timestamp(created, unit="s", tz="UTC")
+        assert (row.user, row.host, row.pid) == (
+            metadata["user"], metadata["host"], metadata["pid"]
+        )  # fmt: skip
+        assert row.git_commit == metadata.get("git_commit")
+        assert (row.keys, row.bytes, row.size) == (keys, nbytes, info.st_size)
+        # Kept as float seconds: exact to a fraction of a microsecond.
+        assert abs(row.mtime - pd.Timestamp(info.st_mtime_ns, unit="ns", tz="UTC")).value < 1000
+        assert pd.isna(row.wal_size) and pd.isna(row.journal_size)  # closed sessions
+        assert row.settled
+    expected = [
+        {"session": name, **_describe(dm.session_filename(name), *stored), "sha256": None}
+        for name in readers
+        for stored in _stored_rows(dm.session_filename(name))
+    ]
+    assert items.astype(object).where(items.notna(), None).to_dict("records") == expected
+    kinds = dict(zip(items["key"], items["type"]))
+    assert kinds["obj"] == "fractions.Fraction" and pd.isna(kinds["bad"])
+    assert kinds["np_float"] == "numpy.float32" and kinds["side"] == "numpy.ndarray"
+
+
+def test_index_tables_are_refreshed_in_memory_without_writing(dm):
+    for i in range(3):
+        write_session(dm, f"s{i}", i)
+    dm.build_index()
+    with dm.session("s0") as s:
+        s["later"] = 1
+    remove_session(dm, "s1")
+    write_session(dm, "s3", 3)
+    before = snapshot(dm.basepath), os.listdir(dm.basepath), os.stat(dm.basepath)
+    tables = dm.index_tables()
+    assert (snapshot(dm.basepath), os.listdir(dm.basepath), os.stat(dm.basepath)) == before
+    sessions = tables["sessions"].set_index("name")
+    assert list(sessions.index) == ["s0", "s2", "s3"]
+    assert sessions.loc["s0", "keys"] == len(SMALL) + 4
+    assert "later" in set(tables["items"].query("session == 's0'")["key"])
+    # Read again in memory, without the clock to tell: not settled.
+    assert list(sessions["settled"]) == [False, True, False]
+    with index_aside(dm):  # without an index: every session read in memory
+        before = snapshot(dm.basepath), os.listdir(dm.basepath), os.stat(dm.basepath)
+        fresh = dm.index_tables()
+        assert (snapshot(dm.basepath), os.listdir(dm.basepath), os.stat(dm.basepath)) == before
+    assert not fresh["sessions"]["settled"].any()
+    columns = [c for c in tables["sessions"] if c != "settled"]
+    pd.testing.assert_frame_equal(fresh["sessions"][columns], tables["sessions"][columns])
+    pd.testing.assert_frame_equal(fresh["items"], tables["items"])
+
+
+def test_export_index_writes_parquet_that_pandas_reads_back(dm, tmp_path):
+    build_directory(dm, legacy=False)
+    dm.build_index(hash_values=True)
+    out = tmp_path / "tables"
+    written = dm.export_index(out)
+    assert written == [str(out / "sessions.parquet"), str(out / "items.parquet")]
+    assert sorted(os.listdir(out)) == ["items.parquet", "sessions.parquet"]  # no leftovers
+    tables = dm.index_tables()
+    for name, path in zip(["sessions", "items"], written):
+        pd.testing.assert_frame_equal(pd.read_parquet(path), tables[name])
+
+
+#: Exports the index of argv[1] into argv[2] in a Python that cannot import pyarrow.
+WITHOUT_PYARROW = """
+import sys
+
+class NoPyarrow:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "pyarrow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoPyarrow())
+from datamanager import DataManager
+try:
+    DataManager.from_path(sys.argv[1]).export_index(sys.argv[2])
+except ImportError as exc:
+    print(exc)
+"""
+
+
+def test_export_without_pyarrow_names_the_parquet_extra(dm, tmp_path):
+    pytest.importorskip("pyarrow")  # so the refusal below is what makes the difference
+    write_session(dm, "s0", 0)
+    dm.build_index()
+    out = tmp_path / "tables"
+    message = run_python(WITHOUT_PYARROW, dm.basepath, str(out)).stdout
+    assert "pyarrow" in message and "pip install 'sim-datamanager[parquet]'" in message
+    assert not out.exists()
+    assert dm.export_index(out)  # the same call, where pyarrow can be imported
+
+
+def test_the_extra_the_error_names_installs_pyarrow():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert config["metadata"]["name"] == "sim-datamanager"
+    assert "pyarrow" in config["options.extras_require"]["parquet"].split()
+
+
+def test_hash_values_records_the_sha256_of_the_stored_bytes(dm):
+    path = write_session(dm, "s0", 0, side=np.arange(SIDE_FILE_THRESHOLD // 8 + 1.0))
+    dm.build_index()
+    assert dm.index_tables()["items"]["sha256"].isna().all()
+    summary = dm.build_index(hash_values=True)
+    assert (summary.read, summary.kept) == (1, 0)  # hashes are not kept rows: read again
+    items = dm.index_tables()["items"].set_index("key")
+    stored = {key: (value, side) for key, value, side, _ in _stored_rows(path)}
+    assert items.loc["int", "sha256"] == hashlib.sha256(stored["int"][0]).hexdigest()
+    with open(os.path.join(blob_dir(path), stored["side"][1]), "rb") as f:
+        assert items.loc["side", "sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert items["sha256"].str.fullmatch("[0-9a-f]{64}").all()
+    assert dm.build_index(hash_values=True).kept == 1  # unchanged: not hashed again
+
+
+def test_collation_does_consult_the_index(dm, tmp_path):
+    """A wrong value written into a copy of the index comes back: the index is read.
+
+    Only while its session is unchanged; after a write, the session is read.
+    """
+    for i in range(4):
+        write_session(dm, f"s{i}", i)
+    dm.build_index()
+    assert settled(dm).all()
+    copy = str(tmp_path / "index-copy.sqlite")
+    shutil.copyfile(_index(dm), copy)
+    conn = sqlite3.connect(copy)
+    with conn:
+        conn.execute(
+            "UPDATE items SET value = ? WHERE key = 'int' "
+            "AND session = (SELECT id FROM sessions WHERE name = 's2')",
+            (pickle.dumps(12345),),
+        )
+    conn.close()
+    with index_aside(dm):
+        assert dm.get("int") == {"s0": 7, "s1": 7, "s2": 7, "s3": 7}
+        shutil.copyfile(copy, _index(dm))
+        try:
+            assert dm.get("int") == {"s0": 7, "s1": 7, "s2": 12345, "s3": 7}
+            assert dm.get_matching("in")["int"]["s2"] == 12345
+            assert (("int", 12345) in dm.items()) is True
+            with dm.session("s2") as s:
+                s["other"] = 1
+            assert dm.get("int") == {"s0": 7, "s1": 7, "s2": 7, "s3": 7}
+        finally:
+            os.unlink(_index(dm))
