@@ -751,7 +751,10 @@ def index_tables(basepath: str) -> dict[str, pandas.DataFrame]:
     finally:
         conn.close()
     for column in ("created", "mtime", "wal_mtime", "journal_mtime"):
-        sessions[column] = pandas.to_datetime(sessions[column], unit="s", utc=True)
+        # One resolution whatever the values: pandas picks seconds for a
+        # column of nulls, which Parquet would read back as milliseconds.
+        times = pandas.to_datetime(sessions[column], unit="s", utc=True)
+        sessions[column] = times.astype("datetime64[ns, UTC]")
     sessions["git_dirty"] = sessions["git_dirty"].astype("boolean")
     sessions["settled"] = sessions["settled"].astype(bool)
     items["cached"] = items["cached"].astype(bool)
