@@ -467,6 +467,39 @@ def test_collation_while_a_writer_writes_sees_only_committed_values(tmp_path):
     assert_same_answers(dm, ["counter", "step/0", "step/4", "missing"], STRICTS)
 
 
+def _iterate_while_deleting(dm: DataManager) -> list[Any]:
+    """Every item of every session, the sessions after the first deleted once it is read."""
+    seen = []
+    for reader in dm.iter_sessions():
+        with reader:
+            errors: list[Exception] = []
+            values = list(reader.items(on_error=errors.append))
+            seen.append((reader.name, values, [str(exc) for exc in errors]))
+        if len(seen) == 1:
+            for name in ("big", "s2"):
+                remove_session(dm, name)
+    return seen
+
+
+def test_sessions_deleted_while_iterating_read_alike(tmp_path):
+    """Deleted once iteration began, a session still reads whole, as its open file does."""
+    answers = []
+    dm = DataManager("sweep", str(tmp_path))
+    for indexed in (False, True):
+        shutil.rmtree(dm.basepath, ignore_errors=True)  # the same paths both times
+        for i in range(3):
+            write_session(dm, f"s{i}", i)
+        write_session(dm, "big", 9, inline=b"x" * (CACHE_LIMIT + 1))  # not cached
+        if indexed:
+            dm.build_index()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            seen = _iterate_while_deleting(dm)
+        answers.append((canon(seen), [str(w.message) for w in caught]))
+    assert answers[0] == answers[1]
+    assert [name for name, *_ in seen] == ["s0", "s1", "s2", "big"] and answers[1][1] == []
+
+
 # -- any sequence of changes --
 
 NAMES = st.sampled_from(["a", "b", "c"])
