@@ -523,10 +523,13 @@ class IndexView:
     def close(self) -> None:
         self._conn.close()
 
-    def reader(self, entry: SessionEntry, safe: bool) -> IndexedReader | None:
-        """A reader of *entry* served from the index; None if the index cannot serve it."""
+    def reader(self, entry: SessionEntry, safe: bool, kept: bool = False) -> IndexedReader | None:
+        """A reader of *entry* served from the index; None if the index cannot serve it.
+
+        *kept*: the reader is kept for reading later (see :class:`IndexedReader`).
+        """
         row = self.served.get(entry.name) if not entry.legacy else None
-        return None if row is None else IndexedReader(entry, self, row, safe)
+        return None if row is None else IndexedReader(entry, self, row, safe, kept)
 
     def holding(self, key: str) -> set[str]:
         """The served sessions that hold *key*."""
@@ -624,14 +627,20 @@ class IndexedReader(SessionReader):
     """A session read through the index: what the index holds, without opening it.
 
     Values too large for the index are read from their side file, or from
-    the session, opened on first need.
+    the session, opened on first need; or at once if the reader is *kept*
+    for reading later, as a direct reader holds its session open from the
+    start: a session deleted meanwhile still reads whole.
     """
 
-    def __init__(self, entry: SessionEntry, view: IndexView, row: _Row, safe: bool) -> None:
+    def __init__(
+        self, entry: SessionEntry, view: IndexView, row: _Row, safe: bool, kept: bool = False
+    ) -> None:
         super().__init__(entry, safe)
         self._entry, self._view, self._sid = entry, view, row.sid
         self.created, self._count = row.created, row.keys
         self._native: NativeReader | None = None
+        if kept and any(value is None for _, (value, *_) in view.session_rows(row.sid)):
+            self._direct()
 
     def _direct(self) -> NativeReader:
         if self._native is None:

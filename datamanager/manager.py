@@ -183,11 +183,14 @@ class DataManager:
         warn_caller(f"skipping corrupt session {entry.path}{where}: {exc.reason}")
 
     def _open(
-        self, entry: SessionEntry, strict: bool, index: IndexView | None = None
+        self, entry: SessionEntry, strict: bool, index: IndexView | None = None, kept: bool = False
     ) -> SessionReader | None:
-        """Open *entry*, through *index* if it serves it; None for a corrupt session skipped."""
+        """Open *entry*, through *index* if it serves it; None for a corrupt session skipped.
+
+        *kept*: the reader is kept to be read later (see :class:`.index.IndexedReader`).
+        """
         try:
-            reader = index.reader(entry, self.safe) if index is not None else None
+            reader = index.reader(entry, self.safe, kept) if index is not None else None
             return reader if reader is not None else entry.open(self.safe)
         except CorruptSessionError as exc:
             self._skip(entry, exc, strict)
@@ -275,7 +278,7 @@ class DataManager:
         found: list[tuple[float, str, SessionEntry, SessionReader | None]] = []
         try:
             for entry in entries:
-                reader = self._open(entry, strict, index)
+                reader = self._open(entry, strict, index, kept=keep)
                 if reader is None:
                     continue
                 found.append((reader.created, entry.name, entry, reader if keep else None))
