@@ -138,6 +138,22 @@ def _files_of(dm: DataManager, names: tuple[str, ...], ctime: bool = True) -> di
     }
 
 
+def test_a_session_dated_ahead_of_the_clock_is_indexed_but_never_served(dm):
+    """Its next write could keep its time, so its row may not vouch for it.
+
+    As a session written by a host whose clock runs ahead would be; the build
+    waits a second at most for the clock to pass it, then leaves it unsettled.
+    """
+    for i in range(2):
+        write_session(dm, f"s{i}", i)
+    ahead = os.stat(dm.session_filename("s1")).st_mtime_ns + 3600 * 10**9
+    os.utime(dm.session_filename("s1"), ns=(ahead, ahead))
+    summary = dm.build_index()
+    assert (summary.sessions, summary.unsettled) == (2, 1)
+    assert "1 still being written" in str(summary)
+    assert settled(dm).to_dict() == {"s0": True, "s1": False}
+
+
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
 def test_building_never_blocks_or_modifies_a_session(tmp_path, journal_mode):
     """A build beside a writer inside a transaction (and, in WAL mode, one writing all along).
