@@ -22,7 +22,7 @@ from datamanager import DataManager, DataManagerWarning
 from datamanager._format import INDEX_NAME, SIDE_FILE_THRESHOLD, blob_dir
 from datamanager.index import CACHE_LIMIT
 
-from conftest import ROOT, run_python, start_python
+from conftest import ROOT, run_python, start_python, stress_size
 from test_index_consistency import (
     SMALL,
     build_directory,
@@ -136,6 +136,47 @@ def _files_of(dm: DataManager, names: tuple[str, ...], ctime: bool = True) -> di
         for path, state in snapshot(dm.basepath).items()
         if os.path.basename(path).startswith(names) and not path.endswith("-shm")
     }
+
+
+#: Builds the index of argv[1], saying when it starts.
+BUILDER = """
+import sys
+from datamanager import DataManager
+dm = DataManager.from_path(sys.argv[1])
+print("building", flush=True)
+dm.build_index()
+"""
+
+
+@pytest.mark.stress
+def test_a_build_killed_midway_leaves_the_old_index_whole(tmp_path):
+    dm = DataManager("sweep", str(tmp_path))
+    sessions = stress_size(400, 60)
+    for i in range(sessions):
+        with dm.session(f"s{i:04d}") as s:
+            s.update({"i": i, "rate": [float(i)]})
+    dm.build_index()
+    with open(_index(dm), "rb") as f:
+        old = f.read()
+    for i in range(0, sessions, 2):  # work for the next build
+        with dm.session(f"s{i:04d}") as s:
+            s["i"] = -i
+    with start_python(BUILDER, dm.basepath) as builder:
+        assert builder.stdout.readline() == "building\n", builder.stderr.read()
+        # Killed once its new index exists under a temporary name (or when done).
+        while builder.poll() is None and not [
+            name for name in os.listdir(dm.basepath) if name.startswith(INDEX_NAME + ".")
+        ]:
+            pass
+        builder.kill()
+    temps = [name for name in os.listdir(dm.basepath) if name.startswith(INDEX_NAME + ".")]
+    with open(_index(dm), "rb") as f:
+        assert f.read() == old or not temps  # the old one, unless the build had finished
+    # Neither a stray file to warn about nor a stale answer.
+    assert dm.get("i") == {f"s{i:04d}": -i if i % 2 == 0 else i for i in range(sessions)}
+    summary = dm.build_index()
+    assert (summary.sessions, summary.read) == (sessions, sessions // 2 if temps else 0)
+    assert dm.get("i")["s0002"] == -2
 
 
 def test_a_session_dated_ahead_of_the_clock_is_indexed_but_never_served(dm):

@@ -570,7 +570,7 @@ class ChangingDirectory(RuleBasedStateMachine):
 
 
 ChangingDirectory.TestCase.settings = settings(
-    max_examples=stress_size(40, 4),
+    max_examples=stress_size(15, 4),
     stateful_step_count=8 if IN_CI else 20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
