@@ -519,6 +519,7 @@ class IndexView:
         self._names = {row.sid: name for name, row in served.items()}
         self._by_key: dict[str, dict[int, tuple[Any, Any, Any]]] = {}
         self._keys: dict[int, list[str]] | None = None
+        self._uncached: set[int] | None = None
 
     def close(self) -> None:
         self._conn.close()
@@ -561,6 +562,13 @@ class IndexView:
             for sid, key in self._conn.execute("SELECT session, key FROM items ORDER BY 1, pos"):
                 self._keys.setdefault(sid, []).append(key)
         return self._keys
+
+    def uncached(self) -> set[int]:
+        """The ids of the sessions holding values the index does not hold."""
+        if self._uncached is None:
+            query = "SELECT DISTINCT session FROM items WHERE typeof(value) != 'blob'"
+            self._uncached = {sid for (sid,) in self._conn.execute(query)}
+        return self._uncached
 
     def session_rows(self, sid: int) -> list[tuple[str, tuple[Any, Any, Any]]]:
         """``(key, (cached pickle, side, side_size))`` of one session, in key order."""
@@ -639,7 +647,7 @@ class IndexedReader(SessionReader):
         self._entry, self._view, self._sid = entry, view, row.sid
         self.created, self._count = row.created, row.keys
         self._native: NativeReader | None = None
-        if kept and any(value is None for _, (value, *_) in view.session_rows(row.sid)):
+        if kept and row.sid in view.uncached():
             self._direct()
 
     def _direct(self) -> NativeReader:
