@@ -251,16 +251,11 @@ def write_session(dm: DataManager, name: str, i: int, **extra: Any) -> str:
     return dm.session_filename(name)
 
 
-def damage(path: str, key: str) -> None:
-    """Replace the stored pickle of *key* in session *path* by bytes no pickle reads."""
+def damage(path: str, sql: str, *params: Any) -> None:
+    """Change one row of session *path* with *sql*, as a bad disk or a bad copy would."""
     conn = sqlite3.connect(path)
     with conn:
-        assert (
-            conn.execute(
-                "UPDATE items SET value = ? WHERE key = ?", (b"\x80\x04\x95garbage", key)
-            ).rowcount
-            == 1
-        )
+        assert conn.execute(sql, params).rowcount == 1
     conn.close()
 
 
@@ -285,7 +280,10 @@ def build_directory(dm: DataManager, legacy: bool = True) -> None:
     )
     write_session(dm, "unsafe", 10, obj=UNSAFE)
     write_session(dm, "damaged", 11, bad=[1, 2])
-    damage(dm.session_filename("damaged"), "bad")
+    garbage = b"\x80\x04\x95garbage"  # no pickle reads this
+    damage(dm.session_filename("damaged"), "UPDATE items SET value = ? WHERE key = 'bad'", garbage)
+    write_session(dm, "badmeta", 13)
+    damage(dm.session_filename("badmeta"), "UPDATE meta SET value = '{' WHERE name = 'user'")
     open(dm.session_filename("killed"), "wb").close()  # killed before its first commit
     # The native twin of a shelf not migrated: both are read, the shelf labelled apart.
     write_session(dm, "erin.lab", 12)
@@ -304,6 +302,8 @@ def test_every_method_alike_with_and_without_the_index(full):
     dm = full
     summary = dm.build_index()
     assert (summary.sessions, summary.read, summary.unsettled) == (8, 8, 0)
+    # Read directly: a session with damaged metadata, and one named in another encoding.
+    assert [name for name, _ in summary.skipped] in (["badmeta"], ["badmeta", "caf\udce9"])
     flags = settled(dm)
     assert flags.all() and len(flags) == 8  # every native session with a commit
     assert_same_answers(dm)
