@@ -101,6 +101,29 @@ def test_the_index_is_replaced_whole_and_an_open_reader_keeps_the_old_one(dm):
     assert ("p/0", 0) in rest or ("p/0", 100) in rest
 
 
+def test_a_session_left_with_its_wal_file_is_served_after_a_quiet_build(dm):
+    """As when a reader had it open while its writer closed it, or its writer was killed.
+
+    Every process running as root that opens its ``-wal`` file, a reader
+    too, sets the file's change time (SQLite chowns it to the database's
+    owner), so that time cannot tell whether the session changed.
+    """
+    s = dm.session("s0")
+    s["int"] = 7
+    reader = sqlite3.connect(f"file:{dm.session_filename('s0')}?mode=ro", uri=True)
+    reader.execute("SELECT count(*) FROM items").fetchone()
+    s.close()  # cannot leave WAL mode while the reader has it open
+    reader.close()
+    assert os.path.exists(dm.session_filename("s0") + "-wal")
+    dm.build_index()
+    with index_aside(dm):
+        assert dm.get("int") == {"s0": 7}  # read directly: opened again
+    assert settled(dm)["s0"]
+    with dm.session("s0") as s:
+        s["int"] = 8  # the same size
+    assert dm.get("int") == {"s0": 8}
+
+
 #: Writes session "busy" without pause until killed.
 BUSY_WRITER = """
 import sys
