@@ -9,13 +9,14 @@ reads small values from the index and opens only the sessions that hold what
 else it needs.
 
 The index never gives a stale answer.  Each session row records the identity
-of the session's files when they were read: inode, size, modification and
-change time of the database, its ``-journal`` and its ``-wal``.  Collation
-serves a session from the index only while all of these are unchanged, and
-reads any other session directly, as it would without an index.  A write
-always sets the modification time of a file it changes, but a clock has
-ticks: a write in the same tick as the one before it may leave the time as
-it was.  So a row is *settled*, and served, only if the session's files were
+of the session's files when they were read: inode, size and modification
+time of the database, its ``-journal`` and its ``-wal``, and the change time
+of the database (not of the others, which SQLite running as root sets on
+every open, to read too).  Collation serves a session from the index only
+while all of these are unchanged, and reads any other session directly, as
+it would without an index.  A write always sets the modification time of a
+file it changes, but a clock has ticks: a write in the same tick as the one
+before it may leave the time as it was.  So a row is *settled*, and served, only if the session's files were
 last modified before the build started, by the filesystem's own clock (the
 modification time the build gives its own file): any later write then
 carries a later time.  A session written during the build is read again
@@ -168,11 +169,17 @@ def _files(path: str, names: frozenset[str]) -> _Files | None:
             if not suffix:
                 return None
             return _Files(_CHANGING, 1 << 63, {})  # a write is finishing right now
-    signature = ";".join(
-        f"{suffix}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-        for suffix, st in stats.items()
-    )
+    signature = ";".join(_identity(suffix, st) for suffix, st in stats.items())
     return _Files(signature, max(st.st_mtime_ns for st in stats.values()), stats)
+
+
+def _identity(suffix: str, st: os.stat_result) -> str:
+    # Not the change time of a -wal or -journal file: SQLite running as root
+    # chowns it to its database's owner whenever it opens it, to read too,
+    # which sets that time.  A write still sets its modification time, and a
+    # copy put in place of the session sets the database's change time.
+    ctime = "" if suffix else st.st_ctime_ns
+    return f"{suffix}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{ctime}"
 
 
 def _clock(path: str) -> int:
