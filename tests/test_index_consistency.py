@@ -78,22 +78,28 @@ def _call(method: Callable[[], Any]) -> tuple[Any, list[tuple[str, str]]]:
     return answer, [(w.category.__name__, str(w.message)) for w in caught]
 
 
+def _attempt(method: Callable[[], Any]) -> Any:
+    """What *method* returns, or the error it raises."""
+    try:
+        return method()
+    except Exception as exc:
+        return ("raised", type(exc).__name__, str(exc))
+
+
 def _readers(dm: DataManager, strict: bool) -> list[Any]:
     """All that iter_sessions shows of each session: name, file, order, metadata, values."""
     found = []
     for reader in dm.iter_sessions(strict):
         with reader:
-            errors: list[str] = []
-            values = list(
-                reader.items(on_error=lambda exc, errors=errors: errors.append(str(exc)))
-            )
+            errors: list[Exception] = []
+            values = list(reader.items(on_error=errors.append))
             keys = reader.keys()
             found.append(
                 (
                     reader.name,
                     reader.path,
                     reader.created,
-                    reader.metadata,
+                    _attempt(lambda r=reader: r.metadata),  # damaged in one session
                     keys,
                     len(reader),
                     values,
@@ -203,7 +209,11 @@ def assert_same_answers(
     assert os.path.isfile(os.path.join(dm.basepath, INDEX_NAME)), "no index to compare"
     before = snapshot(dm.basepath)
     indexed = collate_all(dm, keys, stricts)
-    assert snapshot(dm.basepath) == before, "collation through the index wrote"
+    after = snapshot(dm.basepath)
+    changed = sorted(
+        path for path in before.keys() | after.keys() if before.get(path) != after.get(path)
+    )
+    assert not changed, f"collation through the index wrote: {changed}"
     with index_aside(dm):
         plain = collate_all(dm, keys, stricts)
     differ = [name for name in plain if indexed[name] != plain[name]]
@@ -219,6 +229,7 @@ def _first(differ: list[str], indexed: dict[str, Any], plain: dict[str, Any]) ->
 
 
 def settled(dm: DataManager) -> pd.Series:
+    """Whether the index serves each session it lists, by name, as of now."""
     frame = dm.index_tables()["sessions"]
     return frame.set_index("name")["settled"]
 
