@@ -26,6 +26,7 @@ from conftest import ROOT, run_python, start_python, stress_size
 from test_index_consistency import (
     HELD_WRITER,
     SMALL,
+    assert_same_answers,
     build_directory,
     collate_all,
     index_aside,
@@ -206,6 +207,20 @@ def test_a_session_dated_ahead_of_the_clock_is_indexed_but_never_served(dm):
     assert (summary.sessions, summary.unsettled) == (2, 1)
     assert "1 still being written" in str(summary)
     assert settled(dm).to_dict() == {"s0": True, "s1": False}
+
+
+def test_a_companion_file_listed_but_gone_leaves_its_session_unsettled(dm):
+    """As a ``-journal`` its writer removes between the build's listing and its look at it.
+
+    A dangling symbolic link is listed, and gone to ``stat``, every time.
+    """
+    for i in range(2):
+        write_session(dm, f"s{i}", i)
+    os.symlink(os.path.join(dm.basepath, "nowhere"), dm.session_filename("s1") + "-journal")
+    summary = dm.build_index()
+    assert (summary.sessions, summary.unsettled) == (2, 1)
+    assert settled(dm).to_dict() == {"s0": True, "s1": False}
+    assert_same_answers(dm, ["int", "missing"], (False,))
 
 
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])

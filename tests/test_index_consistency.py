@@ -186,6 +186,9 @@ def snapshot(folder: str) -> dict[str, Any]:
             if name.endswith("-shm"):
                 continue
             path = os.path.join(root, name)
+            if os.path.islink(path):
+                found[path] = ("link", os.readlink(path))
+                continue
             info = os.stat(path)
             companion = name.endswith(("-wal", "-journal"))
             with open(path, "rb") as f:
