@@ -169,7 +169,9 @@ def _files(path: str, names: frozenset[str]) -> _Files | None:
         except FileNotFoundError:
             if not suffix:
                 return None
-            return _Files(_CHANGING, 1 << 63, {})  # a write is finishing right now
+            # A write is finishing right now.  The database's own stat (taken
+            # first) is kept: an unsettled row still records its size and time.
+            return _Files(_CHANGING, 1 << 63, stats)
     signature = ";".join(_identity(suffix, st) for suffix, st in stats.items())
     return _Files(signature, max(st.st_mtime_ns for st in stats.values()), stats)
 
