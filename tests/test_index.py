@@ -68,6 +68,14 @@ def test_a_second_build_reads_only_changed_sessions_and_drops_gone_ones(dm):
     assert sorted(dm.index_tables()["sessions"]["name"]) == ["s0", "s1", "s4", "s5"]
 
 
+def test_a_data_directory_that_does_not_exist_is_not_created(tmp_path):
+    dm = DataManager("nowhere", str(tmp_path))
+    for method in (dm.build_index, dm.index_tables, lambda: dm.export_index(tmp_path / "t")):
+        with pytest.raises(FileNotFoundError):
+            method()
+    assert os.listdir(tmp_path) == []
+
+
 def test_sessions_that_cannot_be_indexed_are_listed_and_read_directly(dm):
     write_session(dm, "good", 1)
     with open(dm.session_filename("garbage"), "wb") as f:
@@ -165,7 +173,7 @@ dm.build_index()
 @pytest.mark.stress
 def test_a_build_killed_midway_leaves_the_old_index_whole(tmp_path):
     dm = DataManager("sweep", str(tmp_path))
-    sessions = stress_size(400, 60)
+    sessions = stress_size(400, 30)
     for i in range(sessions):
         with dm.session(f"s{i:04d}") as s:
             s.update({"i": i, "rate": [float(i)]})
