@@ -41,11 +41,6 @@ def _index(dm: DataManager) -> str:
     return os.path.join(dm.basepath, INDEX_NAME)
 
 
-def _answers(dm: DataManager) -> dict:
-    """What collation answers, without the warnings it gives."""
-    return {name: answer for name, (answer, _) in collate_all(dm, stricts=(False,)).items()}
-
-
 # -- building --
 
 
