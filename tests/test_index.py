@@ -25,6 +25,7 @@ from datamanager.index import CACHE_LIMIT
 from conftest import ROOT, run_python, start_python, stress_size
 from test_index_consistency import (
     HELD_WRITER,
+    LEGACY,
     SMALL,
     assert_same_answers,
     build_directory,
@@ -61,6 +62,21 @@ def test_a_second_build_reads_only_changed_sessions_and_drops_gone_ones(dm):
     assert (third.sessions, third.read, third.kept, third.dropped) == (4, 2, 2, 2)
     assert "4 sessions (2 read, 2 unchanged, 2 gone, 0 still being written)" in str(third)
     assert sorted(dm.index_tables()["sessions"]["name"]) == ["s0", "s1", "s4", "s5"]
+
+
+def test_migrated_shelves_collate_alike_through_the_index(tmp_path):
+    """migrate() writes new sessions beside the indexed ones: read directly until a build."""
+    dm = DataManager("sweep", str(tmp_path))
+    shutil.copytree(LEGACY, dm.basepath)
+    write_session(dm, "s0", 0)
+    assert dm.build_index().sessions == 1  # shelves are not indexed
+    keys = ["spikes", "label", "big", "int", "missing"]
+    assert_same_answers(dm, keys, (False,))
+    assert dm.migrate() == ["erin.lab", "erin.lab.c0ffee"]
+    assert_same_answers(dm, keys, (False,))
+    assert dm.build_index().read == 2
+    assert_same_answers(dm, keys, (False,))
+    assert settled(dm).all()
 
 
 def test_a_data_directory_that_does_not_exist_is_not_created(tmp_path):

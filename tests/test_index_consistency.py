@@ -168,8 +168,9 @@ def index_aside(dm: DataManager) -> Iterator[None]:
     os.rename(index, aside)
     try:
         yield
+        assert not os.path.exists(index), "collation built an index"
     finally:
-        os.rename(aside, index)
+        os.replace(aside, index)
 
 
 def snapshot(folder: str) -> dict[str, Any]:
