@@ -26,8 +26,10 @@ from .errors import (
     UnstorableValueError,
     UnsupportedValueError,
 )
+from .filestore import StoredFile, hash_files
 from .hdf5 import ExportReport, export_hdf5, load_hdf5
 from .importer import ImportSummary
+from .index import IndexSummary
 from .locking import LockingSession
 from .manager import DataManager, Problem
 from .readers import SessionReader
@@ -42,7 +44,15 @@ from .recordings import (
     write_neuron_dat,
 )
 from .session import Session
-from .tasks import TaskFailure, TaskSummary, run_tasks, task_failures, task_results
+from .tasks import (
+    TaskFailure,
+    TaskSummary,
+    run_tasks,
+    task_failures,
+    task_results,
+    task_sweeps,
+    task_table,
+)
 
 __version__ = "0.1.0"
 
@@ -55,6 +65,7 @@ __all__ = [
     "ExportFormatError",
     "ExportReport",
     "ImportSummary",
+    "IndexSummary",
     "InvalidNameError",
     "LockingSession",
     "Problem",
@@ -62,6 +73,7 @@ __all__ = [
     "RecordingFormatError",
     "Session",
     "SessionReader",
+    "StoredFile",
     "TaskFailure",
     "TaskSummary",
     "TransactionAbortedError",
@@ -70,6 +82,7 @@ __all__ = [
     "UnsupportedValueError",
     "__version__",
     "export_hdf5",
+    "hash_files",
     "load_atf",
     "load_hdf5",
     "load_neuron_dat",
@@ -79,6 +92,8 @@ __all__ = [
     "run_tasks",
     "task_failures",
     "task_results",
+    "task_sweeps",
+    "task_table",
     "write_atf",
     "write_neuron_dat",
 ]

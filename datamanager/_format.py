@@ -21,6 +21,7 @@ belong to :mod:`datamanager.session`, reading many sessions to
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import os
@@ -38,18 +39,25 @@ from .errors import CorruptSessionError, InvalidNameError, UnsafeValueError
 __all__ = [
     "BLOB_SUFFIX",
     "COMPANIONS",
+    "EXPORT_TEMP_SUFFIX",
     "LOCK_SUFFIX",
+    "RECORDING_TEMP_PREFIX",
     "SESSION_SUFFIX",
     "SIDE_FILE_THRESHOLD",
     "SQLITE_COMPANIONS",
+    "STORE_DIR",
     "blob_dir",
     "decode",
     "decode_created",
     "is_index_name",
     "is_side_name",
+    "is_store_name",
     "load_side_file",
     "read_metadata",
     "read_value",
+    "reading_from",
+    "stored_path",
+    "temp_kind",
     "validate_data_name",
     "validate_session_name",
 ]
@@ -77,6 +85,30 @@ INDEX_NAME = ".index.sqlite"
 #: What an index build writes first and renames to INDEX_NAME when complete:
 #: ``.index.sqlite.<32 hex digits>.tmp``.  One left over was interrupted.
 _INDEX_TEMP = re.compile(r"\.index\.sqlite\.[0-9a-f]{32}\.tmp")
+#: The content-addressed file store of a data directory (:mod:`datamanager.filestore`):
+#: a folder no session can take.  The file of sha256 ``h`` is ``<h[:2]>/<h[2:]>``
+#: in it; a file being stored is ``tmp-<32 hex digits>`` in it until it is whole.
+STORE_DIR = ".files"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_STORE_TEMP = re.compile(r"tmp-[0-9a-f]{32}")
+#: The path of a session (or any file in a data directory) whose values are
+#: being decoded: a value that refers to the file store finds its data
+#: directory here (see :func:`reading_from`).
+_READING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "datamanager_reading", default=None
+)
+#: The suffix of an HDF5 export being written (:mod:`datamanager.hdf5`): it is
+#: ``.<file name>.<8 random characters>.part`` (from ``tempfile.mkstemp``) in
+#: the folder of the file it becomes, which may be the data directory.
+EXPORT_TEMP_SUFFIX = ".part"
+#: The prefix of a recording file being written: ``.tmp-<8 random characters>``.
+RECORDING_TEMP_PREFIX = ".tmp-"
+_MKSTEMP = "[a-z0-9_]{8}"  # the random part of a tempfile.mkstemp name
+_TEMP_NAMES = {
+    "index": re.compile(_INDEX_TEMP.pattern + "(?:-wal|-shm|-journal)?"),
+    "export": re.compile(r"\..+\." + _MKSTEMP + re.escape(EXPORT_TEMP_SUFFIX)),
+    "recording": re.compile(re.escape(RECORDING_TEMP_PREFIX) + _MKSTEMP),
+}
 #: Metadata entry of a session migrated from a legacy shelf, written once every
 #: value was read back and compared; only then does the session hide its shelf.
 MIGRATION_VERIFIED = "migration_verified"
@@ -196,6 +228,71 @@ def new_index_temp_name() -> str:
 def is_index_name(name: str) -> bool:
     """Whether *name* (in a data directory) is its index, or an index being built."""
     return name == INDEX_NAME or _INDEX_TEMP.fullmatch(name) is not None
+
+
+def is_store_name(name: str) -> bool:
+    """Whether *name* (in a data directory) is its file store."""
+    return name == STORE_DIR
+
+
+def is_sha256(text: Any) -> bool:
+    """Whether *text* is a sha256 as the file store names its files: 64 lowercase hex digits."""
+    return type(text) is str and _SHA256.fullmatch(text) is not None
+
+
+def stored_path(basepath: str, sha256: str) -> str:
+    """The path in the data directory *basepath* of the stored file of content *sha256*."""
+    return os.path.join(basepath, STORE_DIR, sha256[:2], sha256[2:])
+
+
+def new_store_temp_name() -> str:
+    """A fresh name, in the file store, for a file being stored."""
+    return f"tmp-{uuid.uuid4().hex}"
+
+
+def is_store_temp_name(name: str) -> bool:
+    """Whether *name* (in the file store) is a file being stored, or one left by a killed store."""
+    return _STORE_TEMP.fullmatch(name) is not None
+
+
+def is_stored_name(folder: str, name: str) -> bool:
+    """Whether ``<folder>/<name>`` (in the file store) names a stored file."""
+    return len(folder) == 2 and is_sha256(folder + name)
+
+
+def reading_from() -> str | None:
+    """The data directory whose values are being decoded in this context, or None.
+
+    :func:`decode` sets it around each unpickling, so that a value naming a
+    file of the store (a :class:`~datamanager.filestore.StoredFile`) finds the
+    store of the directory it was read from, wherever that directory now is.
+    """
+    path = _READING.get()
+    return None if path is None else os.path.dirname(os.path.abspath(path))
+
+
+def set_reading(path: str) -> contextvars.Token[str | None]:
+    """Let values decoded from now on find their store beside *path*; reset with the token."""
+    return _READING.set(path)
+
+
+def reset_reading(token: contextvars.Token[str | None]) -> None:
+    """Undo :func:`set_reading`."""
+    _READING.reset(token)
+
+
+def temp_kind(name: str) -> str | None:
+    """What file the library was writing under the temporary name *name*, or None.
+
+    ``'index'`` for an index being built (or one of its SQLite files),
+    ``'export'`` for an HDF5 export, ``'recording'`` for a recording file:
+    names the library gives a file it renames once whole, so that one found
+    long after its writer stopped was interrupted.
+    """
+    for kind, pattern in _TEMP_NAMES.items():
+        if pattern.fullmatch(name):
+            return kind
+    return None
 
 
 def blob_dir(path: str) -> str:
@@ -369,6 +466,7 @@ def decode(data: bytes, path: str, session: str, key: str, safe: bool) -> Any:
     memo index asks for absurd sizes); from a well-formed pickle it means
     the value does not fit in the memory left, and stays a MemoryError.
     """
+    token = _READING.set(path)
     try:
         return safepickle.loads(data, safe=safe, session=session, key=key)
     except UnsafeValueError:
@@ -382,6 +480,8 @@ def decode(data: bytes, path: str, session: str, key: str, safe: bool) -> Any:
     except Exception as exc:
         reason = f"cannot unpickle the value ({type(exc).__name__}: {exc})"
         raise CorruptSessionError(path, reason, key) from exc
+    finally:
+        _READING.reset(token)
 
 
 # -- metadata --

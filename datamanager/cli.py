@@ -177,6 +177,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    dm = _open(args.datadir, args.unsafe)
+    paths = dm.prune(
+        dry=not args.apply,
+        empty_sessions=args.empty_sessions,
+        migrated_shelves=args.migrated_shelves,
+    )
+    for path in paths:
+        print(path)
+    if args.apply:
+        print(f"removed {len(paths)} path(s)")
+    else:
+        print(f"dry run: {len(paths)} path(s) would be removed; nothing was (use --apply)")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     if not os.path.exists(args.folder):
         raise FileNotFoundError(f"no such folder: {args.folder}")
@@ -191,6 +207,68 @@ def cmd_import(args: argparse.Namespace) -> int:
     for path, error in summary.failed.items():
         print(f"  failed: {path}: {error}")
     return 1 if summary.failed else 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    dm = _open(args.datadir, args.unsafe)
+    print(dm.build_index(hash_values=args.hash))
+    if args.parquet:
+        for path in dm.export_index(args.parquet):
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_sweeps(args: argparse.Namespace) -> int:
+    from .tasks import task_sweeps
+
+    frame = task_sweeps(_open(args.datadir, args.unsafe))
+    if frame.empty:
+        print(f"no sweeps in {args.datadir}")
+        return 0
+    rows = [
+        [rec["name"], rec["done"], rec["failed"], rec["last_run"].strftime("%Y-%m-%d %H:%M:%S")]
+        for rec in frame.to_dict("records")
+    ]
+    print(_table(["sweep", "done", "failed", "last run (UTC)"], rows))
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .tasks import task_table
+
+    frame = task_table(_open(args.datadir, args.unsafe), args.sweep, failures=args.failures)
+    if args.parquet:
+        from .index.tables import write_parquet
+
+        write_parquet(frame, args.parquet)
+        print(f"wrote {args.parquet}: {len(frame)} rows")
+    elif args.csv == "-":
+        frame.to_csv(sys.stdout, index=False)
+    elif args.csv:
+        frame.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}: {len(frame)} rows")
+    else:
+        rows = [[_cell(v) for v in rec.values()] for rec in frame.to_dict("records")]
+        print(_table(list(frame.columns), rows))
+    return 0
+
+
+def _cell(value: Any) -> str:
+    """A table cell short enough to read: numbers to 6 digits, objects in brief.
+
+    A missing field (or NaN, or None) is an empty cell, as in the CSV.
+    """
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return _preview(value)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -312,6 +390,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "prune",
+        cmd_prune,
+        "list (or with --apply, remove) leftover files that hold no value",
+        "datamanager prune sweep.data --apply",
+    )
+    p.add_argument("datadir", metavar="DATADIR")
+    p.add_argument("--apply", action="store_true", help="remove them (default: only list them)")
+    p.add_argument(
+        "--empty-sessions",
+        action="store_true",
+        help="also sessions without keys that no process of this machine holds open",
+    )
+    p.add_argument(
+        "--migrated-shelves",
+        action="store_true",
+        help="also legacy shelves that migrate() copied and verified",
+    )
+
+    p = _command(
+        sub,
         "import",
         cmd_import,
         "import the .dat/.atf recordings under FOLDER into one session",
@@ -319,6 +417,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folder", metavar="FOLDER")
     p.add_argument("datadir", metavar="DATADIR")
+
+    p = _command(
+        sub,
+        "index",
+        cmd_index,
+        "index the data directory (or update its index) so that reading it is fast",
+        "datamanager index sweep.data",
+    )
+    p.add_argument("datadir", metavar="DATADIR")
+    p.add_argument("--hash", action="store_true", help="record a sha256 of every stored value")
+    p.add_argument(
+        "--parquet", metavar="DIR", help="also write sessions.parquet and items.parquet to DIR"
+    )
+
+    p = _command(
+        sub,
+        "sweeps",
+        cmd_sweeps,
+        "list the sweeps of run_tasks: items done, items failed, last run",
+        "datamanager sweeps sweep.data",
+    )
+    p.add_argument("datadir", metavar="DATADIR")
+
+    p = _command(
+        sub,
+        "table",
+        cmd_table,
+        "one sweep as a table: a row per item, its parameters and its result",
+        "datamanager table sweep.data firing_rate --csv rates.csv",
+    )
+    p.add_argument("datadir", metavar="DATADIR")
+    p.add_argument("sweep", metavar="SWEEP")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--csv", metavar="OUT", help="write CSV to OUT ('-': standard output)")
+    out.add_argument("--parquet", metavar="OUT", help="write Parquet to OUT (needs pyarrow)")
+    p.add_argument(
+        "--failures", action="store_true", help="also the failed items, with an error column"
+    )
 
     p = _command(
         sub,
@@ -380,7 +516,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except KeyError as exc:
         print(f"Error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-    except (DataManagerError, OSError, ValueError, TypeError) as exc:
+    except (DataManagerError, OSError, ValueError, TypeError, ImportError) as exc:
         print(f"Error: {_message(exc)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)

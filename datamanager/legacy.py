@@ -28,22 +28,40 @@ from ._descriptors import check_descriptors
 from ._format import MIGRATED_FROM, MIGRATION_VERIFIED, SESSION_SUFFIX, SQLITE_COMPANIONS
 from ._gdbmfile import GdbmFile, is_gdbm
 from .errors import CorruptSessionError, DataManagerError, warn_caller
-from .readers import NativeReader, SessionEntry, SessionReader, list_directory, sqlite_uri
+from .readers import (
+    Listing,
+    NativeReader,
+    SessionEntry,
+    SessionReader,
+    list_directory,
+    sqlite_uri,
+)
 from .safepickle import py2_text
 from .session import Session
 
 if TYPE_CHECKING:
     from .manager import DataManager
 
-__all__ = ["ShelfReader", "check_not_hiding", "find_sessions", "migrate", "twin_state"]
+__all__ = [
+    "ShelfReader",
+    "check_not_hiding",
+    "find_sessions",
+    "migrate",
+    "migrated_shelves",
+    "twin_state",
+]
 
 # Suffixes of the files stdlib dbm modules make for one shelf.
 _DBM_SUFFIXES = (".dat", ".dir", ".bak", ".pag", ".db")
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
+def find_sessions(
+    basepath: str, warn: bool = True, listing: Listing | None = None
+) -> list[SessionEntry]:
     """List the sessions stored in *basepath*, native ones first, by name.
+
+    *listing* is a listing of *basepath* already made (see :func:`list_directory`).
 
     Files that belong to no session are skipped with one
     :class:`~datamanager.errors.DataManagerWarning` each.  A legacy shelf whose
@@ -52,18 +70,12 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
     with one warning, and the twin too unless an interrupted ``migrate()``
     left it (it then holds nothing the shelf does not).
     """
-    listing = list_directory(basepath)
+    if listing is None:
+        listing = list_directory(basepath)
     native = {entry.name for entry in listing.native}
     entries, stray = list(listing.native), listing.stray
-    shelves: dict[str, list[str]] = {}
-    for name in listing.other:
-        stem, ext = os.path.splitext(name)
-        # The -wal or -shm file of a dbm.sqlite3 shelf belongs to that shelf.
-        owners = [name[: -len(s)] for s in SQLITE_COMPANIONS if name.endswith(s)]
-        owner = next((o for o in owners if o in listing.other), None)
-        shelves.setdefault(owner or (stem if ext in _DBM_SUFFIXES else name), []).append(name)
     incomplete: set[str] = set()
-    for stem, files in sorted(shelves.items()):
+    for stem, files in sorted(_shelf_files(listing).items()):
         path = os.path.join(basepath, stem)
         state, problem = _twin_state(path) if stem in native else ("", None)
         if state == "verified":
@@ -82,6 +94,52 @@ def find_sessions(basepath: str, warn: bool = True) -> list[SessionEntry]:
             if entry.twin_problem:
                 warn_caller(f"{entry.path}{SESSION_SUFFIX}: {entry.twin_problem}")
     return entries
+
+
+def _shelf_files(listing: Listing) -> dict[str, list[str]]:
+    """The names of *listing* that no native session owns, by the shelf they would make up."""
+    shelves: dict[str, list[str]] = {}
+    for name in listing.other:
+        stem, ext = os.path.splitext(name)
+        # The -wal or -shm file of a dbm.sqlite3 shelf belongs to that shelf.
+        owners = [name[: -len(s)] for s in SQLITE_COMPANIONS if name.endswith(s)]
+        owner = next((o for o in owners if o in listing.other), None)
+        shelves.setdefault(owner or (stem if ext in _DBM_SUFFIXES else name), []).append(name)
+    return shelves
+
+
+def migrated_shelves(basepath: str) -> list[tuple[str, float, list[str]]]:
+    """The legacy shelves of *basepath* that a verified migration replaces.
+
+    Returns ``(shelf path, time of the verification, paths of its files)``
+    for each shelf whose native twin records a verified migration (see
+    :func:`twin_state`), by name; ``migrate()`` recorded that time once every
+    value was read back and compared.
+    """
+    listing = list_directory(basepath)
+    native = {entry.name for entry in listing.native}
+    found = []
+    for stem, names in sorted(_shelf_files(listing).items()):
+        path = os.path.join(basepath, stem)
+        if stem not in native or not _is_shelf(path):
+            continue
+        when = _verified_at(path)
+        if when is not None:
+            found.append((path, when, sorted(os.path.join(basepath, n) for n in names)))
+    return found
+
+
+def _verified_at(shelf: str) -> float | None:
+    """When the native twin of *shelf* recorded its verified migration, or None."""
+    name = os.path.basename(shelf)
+    try:
+        with SessionEntry(name, shelf + SESSION_SUFFIX).open(safe=True) as reader:
+            metadata = reader.metadata
+            state = twin_state(metadata, reader.keys(), lambda: _shelf_keys(name, shelf))
+    except (OSError, ValueError):  # CorruptSessionError, or a damaged metadata cell
+        return None
+    when = metadata.get(MIGRATION_VERIFIED)
+    return float(when) if state == "verified" and type(when) in (int, float) else None
 
 
 def _is_shelf(path: str) -> bool:

@@ -12,7 +12,7 @@ import errno
 import functools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
@@ -20,12 +20,22 @@ import numpy as np
 from ._descriptors import reader_budget
 from ._format import SESSION_SUFFIX, validate_data_name, validate_session_name
 from .errors import CorruptSessionError, warn_caller
+from .filestore import StoredFile, store_file, stored_in
 from .filesystem import check_journal_mode
 from .index import IndexSummary, IndexView, build_index, index_tables, open_view
 from .legacy import check_not_hiding, find_sessions, migrate
 from .locking import LockingSession
 from .provenance import computer_name
-from .readers import Match, SessionEntry, SessionReader, check_match
+from .prune import prune
+from .readers import (
+    Listing,
+    Match,
+    SessionEntry,
+    SessionReader,
+    check_match,
+    key_test,
+    list_directory,
+)
 from .session import Session, _check_key
 from .verify import Problem, verify
 
@@ -38,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["DataManager", "IndexSummary", "Problem"]
 
 T = TypeVar("T")
+A = TypeVar("A")
 S = TypeVar("S", bound=Session)
 _MISSING = object()
 #: Readers iter_sessions keeps open at most, however many descriptors are free.
@@ -141,6 +152,63 @@ class DataManager:
         """
         return self._named(Session, session_name)
 
+    def store_file(self, path: str | os.PathLike) -> StoredFile:
+        """Store the file at *path* in the data directory, once by content.
+
+        Store the returned value under a key (``s[key] = dm.store_file(p)``),
+        alone or inside a list, tuple or dict; it reads back as a
+        :class:`~datamanager.StoredFile` whose path is the stored copy,
+        whatever happens to the original.  Content stored already is not
+        written again; many processes may store at once.  See :doc:`/files`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to store.
+
+        Returns
+        -------
+        StoredFile
+            Its name, size, sha256, original path and the stored copy's path.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be read or the data directory written.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> with open(os.path.join(folder, "net.param"), "w") as f:
+        ...     _ = f.write("N = 100\\n")
+        >>> dm = DataManager("sweep", folder)
+        >>> f = dm.store_file(os.path.join(folder, "net.param"))
+        >>> f.name, f.size, f == dm.store_file(os.path.join(folder, "net.param"))
+        ('net.param', 8, True)
+        """
+        return store_file(self.basepath, path)
+
+    def files(self, strict: bool = False) -> pandas.DataFrame:
+        """Every stored file the values and task records refer to, as a DataFrame.
+
+        One row per reference: ``session``, ``key`` (of the value, or of the
+        task record), ``item`` (the item key, for a file an item of
+        :func:`~datamanager.tasks.run_tasks` refers to), ``name`` and
+        ``original`` (where it was stored from), ``sha256``, ``size``, and
+        ``path`` (the stored copy).  Files inside lists, tuples, dicts and
+        sets are found; sessions sort as in :meth:`iter_sessions`.
+        """
+        import pandas
+
+        columns = ["session", "key", "item", "name", "original", "sha256", "size", "path"]
+        rows = [
+            {"session": name, **row}
+            for name, found in self._collect(stored_in, strict)
+            for row in found
+        ]
+        return pandas.DataFrame(rows, columns=columns)
+
     def computer_session(self) -> Session:
         """Return the session named after this user and computer (see :meth:`session`)."""
         return self._named(Session, self.computer_name)
@@ -161,9 +229,9 @@ class DataManager:
 
     # -- finding and opening sessions (the read side) --
 
-    def _entries(self, warn: bool = True) -> list[SessionEntry]:
+    def _entries(self, warn: bool = True, listing: Listing | None = None) -> list[SessionEntry]:
         """The sessions of the data directory; FileNotFoundError where it cannot exist."""
-        entries = find_sessions(self.basepath, warn)
+        entries = find_sessions(self.basepath, warn, listing)
         if not entries and not os.path.isdir(self._needed):
             what = (
                 "no such data directory"
@@ -187,7 +255,7 @@ class DataManager:
     ) -> SessionReader | None:
         """Open *entry*, through *index* if it serves it; None for a corrupt session skipped.
 
-        *kept*: the reader is kept to be read later (see :class:`.index.IndexedReader`).
+        *kept*: the reader is kept to be read later (see :meth:`.IndexView.reader`).
         """
         try:
             reader = index.reader(entry, self.safe, kept) if index is not None else None
@@ -199,8 +267,9 @@ class DataManager:
     @contextlib.contextmanager
     def _sources(self) -> Iterator[tuple[list[SessionEntry], IndexView | None]]:
         """The sessions, and the directory's index where there is one to serve them."""
-        entries = self._entries()
-        index = open_view(self.basepath, entries)
+        listing = list_directory(self.basepath)
+        entries = self._entries(listing=listing)
+        index = open_view(self.basepath, entries, listing.names)
         try:
             yield entries, index
         finally:
@@ -359,7 +428,7 @@ class DataManager:
 
     def keys(self, strict: bool = False) -> list[str]:
         """Return all keys of all sessions, each once, sorted."""
-        return self._keys(lambda r: r.keys(), strict)
+        return self._keys(lambda r: r.keys(), lambda i: i.distinct_keys(), strict)
 
     def get_matching_keys(self, match: Match, strict: bool = False) -> list[str]:
         """Return the keys matching *match* in any session, each once, sorted.
@@ -378,10 +447,39 @@ class DataManager:
         ['rate/1', 'rate/2']
         """
         check_match(match)
-        return self._keys(lambda r: r.matching(match), strict)
+        test = key_test(match)
+        return self._keys(
+            lambda r: r.matching(match), lambda i: filter(test, i.distinct_keys()), strict
+        )
 
-    def _keys(self, read: Callable[[SessionReader], list[str]], strict: bool) -> list[str]:
-        return sorted({k for _, keys in self._collect(read, strict) for k in keys})
+    def _keys(
+        self,
+        read: Callable[[SessionReader], list[str]],
+        served: Callable[[IndexView], Iterable[str]],
+        strict: bool,
+    ) -> list[str]:
+        keys, found = self._answer(served, read, strict)
+        return sorted(set(keys or ()).union(*(keys for _, keys in found)))
+
+    def _answer(
+        self,
+        served: Callable[[IndexView], A],
+        read: Callable[[SessionReader], T],
+        strict: bool,
+    ) -> tuple[A | None, list[tuple[str, T]]]:
+        """``served(index)`` for the sessions the index serves, ``read(reader)`` for the others.
+
+        The first is None without an index.
+        """
+        answer = None
+
+        def holding(index: IndexView) -> set[str]:
+            nonlocal answer
+            answer = served(index)
+            return set()  # served(index) has answered for them all
+
+        found = self._collect(read, strict, holding)
+        return answer, found
 
     def iteritems(self, strict: bool = False) -> Iterator[tuple[str, Any]]:
         """Yield every ``(key, value)`` of every session, one at a time."""
@@ -405,7 +503,8 @@ class DataManager:
 
     def itemcount(self, strict: bool = False) -> int:
         """Return the number of items summed over all sessions."""
-        return sum(n for _, n in self._collect(len, strict))
+        count, found = self._answer(lambda i: i.count(), len, strict)
+        return (count or 0) + sum(n for _, n in found)
 
     def sessions(self, strict: bool = False) -> pandas.DataFrame:
         """Return a DataFrame with one row per session: its metadata, keys and size.
@@ -481,7 +580,7 @@ class DataManager:
         shape, stored size, side file, sha256 when the build hashed values).
         Sessions changed since the last :meth:`build_index` are read again in
         memory; nothing is written.  Without an index, the tables are built
-        in memory from every session.
+        in memory from every session.  :doc:`/indexing` lists the columns.
         """
         return index_tables(self.basepath)
 
@@ -504,6 +603,51 @@ class DataManager:
     def migrate(self) -> list[str]:
         """Convert legacy shelves into native sessions (see :func:`.legacy.migrate`)."""
         return migrate(self, self._entries(warn=False))
+
+    def prune(
+        self, dry: bool = True, empty_sessions: bool = False, migrated_shelves: bool = False
+    ) -> list[str]:
+        """Remove the files of the data directory that hold nothing any more.
+
+        Removes side files no key refers to and blob folders of no session
+        (what :meth:`verify` reports), leftovers of interrupted writes that
+        the library names itself (an index being built, an HDF5 export, a
+        recording file), and lock files no process holds, each once it has
+        been left unchanged for :data:`~datamanager.verify.ORPHAN_AGE`
+        seconds.  Never a file of another name, a file a key refers to, or
+        the index.  See :mod:`datamanager.prune` and the maintenance docs
+        for the checks made right before each removal.
+
+        Parameters
+        ----------
+        dry : bool
+            Only say what would be removed (the default).
+        empty_sessions : bool
+            Also remove sessions without keys or task records that no writer
+            may still write: no ``-wal``/``-journal`` file, every file older
+            than the grace period, and held open by no process of this
+            machine (Linux only; elsewhere none is removed).  A writer on
+            another machine sharing the directory cannot be seen.
+        migrated_shelves : bool
+            Also remove legacy shelves whose native twin records a migration
+            verified by :meth:`migrate`, if no file of the shelf changed
+            since and no process of this machine holds one open.
+
+        Returns
+        -------
+        list of str
+            The absolute paths removed (or, with *dry*, that would be), sorted.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> dm = DataManager("sweep", tempfile.mkdtemp())
+        >>> with dm.session("run") as s:
+        ...     s["rate"] = 1.5
+        >>> dm.prune()
+        []
+        """
+        return prune(self.basepath, dry, empty_sessions, migrated_shelves)
 
     def import_recordings(
         self, paths_or_folder: Any, session_name: str | None = None

@@ -16,8 +16,8 @@ import os
 import sqlite3
 import urllib.parse
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar, Union
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, TypeVar, Union
 
 from . import _format as fmt
 from ._descriptors import check_descriptors, hold
@@ -408,14 +408,13 @@ class NativeReader(SessionReader):
             copy.remove()
 
 
-@dataclass(frozen=True)
-class SessionEntry:
+class SessionEntry(NamedTuple):
     """One session found in a data directory (not yet opened)."""
 
     name: str
     path: str
     #: The reader class of its storage format.
-    reader: type[SessionReader] = field(default=NativeReader, repr=False)
+    reader: type[SessionReader] = NativeReader
     #: For a legacy shelf beside a native session of the same name (its
     #: twin) that does not replace it: why not.  Collation reads the shelf.
     twin_problem: str | None = None
@@ -451,20 +450,21 @@ def list_directory(basepath: str) -> Listing:
             names = {e.name: e.is_dir() for e in it}
     except FileNotFoundError:
         return Listing([], [], {})
+    prefix = os.path.join(basepath, "")
     native = {
         n[: -len(SESSION_SUFFIX)]
         for n, d in names.items()
         if n.endswith(SESSION_SUFFIX) and not d and not n.startswith(".")
     }
     listing = Listing(
-        [SessionEntry(n, os.path.join(basepath, n + SESSION_SUFFIX)) for n in sorted(native)],
+        [SessionEntry(n, f"{prefix}{n}{SESSION_SUFFIX}") for n in sorted(native)],
         [],
         {},
         frozenset(names),
     )
     for name, is_dir in names.items():
-        if fmt.is_index_name(name) and not is_dir:
-            continue  # the directory's index: not a session, not a stray
+        if (fmt.is_index_name(name) and not is_dir) or (fmt.is_store_name(name) and is_dir):
+            continue  # the directory's index or file store: not a session, not a stray
         if name.startswith(".") or (is_dir and not name.endswith(BLOB_SUFFIX)):
             listing.stray.append(name)
         elif name.endswith(SESSION_SUFFIX) and not is_dir:

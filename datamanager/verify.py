@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -11,10 +12,19 @@ from typing import Any
 from . import _format as fmt
 from ._format import BLOB_SUFFIX, SESSION_SUFFIX
 from .errors import CorruptSessionError, UnsafeValueError
+from .filestore import file_sha256, may_hold_stored, stored_files
 from .readers import SessionEntry, SessionReader
 from .safepickle import malformed
 
-__all__ = ["ORPHAN_AGE", "Problem", "verify"]
+__all__ = [
+    "ORPHAN_AGE",
+    "Problem",
+    "is_orphan_folder",
+    "orphan_folders",
+    "orphan_side_files",
+    "verify",
+    "verify_store",
+]
 
 #: Seconds after which verify() reports a side file no key refers to; younger
 #: ones may belong to a write that has not committed its key yet.
@@ -49,15 +59,19 @@ def verify(basepath: str, entries: list[SessionEntry]) -> list[Problem]:
     key's value and can be deleted.  A blob folder of no session, as old, is
     reported likewise.  Side-file names in a session's tables that are not
     names of its own side files (a damaged or hostile file) are reported;
-    writers never delete such files.  Nothing is modified.
+    writers never delete such files.  Every file of the file store is read
+    and checked against its sha256 (:func:`verify_store`), and a value
+    referring to a stored file that is missing is reported.  Nothing is
+    modified.
     """
-    problems = [
+    problems = verify_store(basepath)
+    problems += [
         Problem(
             path,
             "blob folder of no session (its writer was killed before it created "
             "the session file?); it holds no value and can be deleted",
         )
-        for path in _orphan_folders(basepath)
+        for path in orphan_folders(basepath)
     ]
     for entry in entries:
         if entry.twin_problem:
@@ -93,7 +107,7 @@ def _check(reader: SessionReader) -> list[tuple[str, str]]:
             "side file that no key refers to (left by a writer killed before it "
             "committed the key?); it holds no value and can be deleted",
         )
-        for path in _orphans(fmt.blob_dir(reader.path), referenced)
+        for path in orphan_side_files(fmt.blob_dir(reader.path), referenced)
     )
     try:
         _ = reader.metadata
@@ -137,16 +151,81 @@ def _check_value(reader: SessionReader, key: str, data: Any) -> str | None:
     if reason:
         return f"malformed pickle ({reason})"
     try:
-        fmt.decode(data, reader.path, reader.name, key, safe=True)
+        value = fmt.decode(data, reader.path, reader.name, key, safe=True)
     except UnsafeValueError:
-        pass  # well formed; checking it further would run its code
+        return None  # well formed; checking it further would run its code
     except CorruptSessionError as exc:
         return exc.reason
+    if may_hold_stored(data):
+        for f in stored_files(value):
+            if not os.path.isfile(f.path):
+                return (
+                    f"refers to stored file {f.name} (sha256 {f.sha256}), missing from the store"
+                )
     return None
 
 
-def _orphan_folders(basepath: str) -> list[str]:
-    """The blob folders in *basepath* whose session file is missing, and old."""
+def verify_store(basepath: str) -> list[Problem]:
+    """Check the file store of *basepath*: every stored file against its name, and leftovers.
+
+    Reads every stored file.  Reports a file whose content does not match
+    its sha256 (it was damaged: the store never modifies a file), a
+    temporary file older than :data:`ORPHAN_AGE` seconds (a store
+    interrupted by a killed process; it can be deleted), and names the
+    store does not make.
+    """
+    store = os.path.join(basepath, fmt.STORE_DIR)
+    try:
+        top = sorted(os.listdir(store))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    problems, now = [], time.time()
+    for name in top:
+        path = os.path.join(store, name)
+        if fmt.is_store_temp_name(name):
+            with contextlib.suppress(FileNotFoundError):  # renamed meanwhile: now stored
+                if now - os.stat(path).st_mtime > ORPHAN_AGE:
+                    problems.append(Problem(path, _PARTIAL))
+        elif len(name) == 2 and os.path.isdir(path):
+            problems.extend(_check_stored(path))
+        else:
+            problems.append(Problem(path, "not a file of the file store"))
+    return problems
+
+
+_PARTIAL = (
+    "partial copy left by an interrupted store (its writer was killed?); "
+    "it holds nothing and can be deleted"
+)
+
+
+def _check_stored(folder: str) -> list[Problem]:
+    problems = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        sha256 = os.path.basename(folder) + name
+        if not fmt.is_stored_name(os.path.basename(folder), name):
+            problems.append(Problem(path, "not a file of the file store"))
+            continue
+        try:
+            found, _size = file_sha256(path)
+        except OSError as exc:
+            problems.append(Problem(path, f"stored file cannot be read ({exc})"))
+            continue
+        if found != sha256:
+            problems.append(
+                Problem(path, f"stored file is damaged: its content has sha256 {found}")
+            )
+    return problems
+
+
+def orphan_folders(basepath: str) -> list[str]:
+    """The blob folders of *basepath* that belong to no session, sorted.
+
+    Only those older than :data:`ORPHAN_AGE` (see :func:`is_orphan_folder`):
+    a session being created makes its folder right after its file, and a
+    listing may show the one without the other.
+    """
     try:
         with os.scandir(basepath) as it:
             folders = sorted(
@@ -156,28 +235,40 @@ def _orphan_folders(basepath: str) -> list[str]:
             )
     except (FileNotFoundError, NotADirectoryError):
         return []
-    now, old = time.time(), []
-    for folder in folders:
-        if os.path.lexists(folder[: -len(BLOB_SUFFIX)] + SESSION_SUFFIX):
-            continue
-        try:
-            with os.scandir(folder) as it:
-                newest = max([os.stat(folder).st_mtime, *(e.stat().st_mtime for e in it)])
-        except FileNotFoundError:
-            continue  # removed meanwhile
-        if now - newest > ORPHAN_AGE:
-            old.append(folder)
-    return old
+    now = time.time()
+    return [folder for folder in folders if is_orphan_folder(folder, now)]
 
 
-def _orphans(directory: str, referenced: set[str]) -> list[str]:
+def is_orphan_folder(folder: str, now: float) -> bool:
+    """Whether blob folder *folder* has no session file, and nothing in it changed lately.
+
+    "Lately" is :data:`ORPHAN_AGE` seconds before *now*: the folder and every
+    file in it must be older.
+    """
+    if os.path.lexists(folder[: -len(BLOB_SUFFIX)] + SESSION_SUFFIX):
+        return False
     try:
-        names = sorted(os.listdir(directory))
+        with os.scandir(folder) as it:
+            newest = max([os.stat(folder).st_mtime, *(e.stat().st_mtime for e in it)])
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # removed meanwhile
+    return now - newest > ORPHAN_AGE
+
+
+def orphan_side_files(folder: str, referenced: set[str]) -> list[str]:
+    """The files of blob folder *folder* not named in *referenced*, older than ORPHAN_AGE.
+
+    *referenced* holds the side-file names the session's keys refer to; a
+    younger file may belong to a write that has not committed its key yet.
+    Every such file is listed, whatever its name.
+    """
+    try:
+        names = sorted(os.listdir(folder))
     except (FileNotFoundError, NotADirectoryError):
         return []
     now, old = time.time(), []
     for name in names:
-        path = os.path.join(directory, name)
+        path = os.path.join(folder, name)
         if name not in referenced:
             try:
                 if now - os.stat(path).st_mtime > ORPHAN_AGE:

@@ -15,6 +15,7 @@ import tempfile
 import time
 from typing import Any, Callable, Iterable, Iterator, Union
 
+from .._format import EXPORT_TEMP_SUFFIX
 from .._progress import progress_bar
 from ..errors import ExportError
 from ..readers import key_test
@@ -206,7 +207,7 @@ def export_hdf5(
     # would be dropped, and it must not cut the clean-up below short.
     with DeferredInterrupt() as interrupt:
         prefix = f".{os.path.basename(path)}."
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=EXPORT_TEMP_SUFFIX, dir=folder)
         os.close(fd)
         try:
             f = h5py.File(tmp, "w", track_order=True)

@@ -28,6 +28,7 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .._format import RECORDING_TEMP_PREFIX
 from ..errors import RecordingFormatError
 
 # Line endings as pandas' tokenizer sees them: CRLF, LF or a lone CR.
@@ -566,7 +567,7 @@ def atomic_write(path: str, parts: Iterable[str]) -> None:
     into place with os.replace, so a reader never sees half a file.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=RECORDING_TEMP_PREFIX, dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             for part in parts:

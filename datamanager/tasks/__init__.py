@@ -23,7 +23,8 @@ The modules: :mod:`~datamanager.tasks.run` (:func:`run_tasks`),
 :mod:`~datamanager.tasks.driver` (a sweep's chunks and counters),
 :mod:`~datamanager.tasks.pools` and :mod:`~datamanager.tasks.worker` (where
 chunks run), :mod:`~datamanager.tasks.itemkeys` (the keys),
-:mod:`~datamanager.tasks.queries` (reading a sweep back) and
+:mod:`~datamanager.tasks.queries` (reading a sweep back),
+:mod:`~datamanager.tasks.tables` (a sweep as a table) and
 :mod:`~datamanager.tasks.records` (what a sweep reports).
 """
 
@@ -34,6 +35,7 @@ from .pools import CHUNK_SECONDS
 from .queries import task_failures, task_results
 from .records import TaskFailure, TaskSummary
 from .run import run_tasks
+from .tables import task_sweeps, task_table
 from .worker import COMMIT_SECONDS
 
 __all__ = [
@@ -45,4 +47,6 @@ __all__ = [
     "run_tasks",
     "task_failures",
     "task_results",
+    "task_sweeps",
+    "task_table",
 ]

@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
+
+from ..filestore import StoredFile, file_sha256
 
 __all__ = ["item_key"]
 
@@ -22,7 +25,7 @@ __all__ = ["item_key"]
 _KEY_VERSION = b"datamanager item key 1\0"
 _SUPPORTED = (
     "None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets "
-    "of them, numpy arrays and scalars"
+    "of them, numpy arrays and scalars, pathlib.Path of files, StoredFile"
 )
 
 
@@ -36,11 +39,19 @@ def item_key(item: Any) -> str:
     apart even when Python calls them equal (``1``, ``1.0`` and ``True``; a list
     and a tuple; a list and an array).
 
+    A file in the item counts by its content and base name: a
+    :class:`pathlib.Path` to a file and a
+    :class:`~datamanager.filestore.StoredFile` of the same content and name
+    give the same key, wherever the files are.  Editing the file changes the
+    key; touching it, moving it or storing it does not.
+
     Parameters
     ----------
     item : object
         None, bool, int, float, complex, str, bytes, numpy arrays (not of
-        dtype object) and scalars, and lists, tuples, dicts and sets of these.
+        dtype object) and scalars, :class:`pathlib.Path` objects naming files
+        (read once to hash them), StoredFiles, and lists, tuples, dicts and
+        sets of these.
 
     Returns
     -------
@@ -51,6 +62,8 @@ def item_key(item: Any) -> str:
     ------
     TypeError
         For any other value, naming where in the item it was found.
+    OSError
+        For a Path whose file cannot be read (FileNotFoundError if missing).
 
     Examples
     --------
@@ -97,6 +110,9 @@ def _encode(obj: Any, path: str, active: set[int]) -> bytes:
         return _tlv(b"s", obj.encode("utf-8", "surrogatepass"))
     if isinstance(obj, (bytes, bytearray)):
         return _tlv(b"b", bytes(obj))
+    if isinstance(obj, (PurePath, StoredFile)):
+        sha256 = obj.sha256 if isinstance(obj, StoredFile) else file_sha256(obj)[0]
+        return _tlv(b"p", sha256.encode() + b"/" + obj.name.encode("utf-8", "surrogatepass"))
     if isinstance(obj, np.generic):  # long double and friends: exact, as a 0-d array
         return _encode_array(np.asarray(obj), path)
     if isinstance(obj, np.ndarray) and not isinstance(obj, np.ma.MaskedArray):

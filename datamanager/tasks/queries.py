@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from .records import TaskFailure, sweep_name
 
@@ -10,7 +11,7 @@ if TYPE_CHECKING:
     from ..manager import DataManager
     from ..readers import SessionReader
 
-__all__ = ["stored_keys", "task_failures", "task_results"]
+__all__ = ["Scan", "Stored", "scan", "stored_keys", "task_failures", "task_results"]
 
 
 def stored_keys(dm: DataManager) -> set[str]:
@@ -25,46 +26,141 @@ def stored_keys(dm: DataManager) -> set[str]:
 ITEM, FAILURE = ".items/", ".failures/"
 
 
-def _records(
-    reader: SessionReader, keys: list[str], marker: str, wanted: str | None = None
-) -> Iterator[tuple[str, str, Any]]:
-    """Yield ``(sweep name, item key, record)`` of one kind of record in *reader*.
+class Stored(NamedTuple):
+    """One result of a sweep as a pass over the sessions found it."""
 
-    Records live in the session's task records; sessions written before
-    those existed kept them among their *keys*, read too.  The newer comes
-    last, so a ``dict`` built from these keeps it.
+    key: str
+    item: Any
+    result: Any
+    session: str
+
+
+@dataclass
+class Scan:
+    """What one pass over the sessions found of the sweeps in a data directory.
+
+    Attributes
+    ----------
+    results : dict
+        Item key -> :class:`Stored`, the newest result of the sweep asked
+        for, in the order first stored (empty unless values were asked for).
+    failures : dict
+        ``(sweep name, item key)`` -> newest :class:`TaskFailure`.
+    keys : set of str
+        Every key of every session.
+    done : dict
+        Sweep name -> the item keys with a stored result (found by their
+        item records, without reading any value).
+    last : dict
+        Sweep name -> :attr:`~datamanager.readers.SessionReader.created` of
+        the newest session holding its results or failures.
+    parameters : list of str or None
+        The names of the task's positional parameters, as the newest
+        session holding results of the sweep asked for recorded them
+        (``task_parameters`` of its metadata); None if none did.
     """
 
-    def keep(k: str) -> bool:
-        name, sep, _ = k.rpartition(marker)
-        return bool(sep) and (wanted is None or name == wanted)
+    results: dict[str, Stored] = field(default_factory=dict)
+    failures: dict[tuple[str, str], TaskFailure] = field(default_factory=dict)
+    keys: set[str] = field(default_factory=set)
+    done: dict[str, set[str]] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    parameters: list[str] | None = None
 
-    old = [(k, reader[k]) for k in keys if keep(k)]
-    for k, record in old + reader.task_records(keep):
-        name, _, key = k.rpartition(marker)
-        yield name, key, record
+    def open_failures(self) -> list[TaskFailure]:
+        """The failures that no later run fixed (no result stored for the item)."""
+        return [f for (name, key), f in self.failures.items() if f"{name}/{key}" not in self.keys]
+
+    def check(self, dm: DataManager, name: str) -> None:
+        """Raise KeyError for a sweep *name* that stored nothing, naming those that did."""
+        if name in self.last or any(k.startswith(name + "/") for k in self.keys):
+            return
+        known = ", ".join(repr(n) for n in sorted(self.last)) or "none"
+        raise KeyError(f"no sweep named {name!r} in {dm.basepath} (sweeps stored there: {known})")
 
 
-def _sweep_names(dm: DataManager) -> set[str]:
-    """The names of the sweeps that stored anything (a result or a failure) in *dm*."""
-    names = set()
+def _split(key: str) -> tuple[str, str, str] | None:
+    """``(marker, sweep name, item key)`` of a record's key; None for another key."""
+    for marker in (ITEM, FAILURE):
+        name, sep, item_key = key.rpartition(marker)
+        if sep:
+            return marker, name, item_key
+    return None
+
+
+def scan(dm: DataManager, wanted: str | None = None, values: bool = False) -> Scan:
+    """Read what the sweeps stored in *dm*, in one pass over its sessions.
+
+    Failure records (of *wanted* only, when given) are always read; with
+    *values*, the items and results of the sweep *wanted* are read too.
+    Everything else is known from the keys alone, so that counting the
+    items of every sweep reads no value.
+    """
+    found = Scan()
     for reader in dm.iter_sessions():
         with reader:
-            keys = reader.keys() + [k for k, _ in reader.raw_task_records()]
-        for k in keys:
-            for marker in (ITEM, FAILURE):
-                name, sep, _ = k.rpartition(marker)
-                if sep:
-                    names.add(name)
-    return names
+            _read(found, reader, wanted, values)
+    return found
 
 
-def _check_sweep(dm: DataManager, name: str) -> None:
-    """Raise KeyError for a sweep *name* that stored nothing in *dm*, naming those that did."""
-    names = _sweep_names(dm)
-    if name not in names:
-        known = ", ".join(repr(n) for n in sorted(names)) or "none"
-        raise KeyError(f"no sweep named {name!r} in {dm.basepath} (sweeps stored there: {known})")
+def _read(found: Scan, reader: SessionReader, wanted: str | None, values: bool) -> None:
+    """Add to *found* what one session holds (see :func:`scan`)."""
+    names = reader.keys()
+    found.keys.update(names)
+    record_keys: list[str] = []
+
+    def keep(k: str) -> bool:
+        # Sees every record key; those not unpickled are counted all the same.
+        record_keys.append(k)
+        marker, name, _ = _split(k) or ("", None, "")
+        if marker == FAILURE:
+            return wanted is None or name == wanted
+        return marker == ITEM and values and name == wanted
+
+    # Sessions written before task records existed kept them among their
+    # keys; the newer comes last, so the dicts built from these keep it.
+    records = [(k, reader[k]) for k in names if _split(k) and keep(k)]
+    records += reader.task_records(keep)
+    _count(found, reader, names, record_keys)
+    items = {}
+    for k, record in records:
+        marker, name, key = _split(k)  # type: ignore[misc]
+        if marker == ITEM:
+            items[key] = record
+        else:
+            found.failures[name, key] = _failure(name, key, record, reader.name)
+    if values and wanted is not None:
+        prefix = wanted + "/"
+        for k in names:
+            if k.startswith(prefix):
+                key = k[len(prefix) :]
+                found.results[key] = Stored(key, items.get(key), reader[k], reader.name)
+        metadata = reader.metadata if items else {}
+        if metadata.get("task_name") == wanted and metadata.get("task_parameters") is not None:
+            found.parameters = list(metadata["task_parameters"])
+
+
+def _count(found: Scan, reader: SessionReader, names: list[str], record_keys: list[str]) -> None:
+    """Note in *found* the sweeps that *reader* holds records of, and their stored items."""
+    present = set(names)
+    for k in record_keys:
+        marker, name, key = _split(k)  # type: ignore[misc]
+        found.last[name] = max(found.last.get(name, reader.created), reader.created)
+        if marker == ITEM and f"{name}/{key}" in present:
+            found.done.setdefault(name, set()).add(key)
+
+
+def _failure(name: str, key: str, record: Any, session: str) -> TaskFailure:
+    get = record.get
+    return TaskFailure(
+        name,
+        key,
+        get("item"),
+        get("error", ""),
+        get("traceback", ""),
+        get("worker", ""),
+        session,
+    )
 
 
 def task_results(dm: DataManager, task: Callable[..., Any] | str) -> list[tuple[Any, Any]]:
@@ -92,18 +188,10 @@ def task_results(dm: DataManager, task: Callable[..., Any] | str) -> list[tuple[
         failure (a typo); the message lists the sweeps that did.
     """
     name = sweep_name(task)
-    prefix, found = name + "/", {}
-    for reader in dm.iter_sessions():
-        with reader:
-            names = reader.keys()
-            items = {key: item for _, key, item in _records(reader, names, ITEM, name)}
-            for k in names:
-                if k.startswith(prefix):
-                    key = k[len(prefix) :]
-                    found[key] = (items.get(key), reader[k])
-    if not found:
-        _check_sweep(dm, name)
-    return list(found.values())
+    found = scan(dm, name, values=True)
+    if not found.results:
+        found.check(dm, name)
+    return [(stored.item, stored.result) for stored in found.results.values()]
 
 
 def task_failures(
@@ -134,22 +222,7 @@ def task_failures(
         typo); the message lists the sweeps that did.
     """
     wanted = None if task is None else sweep_name(task)
-    records: dict[tuple[str, str], TaskFailure] = {}
-    keys: set[str] = set()
-    for reader in dm.iter_sessions():
-        with reader:
-            names = reader.keys()
-            keys.update(names)
-            for name, key, rec in _records(reader, names, FAILURE, wanted):
-                records[name, key] = TaskFailure(
-                    name,
-                    key,
-                    rec.get("item"),
-                    rec.get("error", ""),
-                    rec.get("traceback", ""),
-                    rec.get("worker", ""),
-                    reader.name,
-                )
-    if wanted is not None and not records and not any(k.startswith(wanted + "/") for k in keys):
-        _check_sweep(dm, wanted)
-    return [f for (name, key), f in records.items() if f"{name}/{key}" not in keys]
+    found = scan(dm, wanted)
+    if wanted is not None:
+        found.check(dm, wanted)
+    return found.open_failures()

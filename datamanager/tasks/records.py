@@ -1,11 +1,12 @@
-"""What a sweep reports: its name, its failures and the summary of a run."""
+"""What a sweep reports: its name, its parameters' names, its failures and the summary of a run."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TaskFailure", "TaskSummary", "sweep_name"]
+__all__ = ["TaskFailure", "TaskSummary", "parameter_names", "sweep_name"]
 
 
 @dataclass(frozen=True)
@@ -95,3 +96,23 @@ def sweep_name(task: Any) -> str:
             "may stand for many computations); pass name="
         )
     return qualname
+
+
+def parameter_names(task: Any) -> list[str] | None:
+    """The names of *task*'s positional parameters, in order; None if unknown.
+
+    A class's instances are what is called per item, so its ``__call__``
+    names the items' positions (past ``self``).
+    """
+    function, skip = (task.__call__, 1) if isinstance(task, type) else (task, 0)
+    try:
+        parameters = list(inspect.signature(function).parameters.values())[skip:]
+    except (TypeError, ValueError):  # some builtins have no signature
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = []
+    for parameter in parameters:
+        if parameter.kind not in positional:
+            break  # *args and what follows take no position of their own
+        names.append(parameter.name)
+    return names

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 
 from .. import provenance
 from .._progress import progress_bar
+from ..errors import warn_caller
 from .driver import Sweep
 from .itemkeys import digest
 from .pools import DaskPool, LocalPool, Pool, check_importable
@@ -50,6 +51,7 @@ def run_tasks(
     key: Callable[[Any], str] | None = None,
     mp_context: Any = None,
     chunksize: int | None = None,
+    index: bool = True,
 ) -> TaskSummary:
     """Run ``task(item)`` for every item in parallel, storing each result in *dm*.
 
@@ -130,6 +132,10 @@ def run_tasks(
         Items per chunk.  By default four chunks per local worker (as
         ``Pool.map``); on Dask about :data:`CHUNK_SECONDS` of measured work,
         never more than a fair share of what is left.
+    index : bool
+        Bring the data directory's index up to date when the sweep ends (see
+        :meth:`~datamanager.DataManager.build_index`), so that collating the
+        results is fast; a failure to write it is a warning, never an error.
 
     Returns
     -------
@@ -219,6 +225,11 @@ def run_tasks(
             if bar is not None:
                 bar.close()
             sweep.close()
+    if index and todo:
+        try:
+            dm.build_index()
+        except OSError as exc:  # the results are stored: reading them is only slower
+            warn_caller(f"run_tasks: the index of {dm.basepath} was not updated ({exc})")
     return sweep.summary()
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UnstorableValueError
+from .records import parameter_names
 
 if TYPE_CHECKING:
     from ..manager import DataManager
@@ -107,6 +108,9 @@ class Worker:
                         "task": self.spec.qualname,
                         "task_name": self.spec.name,
                         "task_run": self.spec.run_id,
+                        # So that a table of the sweep, read by its name
+                        # alone, names the positions of tuple items.
+                        "task_parameters": parameter_names(self.spec.task),
                     }
                 )
                 self.session = session
