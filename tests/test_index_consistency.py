@@ -492,7 +492,7 @@ def test_collation_while_a_writer_writes_sees_only_committed_values(tmp_path, jo
             done = int(writer.stdout.readline())
             dm.build_index()
             assert settled(dm).all()  # served until the writer writes again
-            for batch in range(stress_size(40, 8)):
+            for batch in range(stress_size(40, 5)):
                 writer.stdin.write("go\n")
                 writer.stdin.flush()
                 if batch % 4 == 3:
