@@ -29,7 +29,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from datamanager import DataManager, DataManagerWarning
+from datamanager import (
+    DataManager,
+    DataManagerWarning,
+    run_tasks,
+    task_failures,
+    task_results,
+    task_sweeps,
+    task_table,
+)
 from datamanager._format import INDEX_NAME, SIDE_FILE_THRESHOLD, blob_dir, session_files
 from datamanager.index import CACHE_LIMIT
 
@@ -138,6 +146,16 @@ def questions(dm: DataManager, keys: list[str], strict: bool) -> Iterator[tuple[
     yield "iteritems", partial(_listed, dm.iteritems, strict)
     yield "itervalues", partial(_listed, dm.itervalues, strict)
     yield "iter_sessions", partial(_readers, dm, strict)
+    yield "files", partial(dm.files, strict)
+    if not strict:  # the sweep queries have no strict mode
+        yield "task_results", partial(task_results, dm, "sometimes")
+        yield "task_failures", partial(_failures, dm)
+        yield "task_table", partial(task_table, dm, "sometimes", failures=True)
+        yield "task_sweeps", partial(task_sweeps, dm)
+
+
+def _failures(dm: DataManager) -> list[tuple[Any, ...]]:
+    return [(f.key, f.item, f.error, f.session) for f in task_failures(dm)]
 
 
 def collate_all(
@@ -414,6 +432,37 @@ def test_changed_sessions_are_read_directly_and_rebuilt_incrementally(tmp_path, 
     assert (summary.read, summary.kept, summary.dropped) == (read, kept, dropped)
     assert summary.sessions == read + kept
     assert_same_answers(dm, CHANGED_KEYS, STRICTS)
+
+
+# -- sweeps and stored files --
+
+
+def sometimes(x: int) -> int:
+    """A task that fails for some items."""
+    if x % 4 == 3:
+        raise ValueError(f"no {x}")
+    return x + 1
+
+
+def test_sweeps_and_stored_files_read_alike_through_the_index(tmp_path):
+    """Task records and file references are held by the index too."""
+    dm = DataManager("sweep", str(tmp_path))
+    run_tasks(dm, sometimes, range(8), processes=1, progress=False)  # builds the index
+    source = tmp_path / "net.param"
+    source.write_text("g = 1\n")
+    with dm.session("files") as s:
+        s["net"] = dm.store_file(source)
+    dm.build_index()
+    assert settled(dm).all()
+    keys = ["sometimes/0", "net", "missing"]
+    answers = assert_same_answers(dm, keys, STRICTS)
+    assert len(answers["task_failures strict=False"][0][1][1]) == 2  # items 3 and 7
+    assert list(dm.files()["key"]) == ["net"]
+    # A resumed sweep, not indexed: its new sessions are read directly.
+    run_tasks(dm, sometimes, range(12), processes=1, progress=False, index=False)
+    assert_same_answers(dm, keys, STRICTS)
+    dm.build_index()
+    assert_same_answers(dm, keys, STRICTS)
 
 
 # -- writers at work --
