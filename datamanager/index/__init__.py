@@ -9,17 +9,19 @@ reads small values from the index and opens only the sessions that hold what
 else it needs.
 
 The index never gives a stale answer.  Each session row records the identity
-of the session's files when they were read: inode, size, modification and
-change time of the database, its ``-journal`` and its ``-wal``.  Collation
-serves a session from the index only while all of these are unchanged, and
-reads any other session directly, as it would without an index.  A write
-always sets the modification time of a file it changes, but a clock has
-ticks: a write in the same tick as the one before it may leave the time as
-it was.  So a row is *settled*, and served, only if the session's files were
-last modified before the build started, by the filesystem's own clock (the
-modification time the build gives its own file): any later write then
-carries a later time.  A session written during the build is read again
-once the clock has moved on, or else left unsettled and read directly.
+of the session's files when they were read: inode, size and modification time
+of the database, its ``-journal`` and its ``-wal``, and the change time of
+the database (not of the others, which SQLite running as root sets on every
+open, to read too).  Collation serves a session from the index only while all
+of these are unchanged, and reads any other session directly, as it would
+without an index.  A write always sets the modification time of a file it
+changes, but a clock has ticks: a write in the same tick as the one before it
+may leave the time as it was.  So a row is *settled*, and served, only if the
+session's files were last modified before the build started, by the
+filesystem's own clock (the modification time the build gives its own file):
+any later write then carries a later time.  A session written during the
+build is read again once the clock has moved on, or else left unsettled and
+read directly.
 
 Building never blocks or modifies a session: sessions are opened read-only,
 the index is written under a temporary name and renamed into place, and a

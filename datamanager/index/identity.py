@@ -20,7 +20,9 @@ __all__ = ["CLOCK_WAIT", "Files", "Key", "clock", "files", "key", "needs_open", 
 #: a session written during the build.
 CLOCK_WAIT = 5.0
 #: Inode, size, modification and change time (ns) of a session's database,
-#: and the same of its ``-journal`` and ``-wal`` as text ("" when it has none).
+#: and the same but the change time of its ``-journal`` and ``-wal`` as text
+#: ("" when it has none): SQLite running as root chowns these to their
+#: database's owner whenever it opens them, to read too, which sets it.
 Key = Tuple[int, int, int, int, str]
 #: A key no files can have: a file that vanished while it was looked at.
 _CHANGING: Key = (-1, -1, -1, -1, "changing")
@@ -73,10 +75,10 @@ def files(path: str, base: str, names: frozenset[str], fresh: bool = False) -> F
             try:
                 st = stats[suffix] = _stat(path + suffix, fresh)
             except FileNotFoundError:
-                return Files(_CHANGING, 1 << 63, {})  # a write is finishing right now
-            companions.append(
-                f"{suffix}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-            )
+                # A write is finishing right now.  The database's stat is
+                # kept: the unsettled row made of it records its size and time.
+                return Files(_CHANGING, 1 << 63, {"": db})
+            companions.append(f"{suffix}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
     key = (db.st_ino, db.st_size, db.st_mtime_ns, db.st_ctime_ns, ";".join(companions))
     return Files(key, max(st.st_mtime_ns for st in stats.values()), stats)
 

@@ -47,8 +47,8 @@ def index_tables(basepath: str) -> dict[str, pandas.DataFrame]:
                 finally:
                     source.close()
         if not loaded:
-            for table in ("info", "sessions", "items"):
-                conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.close()  # afresh: nothing of an index it cannot use is kept
+            conn = sqlite3.connect(":memory:", isolation_level=None)
             for statement in SCHEMA:
                 conn.execute(statement)
         conn.execute("BEGIN")
