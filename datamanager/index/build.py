@@ -234,7 +234,7 @@ def refresh(
     fresh = identity.needs_open(basepath)
     kept = read = 0
     skipped: list[tuple[str, str]] = []
-    later: list[tuple[SessionEntry, Files]] = []
+    later: list[SessionEntry] = []
     for entry in listing.native:
         files = identity.files(entry.path, entry.name + SESSION_SUFFIX, listing.names, fresh)
         if files is None:
@@ -246,7 +246,7 @@ def refresh(
                 continue
             _drop(conn, previous[0])
         if files.newest >= now and clock_path:
-            later.append((entry, files))  # written during the build: wait for the clock
+            later.append(entry)  # written as the build began: wait for the clock
             continue
         read += _add(conn, entry, files, files.newest < now, hash_values, skipped)
     dropped = len(old)
@@ -254,10 +254,11 @@ def refresh(
         _drop(conn, sid)
     unsettled = 0
     if later and clock_path:
-        # Past the last write seen, not any later one: a session written
-        # all along stays unsettled rather than holding the build up.
-        now = identity.wait_past(clock_path, max(min(f.newest, now + 10**9) for _, f in later))
-        for entry, _ in later:
+        # One tick on: a session last written as the build began is then
+        # settled; one written since is being written still and stays
+        # unsettled rather than holding the build up.
+        now = identity.wait_past(clock_path, now)
+        for entry in later:
             files = identity.files(entry.path, entry.name + SESSION_SUFFIX, listing.names, fresh)
             if files is not None:
                 settled = files.newest < now
