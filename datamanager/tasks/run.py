@@ -20,6 +20,7 @@ from .. import provenance
 from .._progress import progress_bar
 from ..errors import warn_caller
 from .driver import Sweep
+from .files import ItemFiles
 from .itemkeys import digest
 from .pools import DaskPool, LocalPool, Pool, check_importable
 from .queries import stored_keys
@@ -193,7 +194,8 @@ def run_tasks(
         raise ValueError(f"name must be a non-empty str, not {name!r}")
     qualname = f"{getattr(task, '__module__', None)}.{getattr(task, '__qualname__', name)}"
     spec = Spec(dm, task, name, qualname, uuid.uuid4().hex, tuple(initargs or ()), initkwds)
-    todo, skipped, rejected = plan(items, name, key, stored_keys(dm) if resume else set())
+    stored = stored_keys(dm) if resume else set()
+    todo, skipped, rejected = plan(items, name, key, stored, ItemFiles(dm.basepath))
     new_pool = _pool_maker(spec, len(todo), processes, client, mp_context, chunksize)
     sweep = Sweep(spec, todo, new_pool, skipped=skipped, started=started)
     bar = None
@@ -331,16 +333,25 @@ def _pool_maker(
 
 
 def plan(
-    items: Iterable[Any], name: str, key: Callable[[Any], str] | None, stored: set[str]
+    items: Iterable[Any],
+    name: str,
+    key: Callable[[Any], str] | None,
+    stored: set[str],
+    files: ItemFiles | None = None,
 ) -> tuple[list[Entry], int, list[tuple[Any, ...]]]:
     """Key every item; return what to run, how many to skip, and the unpicklable.
 
-    The rejected come as failure outcomes ``(index, key, repr(item), None,
-    error)`` for :meth:`Worker.store <datamanager.tasks.worker.Worker.store>`.
+    With *files* (and no *key*), each Path in an item is first replaced by
+    its StoredFile (see :mod:`~datamanager.tasks.files`), so that keying
+    and storing share one hash of each distinct file.  The rejected come as
+    failure outcomes ``(index, key, repr(item), None, error)`` for
+    :meth:`Worker.store <datamanager.tasks.worker.Worker.store>`.
     """
     todo, seen, skipped, rejected = [], set(), 0, []
     for index, item in enumerate(items):
         if key is None:
+            if files is not None:
+                item = files(item)
             k = digest(item, f"items[{index}]")
         else:
             k = key(item)
