@@ -21,12 +21,15 @@ from typing import Any, Iterator, Union
 import numpy as np
 
 from ..errors import ExportFormatError
+from ..filestore import StoredFile
 from ..recordings.recording import Recording
+from .files import FILES_GROUP
 from .schema import (
     ITEMS_ATTR,
     METADATA_ATTR,
     SEQUENCES,
     SESSION_TYPE_ATTR,
+    STORED_FILE_ATTRS,
     TYPE_ATTR,
     PickledValue,
     get_attrs,
@@ -261,7 +264,27 @@ def _read(obj: Any, unpickle: bool) -> Any:
     if ptype == "pickle":
         value = PickledValue(data.tobytes())
         return value.load() if unpickle else value
+    if ptype == "StoredFile":
+        return _read_stored_file(obj)
     raise ValueError(f"unknown {TYPE_ATTR} {ptype!r}")
+
+
+def _read_stored_file(obj: Any) -> StoredFile:
+    """A StoredFile value, unbound: its bytes are in the export (see :func:`load_file`)."""
+    import h5py
+
+    fields = get_attrs(obj)
+    stored = StoredFile(
+        sha256=obj.asstr()[()], **{attr: fields[attr] for attr in STORED_FILE_ATTRS}
+    )
+    # Refused here rather than when the bytes are asked for: a value that
+    # names no file of the export, or one of another size, is malformed.
+    files = required(obj.file, FILES_GROUP, h5py.Group)
+    data = required(files, stored.sha256, h5py.Dataset)
+    if data.shape != (stored.size,):
+        found = f"a dataset of shape {data.shape}"
+        raise malformed(obj, data.name, f"{stored.size} bytes", found)
+    return stored
 
 
 def _read_recording(group: Any, unpickle: bool) -> Any:

@@ -114,7 +114,7 @@ class Exporter:
         # Called between writes, where a held-back Ctrl-C may be raised.
         self.checkpoint = checkpoint
         self.on_unsupported = options["on_unsupported"]
-        self.writer = Writer(options["compression"], self.on_unsupported)
+        self.writer = Writer(options["compression"], self.on_unsupported, checkpoint)
         self.merged = options["merged"]
         self.sessions = f.create_group("sessions", track_order=True)
         self.stacks: dict[str, _Stack] = {}
