@@ -94,6 +94,12 @@ def run_tasks(
         the progress bar by the fraction *complete* of the current item.
     items : iterable
         The parameter sets (see :func:`item_key` for what they may hold).
+        Each :class:`pathlib.Path` in an item (nested too) is stored in the
+        data directory's file store, once per distinct file, and replaced
+        by its :class:`~datamanager.StoredFile`: the task receives that,
+        bound to the stored copy, and the stored item refers to it (see
+        :mod:`datamanager.tasks.files`).  Not with *key*, where items go to
+        the task as given.
     gui : bool
         Brian's name for *progress*: whether to show progress (a bar, not a
         window); *progress*, when given, wins.
@@ -126,7 +132,7 @@ def run_tasks(
         by default (required for lambdas and partials).
     key : callable, optional
         ``key(item) -> str``, used instead of :func:`item_key`, for items that
-        have no canonical form.
+        have no canonical form; their Paths are then not stored.
     mp_context : str or multiprocessing context, optional
         Start method of the local pool; Python's default when omitted.
     chunksize : int, optional
@@ -144,6 +150,8 @@ def run_tasks(
 
     Raises
     ------
+    OSError
+        A Path in an item names no readable file (before anything runs).
     TypeError
         An item without a canonical form (before anything runs), a task
         that cannot be named or that workers could not import (see Notes),
