@@ -165,3 +165,13 @@ def test_a_sweep_with_files_on_a_dask_local_cluster(dm, params):
     assert {r["given"] for r in results} == {"StoredFile"}
     assert sorted(r["text"] for r in results) == ["p = 0.1\n"] + ["tau = 10 ms\n"] * 5
     assert len(store_listing(dm)) == 2
+
+
+def test_a_safe_manager_reads_items_with_stored_files(dm, params):
+    neuron, _net = params
+    run_tasks(dm, read_param, [(neuron, 1)], processes=1, progress=False)
+    safe = DataManager(dm.name, dm.datapath, safe=True)
+    ((item, result),) = task_results(safe, read_param)
+    assert isinstance(item[0], StoredFile)
+    assert read(item[0]) == result["text"] == "tau = 10 ms\n"
+    assert list(safe.files()["item"]) == [item_key((neuron, 1))]

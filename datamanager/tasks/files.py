@@ -20,6 +20,8 @@ from ..filestore import StoredFile, file_sha256, store_file
 
 __all__ = ["ItemFiles", "bind_files", "map_files"]
 
+_LEAVES = frozenset({int, float, str, bool, bytes, complex, type(None)})
+
 
 def map_files(value: Any, convert: Callable[[Any], Any]) -> Any:
     """*value* with each Path and StoredFile in it replaced by ``convert(leaf)``.
@@ -29,6 +31,8 @@ def map_files(value: Any, convert: Callable[[Any], Any]) -> Any:
     container holding no file is returned itself, not copied, so an item
     without files costs one walk and no allocation.
     """
+    if type(value) in _LEAVES:  # most of a sweep's parameters: nothing to enter
+        return value
     if isinstance(value, (PurePath, StoredFile)):
         return convert(value)
     if isinstance(value, dict):
