@@ -155,7 +155,12 @@ def test_a_sweep_with_files_on_a_dask_local_cluster(dm, params):
     items = [(neuron, x) for x in range(5)] + [(net, 5)]
     with (
         distributed.LocalCluster(
-            n_workers=1, processes=True, threads_per_worker=2, dashboard_address=None
+            # ":0", a free port: None means Dask's 8787, which a cluster
+            # running beside this one (another test run) may hold.
+            n_workers=1,
+            processes=True,
+            threads_per_worker=2,
+            dashboard_address=":0",
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
