@@ -12,7 +12,7 @@ import pytest
 from datamanager import DataManager, StoredFile
 from datamanager.errors import ExportError, ExportFormatError
 from datamanager.hdf5 import SCHEMA_VERSION, export_hdf5, load_file, load_hdf5
-from datamanager.tasks import run_tasks
+from datamanager.tasks import run_tasks, task_results
 
 
 @pytest.fixture
@@ -133,3 +133,46 @@ def test_a_value_naming_no_exported_file_is_refused(dm, files, tmp_path):
         del f["files"][hashlib.sha256(model.read_bytes()).hexdigest()]
     with pytest.raises(ExportFormatError, match="files"):
         load_hdf5(out)
+
+
+def test_load_hdf5_puts_the_files_in_a_data_directory_on_request(dm, files, tmp_path):
+    model, net = files
+    fill(dm, model, net, sessions=2)
+    out = tmp_path / "out.h5"
+    export_hdf5(dm, out)
+    elsewhere = DataManager("restored", str(tmp_path / "elsewhere"))
+    sessions = load_hdf5(out, files=elsewhere.basepath)["sessions"]
+    store = os.path.join(elsewhere.basepath, ".files")
+    assert sorted(os.listdir(store)) == sorted(
+        hashlib.sha256(p.read_bytes()).hexdigest()[:2] for p in (model, net)
+    )
+    for values in sessions.values():
+        value = values["model"]
+        assert value.path.startswith(store + os.sep)
+        with open(value, "rb") as f:
+            assert f.read() == model.read_bytes()
+    # Bound there, the values are items a sweep in that directory runs from.
+    values = next(iter(sessions.values()))
+
+    def size(param):
+        return os.path.getsize(param)
+
+    run_tasks(elsewhere, size, [values["model"], values["inputs"]["net"]], processes=1)
+    assert sorted(r for _item, r in task_results(elsewhere, size)) == sorted(
+        p.stat().st_size for p in (model, net)
+    )
+    # Loading again stores nothing twice.
+    load_hdf5(out, files=elsewhere.basepath)
+    assert len([p for p in Path(store).glob("??/*")]) == 2
+
+
+def test_a_crafted_file_name_is_refused(dm, files, tmp_path):
+    model, net = files
+    fill(dm, model, net, sessions=1)
+    out = tmp_path / "out.h5"
+    export_hdf5(dm, out)
+    with h5py.File(out, "r+") as f:
+        f["files"]["..%2F..%2Fescape"] = [1, 2, 3]
+    with pytest.raises(ExportFormatError, match="a sha256 as name"):
+        load_hdf5(out, files=tmp_path / "restored")
+    assert not list((tmp_path / "restored").glob("**/escape"))
