@@ -176,3 +176,15 @@ def test_a_crafted_file_name_is_refused(dm, files, tmp_path):
     with pytest.raises(ExportFormatError, match="a sha256 as name"):
         load_hdf5(out, files=tmp_path / "restored")
     assert not list((tmp_path / "restored").glob("**/escape"))
+
+
+def test_a_value_left_out_leaves_none_of_its_files(dm, files, tmp_path):
+    model, net = files
+    with dm.session() as s:
+        s["kept"] = dm.store_file(net)
+        s["mixed"] = [dm.store_file(model), object]  # a class: the schema cannot hold it
+    out = tmp_path / "skip.h5"
+    report = export_hdf5(dm, out, on_unsupported="skip")
+    assert [key for _session, key, _type in report.skipped] == ["mixed"]
+    with h5py.File(out, "r") as f:
+        assert list(f["files"]) == [hashlib.sha256(net.read_bytes()).hexdigest()]

@@ -33,8 +33,10 @@ _WINDOW = 64 << 20
 
 def copy_file(
     root: Any, stored: StoredFile, compression: str | None, checkpoint: Callable[[], None]
-) -> None:
+) -> bool:
     """Copy the bytes of *stored* to ``/files/<sha256>`` of the open file *root*, once.
+
+    Returns whether it was copied now (False: the export holds it already).
 
     Read from the stored copy (its path must be bound) in windows of
     :data:`_WINDOW` bytes and checked against its sha256 on the way: a
@@ -48,7 +50,7 @@ def copy_file(
     """
     files = root.require_group(FILES_GROUP)
     if stored.sha256 in files:
-        return
+        return False
     kw = {"compression": compression} if compression and stored.size else {}
     data = files.create_dataset(stored.sha256, shape=(stored.size,), dtype="u1", **kw)
     data.attrs["sha256"] = stored.sha256
@@ -75,6 +77,7 @@ def copy_file(
     except BaseException:
         del files[stored.sha256]  # never a partial file under its hash
         raise
+    return True
 
 
 def load_file(path: Union[str, os.PathLike], file: Union[StoredFile, str]) -> bytes:

@@ -155,7 +155,7 @@ class Exporter:
 
     def write_value(self, group: Any, session: str, key: str, value: Any) -> None:
         name = escape_name(key)
-        before = len(self.writer.pickled)
+        before, files = len(self.writer.pickled), len(self.writer.files)
         try:
             if type(value) is NpyFile:
                 value.write(group, name, self.writer.compression, self.checkpoint)
@@ -164,6 +164,7 @@ class Exporter:
         except Unsupported as exc:
             if name in group:
                 del group[name]
+            self.writer.drop_files(self.f, files)
             if self.on_unsupported == "error":
                 raise UnsupportedValueError(session, key, exc.type_name) from None
             self.report.skipped.append((session, key, exc.type_name))
@@ -328,11 +329,13 @@ class Exporter:
         except (TypeError, ValueError) as exc:
             self.report.not_merged[key] = str(exc)
             return
+        files = len(self.writer.files)
         try:
             self.writer.write(group, name, value)
         except Unsupported as exc:
             if name in group:
                 del group[name]
+            self.writer.drop_files(self.f, files)
             if self.on_unsupported == "error":
                 raise UnsupportedValueError("<merged>", key, exc.type_name) from None
             self.report.skipped.append(("<merged>", key, exc.type_name))

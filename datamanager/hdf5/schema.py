@@ -20,7 +20,7 @@ import numpy as np
 
 from ..filestore import StoredFile
 from ..recordings.recording import Recording
-from .files import copy_file
+from .files import FILES_GROUP, copy_file
 
 __all__ = ["PickledValue", "escape_name", "unescape_name"]
 
@@ -206,6 +206,8 @@ class Writer:
         # Called between windows of a large stored file, where a held-back
         # Ctrl-C may be raised.
         self.checkpoint = checkpoint or (lambda: None)
+        #: The sha256 of each file copied into ``/files``, in order (see :meth:`drop_files`).
+        self.files: list[str] = []
         self.pickled: list[str] = []
         self._types: dict[np.dtype, Any] = {}
         self._lcpl: Any = None
@@ -308,7 +310,8 @@ class Writer:
         """A StoredFile: its sha256 as text, its bytes once per export in ``/files``."""
         import h5py
 
-        copy_file(parent.file, value, self.compression, self.checkpoint)
+        if copy_file(parent.file, value, self.compression, self.checkpoint):
+            self.files.append(value.sha256)
         ds = self.scalar(parent, name, value.sha256, "StoredFile", dtype=h5py.string_dtype())
         for attr in STORED_FILE_ATTRS:
             set_attr(ds, attr, getattr(value, attr))
@@ -324,6 +327,16 @@ class Writer:
         group.attrs[TYPE_ATTR] = ptype
         for i, item in enumerate(value):
             self.write(group, str(i), item)
+
+    def drop_files(self, root: Any, mark: int) -> None:
+        """Remove the files copied since ``len(self.files)`` was *mark*.
+
+        For a value left out after all (one of its parts is unsupported):
+        ``/files`` holds only files that written values refer to.
+        """
+        for sha256 in self.files[mark:]:
+            del root[FILES_GROUP][sha256]
+        del self.files[mark:]
 
     def recording(self, parent: Any, name: str, rec: Recording) -> None:
         group = parent.create_group(name, track_order=True)
