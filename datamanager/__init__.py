@@ -47,6 +47,7 @@ from .session import Session
 from .tasks import (
     TaskFailure,
     TaskSummary,
+    rerun_tasks,
     run_tasks,
     task_failures,
     task_results,
@@ -89,6 +90,7 @@ __all__ = [
     "load_recording",
     "read_atf",
     "read_neuron_dat",
+    "rerun_tasks",
     "run_tasks",
     "task_failures",
     "task_results",

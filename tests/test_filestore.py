@@ -235,7 +235,7 @@ def test_hash_files_agrees_with_hashlib(tmp_path, where):
         distributed = pytest.importorskip("distributed")
         with (
             distributed.LocalCluster(
-                n_workers=1, processes=False, threads_per_worker=2, dashboard_address=None
+                n_workers=1, processes=False, threads_per_worker=2, dashboard_address=":0"
             ) as cluster,
             distributed.Client(cluster) as client,
         ):

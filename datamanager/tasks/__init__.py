@@ -13,7 +13,9 @@ item whose :func:`item_key` is ``k``:
 - ``name/k``: the result, exactly as the task returned it, a key of the session;
 - ``name.items/k``: the item, written in the same transaction as the result;
 - ``name.failures/k``: a failure record (a dict of builtin values) when the
-  task raised or its result could not be stored.
+  task raised or its result could not be stored;
+- ``name.links/k``: in a rerun (:func:`rerun_tasks`), the item it was made
+  from (its key, sweep and data directory).
 
 Items and failure records are the session's task records, kept apart from
 its keys so that collation sees the results only; sessions written before
@@ -25,6 +27,7 @@ The modules: :mod:`~datamanager.tasks.run` (:func:`run_tasks`),
 chunks run), :mod:`~datamanager.tasks.itemkeys` (the keys),
 :mod:`~datamanager.tasks.files` (the files items refer to),
 :mod:`~datamanager.tasks.queries` (reading a sweep back),
+:mod:`~datamanager.tasks.rerun` (a sweep run again with changed items),
 :mod:`~datamanager.tasks.tables` (a sweep as a table) and
 :mod:`~datamanager.tasks.records` (what a sweep reports).
 """
@@ -35,6 +38,7 @@ from .itemkeys import item_key
 from .pools import CHUNK_SECONDS
 from .queries import task_failures, task_results
 from .records import TaskFailure, TaskSummary
+from .rerun import rerun_tasks
 from .run import run_tasks
 from .tables import task_sweeps, task_table
 from .worker import COMMIT_SECONDS
@@ -45,6 +49,7 @@ __all__ = [
     "TaskFailure",
     "TaskSummary",
     "item_key",
+    "rerun_tasks",
     "run_tasks",
     "task_failures",
     "task_results",

@@ -114,6 +114,10 @@ class Sweep:
 
     # -- running -------------------------------------------------------------------------
 
+    def link(self, links: dict[str, Any]) -> None:
+        """Store where items came from (item key -> link), before they run."""
+        self._local.link(links)
+
     def reject(self, rejected: list[tuple[Any, ...]]) -> None:
         """Record items that cannot be sent to a worker, as failure outcomes
         ``(index, key, repr(item), None, error)``."""

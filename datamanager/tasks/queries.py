@@ -22,8 +22,9 @@ def stored_keys(dm: DataManager) -> set[str]:
         return set()
 
 
-#: What marks the key of an item and of a failure record: ``<name><marker><item key>``.
-ITEM, FAILURE = ".items/", ".failures/"
+#: What marks the key of an item, of a failure record and of a rerun's link to
+#: the original item: ``<name><marker><item key>``.
+ITEM, FAILURE, LINK = ".items/", ".failures/", ".links/"
 
 
 class Stored(NamedTuple):
@@ -58,6 +59,10 @@ class Scan:
         The names of the task's positional parameters, as the newest
         session holding results of the sweep asked for recorded them
         (``task_parameters`` of its metadata); None if none did.
+    links : dict
+        Item key -> the newest link record of the sweep asked for, when it
+        is a rerun (see :func:`~datamanager.tasks.rerun_tasks`): where its
+        item came from.
     """
 
     results: dict[str, Stored] = field(default_factory=dict)
@@ -66,6 +71,7 @@ class Scan:
     done: dict[str, set[str]] = field(default_factory=dict)
     last: dict[str, float] = field(default_factory=dict)
     parameters: list[str] | None = None
+    links: dict[str, Any] = field(default_factory=dict)
 
     def open_failures(self) -> list[TaskFailure]:
         """The failures that no later run fixed (no result stored for the item)."""
@@ -81,29 +87,36 @@ class Scan:
 
 def _split(key: str) -> tuple[str, str, str] | None:
     """``(marker, sweep name, item key)`` of a record's key; None for another key."""
-    for marker in (ITEM, FAILURE):
+    for marker in (ITEM, FAILURE, LINK):
         name, sep, item_key = key.rpartition(marker)
         if sep:
             return marker, name, item_key
     return None
 
 
-def scan(dm: DataManager, wanted: str | None = None, values: bool = False) -> Scan:
+def scan(
+    dm: DataManager, wanted: str | None = None, values: bool = False, *, results: bool = True
+) -> Scan:
     """Read what the sweeps stored in *dm*, in one pass over its sessions.
 
-    Failure records (of *wanted* only, when given) are always read; with
-    *values*, the items and results of the sweep *wanted* are read too.
+    Failure records (of *wanted* only, when given) and the link records of
+    *wanted* are always read; with *values*, the items and results of the
+    sweep *wanted* are read too.
     Everything else is known from the keys alone, so that counting the
-    items of every sweep reads no value.
+    items of every sweep reads no value.  Without *results*, the results
+    found are not read (their :attr:`Stored.result` is None): a rerun needs
+    only the items of a sweep whose results may be large.
     """
     found = Scan()
     for reader in dm.iter_sessions():
         with reader:
-            _read(found, reader, wanted, values)
+            _read(found, reader, wanted, values, results)
     return found
 
 
-def _read(found: Scan, reader: SessionReader, wanted: str | None, values: bool) -> None:
+def _read(
+    found: Scan, reader: SessionReader, wanted: str | None, values: bool, results: bool
+) -> None:
     """Add to *found* what one session holds (see :func:`scan`)."""
     names = reader.keys()
     found.keys.update(names)
@@ -115,6 +128,8 @@ def _read(found: Scan, reader: SessionReader, wanted: str | None, values: bool) 
         marker, name, _ = _split(k) or ("", None, "")
         if marker == FAILURE:
             return wanted is None or name == wanted
+        if marker == LINK:
+            return name == wanted
         return marker == ITEM and values and name == wanted
 
     # Sessions written before task records existed kept them among their
@@ -127,6 +142,8 @@ def _read(found: Scan, reader: SessionReader, wanted: str | None, values: bool) 
         marker, name, key = _split(k)  # type: ignore[misc]
         if marker == ITEM:
             items[key] = record
+        elif marker == LINK:
+            found.links[key] = record
         else:
             found.failures[name, key] = _failure(name, key, record, reader.name)
     if values and wanted is not None:
@@ -134,7 +151,8 @@ def _read(found: Scan, reader: SessionReader, wanted: str | None, values: bool) 
         for k in names:
             if k.startswith(prefix):
                 key = k[len(prefix) :]
-                found.results[key] = Stored(key, items.get(key), reader[k], reader.name)
+                result = reader[k] if results else None
+                found.results[key] = Stored(key, items.get(key), result, reader.name)
         metadata = reader.metadata if items else {}
         if metadata.get("task_name") == wanted and metadata.get("task_parameters") is not None:
             found.parameters = list(metadata["task_parameters"])

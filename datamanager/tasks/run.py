@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import multiprocessing
 import os
 import pickle
@@ -30,7 +31,7 @@ from .worker import Entry, Spec, describe
 if TYPE_CHECKING:
     from ..manager import DataManager
 
-__all__ = ["plan", "run_tasks"]
+__all__ = ["key_of", "plan", "run_tasks"]
 
 
 def run_tasks(
@@ -53,6 +54,8 @@ def run_tasks(
     mp_context: Any = None,
     chunksize: int | None = None,
     index: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+    links: Mapping[str, Any] | None = None,
 ) -> TaskSummary:
     """Run ``task(item)`` for every item in parallel, storing each result in *dm*.
 
@@ -143,6 +146,16 @@ def run_tasks(
         Bring the data directory's index up to date when the sweep ends (see
         :meth:`~datamanager.DataManager.build_index`), so that collating the
         results is fast; a failure to write it is a warning, never an error.
+    metadata : mapping, optional
+        More entries (JSON-able values) for the metadata of every session
+        the sweep writes, beside the task's (``task``, ``task_name``,
+        ``task_run``, ``task_parameters``), which they cannot replace.
+    links : mapping, optional
+        Item key -> where that item came from (builtin values), stored as
+        the task record ``<name>.links/<key>`` of each item that is to run,
+        in one transaction before anything runs, so that every result has
+        its link whatever stops the sweep (what :func:`rerun_tasks`
+        passes; :func:`task_table` shows the linked originals).
 
     Returns
     -------
@@ -155,11 +168,13 @@ def run_tasks(
     TypeError
         An item without a canonical form (before anything runs), a task
         that cannot be named or that workers could not import (see Notes),
-        *initargs* / *initkwds* for a task that is no class, or a count
-        (*processes*, *chunksize*, *poolsize*, *numitems*) not an int.
+        *initargs* / *initkwds* for a task that is no class, a count
+        (*processes*, *chunksize*, *poolsize*, *numitems*) not an int, or
+        *metadata* that is not JSON-able.
     ValueError
-        *processes* or *chunksize* below 1, *numitems* below 0, or
-        *poolsize* and *processes* disagreeing (before anything runs).
+        *processes* or *chunksize* below 1, *numitems* below 0,
+        *poolsize* and *processes* disagreeing, or *metadata* replacing an
+        entry the sweep records (before anything runs).
     KeyboardInterrupt
         After a clean stop on Ctrl-C.
 
@@ -201,7 +216,16 @@ def run_tasks(
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, not {name!r}")
     qualname = f"{getattr(task, '__module__', None)}.{getattr(task, '__qualname__', name)}"
-    spec = Spec(dm, task, name, qualname, uuid.uuid4().hex, tuple(initargs or ()), initkwds)
+    spec = Spec(
+        dm,
+        task,
+        name,
+        qualname,
+        uuid.uuid4().hex,
+        tuple(initargs or ()),
+        initkwds,
+        _check_metadata(metadata),
+    )
     stored = stored_keys(dm) if resume else set()
     todo, skipped, rejected = plan(items, name, key, stored, ItemFiles(dm.basepath))
     new_pool = _pool_maker(spec, len(todo), processes, client, mp_context, chunksize)
@@ -209,6 +233,8 @@ def run_tasks(
     bar = None
     with _terminate_as_interrupt():
         try:
+            if links:
+                sweep.link({k: links[k] for _index, k, _item in todo if k in links})
             if rejected:
                 sweep.reject(rejected)
             wanted = (gui if progress is None else progress) and verbose is not False
@@ -287,6 +313,21 @@ def _check_count(argument: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"{argument} must be at least {minimum}, not {value}")
 
 
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Refuse, before anything runs, extra metadata that no session could store."""
+    if metadata is None:
+        return None
+    entries = dict(metadata)
+    clash = sorted(set(entries) & {"task", "task_name", "task_run", "task_parameters"})
+    if clash:
+        raise ValueError(f"metadata may not replace what the sweep records: {clash}")
+    try:
+        json.dumps(entries)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata must hold JSON-able values ({exc})") from exc
+    return entries
+
+
 def _pool_size(poolsize: int, processes: int | None) -> int | None:
     """Reconcile Brian's *poolsize* with *processes*; return the process count.
 
@@ -340,6 +381,16 @@ def _pool_maker(
     return functools.partial(LocalPool, spec, workers, ctx, chunksize)
 
 
+def key_of(item: Any, index: int, key: Callable[[Any], str] | None) -> str:
+    """The key of ``items[index]``: :func:`item_key`, or what *key* returns, checked."""
+    if key is None:
+        return digest(item, f"items[{index}]")
+    k = key(item)
+    if not isinstance(k, str) or not k:
+        raise TypeError(f"key(items[{index}]) returned {k!r}, not a non-empty str")
+    return k
+
+
 def plan(
     items: Iterable[Any],
     name: str,
@@ -357,14 +408,10 @@ def plan(
     """
     todo, seen, skipped, rejected = [], set(), 0, []
     for index, item in enumerate(items):
-        if key is None:
-            if files is not None:
-                item = files(item)
-            k = digest(item, f"items[{index}]")
-        else:
-            k = key(item)
-            if not isinstance(k, str) or not k:
-                raise TypeError(f"key(items[{index}]) returned {k!r}, not a non-empty str")
+        if key is None and files is not None:
+            item = files(item)
+        k = key_of(item, index, key)
+        if key is not None:
             try:  # a process pool would choke on it later, far from the cause
                 pickle.dumps(item, protocol=5)
             except Exception as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .queries import scan
 from .records import parameter_names, sweep_name
@@ -46,6 +46,11 @@ def task_table(
           the task's first parameter, or ``item``;
         - the result's fields: a dict result's keys, any other result one
           column ``result`` (arrays, lists and the like kept as objects);
+        - for a rerun (see :func:`rerun_tasks`), ``original_key``: the key
+          of the item it was made from, and that item's result as
+          ``original.<field>`` columns (``original.result`` for a result
+          that is no dict), NaN where the original is no longer stored
+          (no such columns when none is);
         - ``session`` and ``key``: the session holding the result (or the
           failure record) and the item's key (the result is that session's
           key ``<name>/<key>``);
@@ -54,8 +59,9 @@ def task_table(
 
         A field named like a column before it gets a prefix rather than
         hiding it: ``item.`` for an item field named ``session``, ``key``
-        or ``error``, ``result.`` for a result field named like one of
-        those or like an item field (``x`` of both: ``x`` and ``result.x``).
+        or ``error`` (or, in a rerun, ``original_key``), ``result.`` for a
+        result field named like one of those or like an item field (``x``
+        of both: ``x`` and ``result.x``).
         A field missing from some rows is NaN there.  The rows are the
         results in the order of :func:`task_results` (session creation
         order, each item once, with its newest result), then the failures in
@@ -97,13 +103,22 @@ def task_table(
             (_item_fields(f.item, names), {}, f.session, f.key, f.error)
             for f in found.open_failures()
         ]
-    item_names, result_names = _column_names(rows)
-    columns = [*item_names.values(), *result_names.values(), "session", "key"]
+    originals = _originals(dm, found.links) if found.links else None
+    linked = ["original_key"] if originals is not None else []
+    if originals is not None:
+        fields: dict[str, None] = {}  # of the rows' originals, in order of first appearance
+        for row in rows:
+            fields.update(dict.fromkeys(_original_fields(found.links.get(row[3]), originals)))
+        linked += [c for c in fields if c != "original_key"]
+    item_names, result_names = _column_names(rows, linked)
+    columns = [*item_names.values(), *result_names.values(), *linked, "session", "key"]
     columns += ["error"] if failures else []
     records = []
     for item, result, session, key, error in rows:
         record = {item_names[c]: v for c, v in item.items()}
         record.update((result_names[c], v) for c, v in result.items())
+        if originals is not None:
+            record.update(_original_fields(found.links.get(key), originals))
         record.update(session=session, key=key)
         if failures:
             record["error"] = error
@@ -169,12 +184,44 @@ def _result_fields(result: Any) -> dict[str, Any]:
     return {"result": result}
 
 
-def _column_names(rows: list[tuple[Any, ...]]) -> tuple[dict[str, str], dict[str, str]]:
+def _originals(dm: DataManager, links: dict[str, Any]) -> dict[tuple[str, Any, str], Any]:
+    """The original results the links of a rerun name, by ``(sweep, data, key)``.
+
+    Each original sweep is read once; one whose data directory is gone
+    gives no rows (its columns stay NaN).
+    """
+    from ..manager import DataManager
+
+    found: dict[tuple[str, Any, str], Any] = {}
+    for sweep, data in {(link["sweep"], link["data"]) for link in links.values()}:
+        source = dm if data is None else DataManager.from_path(data)
+        try:
+            results = scan(source, sweep, values=True).results
+        except FileNotFoundError:
+            continue
+        found.update(((sweep, data, k), stored) for k, stored in results.items())
+    return found
+
+
+def _original_fields(link: Any, originals: dict[tuple[str, Any, str], Any]) -> dict[str, Any]:
+    """The ``original_key`` and ``original.`` columns of one row of a rerun."""
+    if link is None:
+        return {}
+    fields = {"original_key": link["key"]}
+    stored = originals.get((link["sweep"], link["data"], link["key"]))
+    if stored is not None:
+        fields.update((f"original.{c}", v) for c, v in _result_fields(stored.result).items())
+    return fields
+
+
+def _column_names(
+    rows: list[tuple[Any, ...]], linked: Sequence[str] = ()
+) -> tuple[dict[str, str], dict[str, str]]:
     """Map the item fields and the result fields of *rows* to their columns.
 
     Decided over the whole table, so that a column means one thing in
     every row: a result field is prefixed wherever any item has a field of
-    its name.
+    its name, and neither hides the *linked* columns of a rerun.
     """
 
     def fields(part: int) -> list[str]:  # in order of first appearance
@@ -183,6 +230,7 @@ def _column_names(rows: list[tuple[Any, ...]]) -> tuple[dict[str, str], dict[str
             seen.update(dict.fromkeys(row[part]))
         return list(seen)
 
-    item_names = {c: f"item.{c}" if c in RESERVED else c for c in fields(0)}
-    taken = set(item_names.values()) | set(RESERVED)
+    reserved = {*RESERVED, *linked}
+    item_names = {c: f"item.{c}" if c in reserved else c for c in fields(0)}
+    taken = set(item_names.values()) | reserved
     return item_names, {c: f"result.{c}" if c in taken else c for c in fields(1)}

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UnstorableValueError
 from .files import bind_files
+from .queries import LINK
 from .records import parameter_names
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ class Spec:
     run_id: str
     initargs: tuple[Any, ...] = ()
     initkwds: dict[str, Any] | None = None
+    #: More entries for the metadata of every session the sweep writes.
+    metadata: dict[str, Any] | None = None
 
 
 def _takes(function: Callable[..., Any], parameter: str) -> bool:
@@ -112,6 +115,7 @@ class Worker:
                         # So that a table of the sweep, read by its name
                         # alone, names the positions of tuple items.
                         "task_parameters": parameter_names(self.spec.task),
+                        **(self.spec.metadata or {}),
                     }
                 )
                 self.session = session
@@ -218,6 +222,12 @@ class Worker:
                 )
             session.update_records(records)
         return [(index, key, error[0], error[1], worker) for index, key, _item, error in failures]
+
+    def link(self, links: dict[str, Any]) -> None:
+        """Store link records (item key -> where the item came from), in one transaction."""
+        if links:
+            records = {f"{self.spec.name}{LINK}{key}": link for key, link in links.items()}
+            self._open().update_records(records)
 
     def close(self) -> None:
         if self.session is not None:
