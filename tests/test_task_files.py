@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from datamanager import DataManager, StoredFile
-from datamanager.tasks import item_key, run_tasks, task_results, task_table
+from datamanager.tasks import item_key, rerun_tasks, run_tasks, task_results, task_table
 
 
 def read_param(param, x):
@@ -180,3 +180,38 @@ def test_a_safe_manager_reads_items_with_stored_files(dm, params):
     assert isinstance(item[0], StoredFile)
     assert read(item[0]) == result["text"] == "tau = 10 ms\n"
     assert list(safe.files()["item"]) == [item_key((neuron, 1))]
+
+
+def test_a_rerun_after_the_originals_are_deleted_edits_a_stored_parameter_file(
+    dm, params, tmp_path
+):
+    neuron, net = params
+    run_tasks(dm, read_param, [(neuron, 1), (net, 2)], processes=1, progress=False)
+    neuron.unlink()
+    net.unlink()
+    edits = tmp_path / "edits"
+    edits.mkdir()
+
+    def slower(item):
+        param, x = item
+        if param.name != "neuron.param":
+            return None
+        # The item refers to the stored copy: read it, write a changed copy.
+        changed = edits / param.name
+        changed.write_text(read(param).replace("10 ms", "20 ms"))
+        return (changed, x)
+
+    out = DataManager("elsewhere", str(tmp_path / "out"))
+    # The function binds a folder, which has no canonical form: the rerun needs a name.
+    with pytest.raises(TypeError, match="name="):
+        rerun_tasks(dm, read_param, [slower], out=out, processes=1, progress=False)
+    summary = rerun_tasks(
+        dm, read_param, [slower], out=out, name="slower", processes=1, progress=False
+    )
+    assert (summary.done, summary.failed) == (2, 0)
+    results = {r["x"]: r for _item, r in task_results(out, summary.name)}
+    assert results[1]["text"] == "tau = 20 ms\n"
+    assert results[2]["text"] == "p = 0.1\n"  # unchanged, copied from the original's store
+    out_store = os.path.join(out.basepath, ".files") + os.sep
+    assert all(r["at"].startswith(out_store) for r in results.values())
+    assert len(store_listing(out)) == 2
