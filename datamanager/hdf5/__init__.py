@@ -13,6 +13,7 @@ Layout of an export::
     /merged_index/<key>      (session, start, stop) rows when /merged/<key> also
                              holds the per-session values (they are then not
                              repeated under /sessions)
+    /files/<sha256>          the bytes of each stored file the values refer to, once
 
 :mod:`~datamanager.hdf5.export` handles the file (temporary name, atomic
 publish) and :mod:`~datamanager.hdf5.merge` writes the values, stacking those
@@ -22,6 +23,7 @@ of one key across sessions.
 from __future__ import annotations
 
 from .export import ExportReport, export_hdf5
+from .files import load_file
 from .load import load_hdf5
 from .schema import SCHEMA_VERSION, PickledValue, escape_name, unescape_name
 
@@ -31,6 +33,7 @@ __all__ = [
     "PickledValue",
     "escape_name",
     "export_hdf5",
+    "load_file",
     "load_hdf5",
     "unescape_name",
 ]

@@ -21,12 +21,15 @@ from typing import Any, Iterator, Union
 import numpy as np
 
 from ..errors import ExportFormatError
+from ..filestore import StoredFile, bound_to
 from ..recordings.recording import Recording
+from .files import FILES_GROUP, extract_files
 from .schema import (
     ITEMS_ATTR,
     METADATA_ATTR,
     SEQUENCES,
     SESSION_TYPE_ATTR,
+    STORED_FILE_ATTRS,
     TYPE_ATTR,
     PickledValue,
     get_attrs,
@@ -38,7 +41,11 @@ __all__ = ["load_hdf5", "read"]
 
 
 def load_hdf5(
-    path: Union[str, os.PathLike], *, unpickle: bool = False, metadata: bool = False
+    path: Union[str, os.PathLike],
+    *,
+    unpickle: bool = False,
+    metadata: bool = False,
+    files: Union[str, os.PathLike, None] = None,
 ) -> dict[str, Any]:
     """Read an export written by :func:`export_hdf5` back into Python values.
 
@@ -53,6 +60,14 @@ def load_hdf5(
     metadata : bool
         Also return ``'metadata'`` (``{session: dict}``) and ``'attrs'`` (the
         file attributes: datamanager version, name, export time).
+    files : str or path-like, optional
+        A data directory (``DataManager.basepath``; created if missing) into
+        whose file store the export's stored files are copied, so that the
+        StoredFile values come back bound to those copies (``open(f)``
+        works, and items holding them run again with
+        :func:`~datamanager.tasks.run_tasks`).  By default StoredFiles come
+        back with ``path`` None; :func:`~datamanager.hdf5.load_file` reads
+        their bytes.
 
     Returns
     -------
@@ -77,28 +92,39 @@ def load_hdf5(
     import h5py
 
     with h5py.File(path, "r") as f:
-        sessions: dict[str, dict[str, Any]] = {}
-        meta: dict[str, dict[str, Any]] = {}
-        for gname, group in members(required(f, "sessions", h5py.Group), h5py.Group):
-            name = unescape_name(gname)
-            sessions[name] = {unescape_name(k): read(v, unpickle) for k, v in members(group)}
-            meta[name] = _metadata(group)
-        out: dict[str, Any] = {"sessions": sessions}
-        stacked = member(f, "merged", h5py.Group)
-        if stacked is not None:
-            merged = out["merged"] = {}
-            index = member(f, "merged_index", h5py.Group)
-            for dname, obj in members(stacked):
-                key = unescape_name(dname)
-                merged[key] = read(obj, unpickle)
-                rows = None if index is None else member(index, dname, h5py.Dataset, shared=True)
-                if rows is not None:
-                    with decoding(rows):
-                        _unstack(obj, rows[()], key, sessions)
-        if metadata:
-            out["metadata"] = meta
-            with decoding(f):
-                out["attrs"] = get_attrs(f)
+        if files is None:
+            return _load(f, unpickle, metadata)
+        extract_files(f, files)
+        with bound_to(files):
+            return _load(f, unpickle, metadata)
+
+
+def _load(f: Any, unpickle: bool, metadata: bool) -> dict[str, Any]:
+    """The values of the open export *f* (see :func:`load_hdf5`)."""
+    import h5py
+
+    sessions: dict[str, dict[str, Any]] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for gname, group in members(required(f, "sessions", h5py.Group), h5py.Group):
+        name = unescape_name(gname)
+        sessions[name] = {unescape_name(k): read(v, unpickle) for k, v in members(group)}
+        meta[name] = _metadata(group)
+    out: dict[str, Any] = {"sessions": sessions}
+    stacked = member(f, "merged", h5py.Group)
+    if stacked is not None:
+        merged = out["merged"] = {}
+        index = member(f, "merged_index", h5py.Group)
+        for dname, obj in members(stacked):
+            key = unescape_name(dname)
+            merged[key] = read(obj, unpickle)
+            rows = None if index is None else member(index, dname, h5py.Dataset, shared=True)
+            if rows is not None:
+                with decoding(rows):
+                    _unstack(obj, rows[()], key, sessions)
+    if metadata:
+        out["metadata"] = meta
+        with decoding(f):
+            out["attrs"] = get_attrs(f)
     return out
 
 
@@ -261,7 +287,27 @@ def _read(obj: Any, unpickle: bool) -> Any:
     if ptype == "pickle":
         value = PickledValue(data.tobytes())
         return value.load() if unpickle else value
+    if ptype == "StoredFile":
+        return _read_stored_file(obj)
     raise ValueError(f"unknown {TYPE_ATTR} {ptype!r}")
+
+
+def _read_stored_file(obj: Any) -> StoredFile:
+    """A StoredFile value, unbound: its bytes are in the export (see :func:`load_file`)."""
+    import h5py
+
+    fields = get_attrs(obj)
+    stored = StoredFile(
+        sha256=obj.asstr()[()], **{attr: fields[attr] for attr in STORED_FILE_ATTRS}
+    )
+    # Refused here rather than when the bytes are asked for: a value that
+    # names no file of the export, or one of another size, is malformed.
+    files = required(obj.file, FILES_GROUP, h5py.Group)
+    data = required(files, stored.sha256, h5py.Dataset)
+    if data.shape != (stored.size,):
+        found = f"a dataset of shape {data.shape}"
+        raise malformed(obj, data.name, f"{stored.size} bytes", found)
+    return stored
 
 
 def _read_recording(group: Any, unpickle: bool) -> Any:

@@ -114,7 +114,7 @@ class Exporter:
         # Called between writes, where a held-back Ctrl-C may be raised.
         self.checkpoint = checkpoint
         self.on_unsupported = options["on_unsupported"]
-        self.writer = Writer(options["compression"], self.on_unsupported)
+        self.writer = Writer(options["compression"], self.on_unsupported, checkpoint)
         self.merged = options["merged"]
         self.sessions = f.create_group("sessions", track_order=True)
         self.stacks: dict[str, _Stack] = {}
@@ -155,7 +155,7 @@ class Exporter:
 
     def write_value(self, group: Any, session: str, key: str, value: Any) -> None:
         name = escape_name(key)
-        before = len(self.writer.pickled)
+        before, files = len(self.writer.pickled), len(self.writer.files)
         try:
             if type(value) is NpyFile:
                 value.write(group, name, self.writer.compression, self.checkpoint)
@@ -164,6 +164,7 @@ class Exporter:
         except Unsupported as exc:
             if name in group:
                 del group[name]
+            self.writer.drop_files(self.f, files)
             if self.on_unsupported == "error":
                 raise UnsupportedValueError(session, key, exc.type_name) from None
             self.report.skipped.append((session, key, exc.type_name))
@@ -328,11 +329,13 @@ class Exporter:
         except (TypeError, ValueError) as exc:
             self.report.not_merged[key] = str(exc)
             return
+        files = len(self.writer.files)
         try:
             self.writer.write(group, name, value)
         except Unsupported as exc:
             if name in group:
                 del group[name]
+            self.writer.drop_files(self.f, files)
             if self.on_unsupported == "error":
                 raise UnsupportedValueError("<merged>", key, exc.type_name) from None
             self.report.skipped.append(("<merged>", key, exc.type_name))

@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from ..filestore import StoredFile
 from ..recordings.recording import Recording
+from .files import FILES_GROUP, copy_file
 
 __all__ = ["PickledValue", "escape_name", "unescape_name"]
 
@@ -34,7 +36,10 @@ METADATA_ATTR = "metadata"
 #: Attribute of a stacked ``/merged/<key>`` whose per-session values are tuples.
 SESSION_TYPE_ATTR = "session_type"
 #: 2: session metadata in one JSON attribute (1: one attribute per field).
-SCHEMA_VERSION = 2
+#: 3: StoredFile values, their bytes once each under ``/files/<sha256>``.
+SCHEMA_VERSION = 3
+#: Attributes of a StoredFile value besides its sha256, which is its data.
+STORED_FILE_ATTRS = ("name", "size", "original")
 
 _NUMERIC_KINDS = "biufc"
 _PY_SCALARS = {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}
@@ -190,9 +195,19 @@ def items_from_array(arr: np.ndarray, items: str, ptype: str) -> Any:
 class Writer:
     """Writes Python values into an open HDF5 group following the schema."""
 
-    def __init__(self, compression: str | None, on_unsupported: str) -> None:
+    def __init__(
+        self,
+        compression: str | None,
+        on_unsupported: str,
+        checkpoint: Callable[[], None] | None = None,
+    ) -> None:
         self.compression = compression
         self.on_unsupported = on_unsupported
+        # Called between windows of a large stored file, where a held-back
+        # Ctrl-C may be raised.
+        self.checkpoint = checkpoint or (lambda: None)
+        #: The sha256 of each file copied into ``/files``, in order (see :meth:`drop_files`).
+        self.files: list[str] = []
         self.pickled: list[str] = []
         self._types: dict[np.dtype, Any] = {}
         self._lcpl: Any = None
@@ -286,8 +301,20 @@ class Writer:
                     self.write(group, escape_name(key), item)
         elif isinstance(value, Recording):
             self.recording(parent, name, value)
+        elif cls is StoredFile:
+            self.stored_file(parent, name, value)
         else:
             self._unsupported(parent, name, value)
+
+    def stored_file(self, parent: Any, name: str, value: StoredFile) -> None:
+        """A StoredFile: its sha256 as text, its bytes once per export in ``/files``."""
+        import h5py
+
+        if copy_file(parent.file, value, self.compression, self.checkpoint):
+            self.files.append(value.sha256)
+        ds = self.scalar(parent, name, value.sha256, "StoredFile", dtype=h5py.string_dtype())
+        for attr in STORED_FILE_ATTRS:
+            set_attr(ds, attr, getattr(value, attr))
 
     def sequence(self, parent: Any, name: str, value: Any, ptype: str) -> None:
         packed = homogeneous(value)
@@ -300,6 +327,16 @@ class Writer:
         group.attrs[TYPE_ATTR] = ptype
         for i, item in enumerate(value):
             self.write(group, str(i), item)
+
+    def drop_files(self, root: Any, mark: int) -> None:
+        """Remove the files copied since ``len(self.files)`` was *mark*.
+
+        For a value left out after all (one of its parts is unsupported):
+        ``/files`` holds only files that written values refer to.
+        """
+        for sha256 in self.files[mark:]:
+            del root[FILES_GROUP][sha256]
+        del self.files[mark:]
 
     def recording(self, parent: Any, name: str, rec: Recording) -> None:
         group = parent.create_group(name, track_order=True)

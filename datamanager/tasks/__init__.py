@@ -25,6 +25,7 @@ The modules: :mod:`~datamanager.tasks.run` (:func:`run_tasks`),
 :mod:`~datamanager.tasks.driver` (a sweep's chunks and counters),
 :mod:`~datamanager.tasks.pools` and :mod:`~datamanager.tasks.worker` (where
 chunks run), :mod:`~datamanager.tasks.itemkeys` (the keys),
+:mod:`~datamanager.tasks.files` (the files items refer to),
 :mod:`~datamanager.tasks.queries` (reading a sweep back),
 :mod:`~datamanager.tasks.rerun` (a sweep run again with changed items),
 :mod:`~datamanager.tasks.tables` (a sweep as a table) and

@@ -17,6 +17,7 @@ import os
 import types
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from .files import ItemFiles
 from .itemkeys import item_key
 from .queries import Stored, scan
 from .records import TaskSummary, sweep_name
@@ -58,10 +59,11 @@ def rerun_tasks(
 
     Modification functions run in this process, before anything starts, so
     that the new items' keys, and so what a resumed rerun skips, are known.
-    A value of an item that refers to a file, such as a
-    :class:`pathlib.Path`, is part of the item as any other; a function may
-    write a changed copy of a parameter file and return an item pointing at
-    it.
+    A file an item refers to is, in the stored items, a
+    :class:`~datamanager.StoredFile` bound to the stored copy; a function may
+    read it, write a changed copy of the parameter file and return an item
+    holding its :class:`pathlib.Path`, which is stored as :func:`run_tasks`
+    stores it (in *out*, which also receives the unchanged files).
 
     Parameters
     ----------
@@ -157,12 +159,17 @@ def rerun_tasks(
         found.check(dm, original)
     items, links = [], {}
     where = None if same else os.path.abspath(dm.basepath)
+    # Stored here as run_tasks would store them, so that a file a function
+    # wrote is hashed once, for this key and for run_tasks' alike.
+    files = ItemFiles(target.basepath) if key is None else None
     for index, stored in enumerate(_chosen(found.results, select)):
         item = stored.item
         for f in functions:
             changed = f(item)
             if changed is not None:
                 item = changed
+        if files is not None:
+            item = files(item)
         k = key_of(item, index, key)
         links.setdefault(k, {"key": stored.key, "sweep": original, "data": where})
         items.append(item)
@@ -267,7 +274,7 @@ def _bound(values: list[Any], active: set[int]) -> str | None:
             continue
         try:
             parts.append(item_key(value))
-        except TypeError:
+        except (TypeError, OSError):  # OSError: a Path to a folder, or to no file
             return None
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 

@@ -21,6 +21,7 @@ from .. import provenance
 from .._progress import progress_bar
 from ..errors import warn_caller
 from .driver import Sweep
+from .files import ItemFiles
 from .itemkeys import digest
 from .pools import DaskPool, LocalPool, Pool, check_importable
 from .queries import stored_keys
@@ -96,6 +97,12 @@ def run_tasks(
         the progress bar by the fraction *complete* of the current item.
     items : iterable
         The parameter sets (see :func:`item_key` for what they may hold).
+        Each :class:`pathlib.Path` in an item (nested too) is stored in the
+        data directory's file store, once per distinct file, and replaced
+        by its :class:`~datamanager.StoredFile`: the task receives that,
+        bound to the stored copy, and the stored item refers to it (see
+        :mod:`datamanager.tasks.files`).  Not with *key*, where items go to
+        the task as given.
     gui : bool
         Brian's name for *progress*: whether to show progress (a bar, not a
         window); *progress*, when given, wins.
@@ -128,7 +135,7 @@ def run_tasks(
         by default (required for lambdas and partials).
     key : callable, optional
         ``key(item) -> str``, used instead of :func:`item_key`, for items that
-        have no canonical form.
+        have no canonical form; their Paths are then not stored.
     mp_context : str or multiprocessing context, optional
         Start method of the local pool; Python's default when omitted.
     chunksize : int, optional
@@ -156,6 +163,8 @@ def run_tasks(
 
     Raises
     ------
+    OSError
+        A Path in an item names no readable file (before anything runs).
     TypeError
         An item without a canonical form (before anything runs), a task
         that cannot be named or that workers could not import (see Notes),
@@ -217,7 +226,8 @@ def run_tasks(
         initkwds,
         _check_metadata(metadata),
     )
-    todo, skipped, rejected = plan(items, name, key, stored_keys(dm) if resume else set())
+    stored = stored_keys(dm) if resume else set()
+    todo, skipped, rejected = plan(items, name, key, stored, ItemFiles(dm.basepath))
     new_pool = _pool_maker(spec, len(todo), processes, client, mp_context, chunksize)
     sweep = Sweep(spec, todo, new_pool, skipped=skipped, started=started)
     bar = None
@@ -382,15 +392,24 @@ def key_of(item: Any, index: int, key: Callable[[Any], str] | None) -> str:
 
 
 def plan(
-    items: Iterable[Any], name: str, key: Callable[[Any], str] | None, stored: set[str]
+    items: Iterable[Any],
+    name: str,
+    key: Callable[[Any], str] | None,
+    stored: set[str],
+    files: ItemFiles | None = None,
 ) -> tuple[list[Entry], int, list[tuple[Any, ...]]]:
     """Key every item; return what to run, how many to skip, and the unpicklable.
 
-    The rejected come as failure outcomes ``(index, key, repr(item), None,
-    error)`` for :meth:`Worker.store <datamanager.tasks.worker.Worker.store>`.
+    With *files* (and no *key*), each Path in an item is first replaced by
+    its StoredFile (see :mod:`~datamanager.tasks.files`), so that keying
+    and storing share one hash of each distinct file.  The rejected come as
+    failure outcomes ``(index, key, repr(item), None, error)`` for
+    :meth:`Worker.store <datamanager.tasks.worker.Worker.store>`.
     """
     todo, seen, skipped, rejected = [], set(), 0, []
     for index, item in enumerate(items):
+        if key is None and files is not None:
+            item = files(item)
         k = key_of(item, index, key)
         if key is not None:
             try:  # a process pool would choke on it later, far from the cause

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UnstorableValueError
+from .files import bind_files
 from .queries import LINK
 from .records import parameter_names
 
@@ -137,10 +138,14 @@ class Worker:
         ran, seconds, committed = 0, 0.0, time.monotonic()
         task, wants_report = self._task()
         extra = {"report": self._reporter(partial)} if wants_report else {}
+        basepath = self.spec.dm.basepath
         for index, key, item in chunk:
             if stop is not None and stop.is_set():
                 break
             start = time.perf_counter()
+            # Its files came without their place (a StoredFile pickles
+            # without it): here they are where this worker sees the store.
+            item = bind_files(item, basepath)
             # A tuple is a parameter set, one argument per entry (as Brian's
             # task farm passed them).
             args = item if isinstance(item, tuple) else (item,)
