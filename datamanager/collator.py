@@ -353,22 +353,19 @@ class Collator:
         """
         import pandas
 
-        def row(reader: SessionReader) -> dict[str, Any]:
-            return {
-                "name": reader.name,
-                **reader.metadata,
-                "keys": len(reader),
-                "size": reader.nbytes,
-            }
+        def row(reader: SessionReader) -> tuple[str, dict[str, Any]]:
+            metadata = reader.metadata
+            metadata.pop("name", None)  # the session's name comes first, from its file
+            return reader.name, {**metadata, "keys": len(reader), "size": reader.nbytes}
 
-        rows = [r for _, r in self._collect(row, strict)]
-        frame = pandas.DataFrame([{k: v for k, v in r.items() if k != "name"} for r in rows])
+        found = [r for _, r in self._collect(row, strict)]
+        frame = pandas.DataFrame([r for _, r in found])
         # Which code wrote each session, at a glance: those columns first.
         first = [c for c in CODE_IDENTITY if c in frame]
         frame = frame[first + [c for c in frame if c not in first]]
         # Object dtype: a name read from a file system in another encoding
         # keeps its undecodable bytes, which pyarrow-backed text refuses.
-        frame.insert(0, "name", pandas.Series([r["name"] for r in rows], dtype=object))
+        frame.insert(0, "name", pandas.Series([n for n, _ in found], dtype=object))
         if "created" in frame:
             frame["created"] = pandas.to_datetime(frame["created"], unit="s", utc=True)
         return frame
