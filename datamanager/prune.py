@@ -21,6 +21,7 @@ see :func:`open_files` for what that can and cannot see.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -39,11 +40,29 @@ try:
 except ImportError:  # Windows: no flock, and an open file cannot be removed anyway
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["GRACE", "open_files", "prune"]
+__all__ = ["GRACE", "REMOVES_LOCKS", "open_files", "prune"]
 
 #: Seconds a file must have been left unchanged before prune removes it: the
 #: in-flight grace period of :meth:`DataManager.verify`.
 GRACE = ORPHAN_AGE
+
+
+def _filelock_drops_unlinked() -> bool:
+    """Whether the installed filelock drops a lock it won on a removed file (3.20.4 on)."""
+    from importlib.metadata import version
+
+    try:
+        numbers = [int(part) for part in re.findall(r"\d+", version("filelock"))[:3]]
+    except Exception:  # not installed as a distribution: cannot tell
+        return False
+    return tuple(numbers) >= (3, 20, 4)
+
+
+#: Whether prune removes lock files no process holds.  Only where flock
+#: exists, and only with a filelock that, having won the lock on a file
+#: removed meanwhile, locks the file at the path instead; an older one (the
+#: last for Python 3.9 is 3.19) would then hold a lock that excludes nobody.
+REMOVES_LOCKS = fcntl is not None and _filelock_drops_unlinked()
 #: The first bytes of every HDF5 file (h5py writes no user block).
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -259,12 +278,13 @@ def _lock_file(path: str, apply: bool) -> list[str]:
 
     A process that opened the file just before it goes may win the lock on
     it just after, on a file no longer at the path that excludes nobody:
-    filelock (3.24 and later, which this package requires) drops a lock won
-    on a removed file and locks the file at the path instead, so mutual
-    exclusion holds throughout.  Removing a file that a process holds would
-    break it: the next process would lock a new file beside the holder.
+    filelock (3.20.4 and later) drops a lock won on a removed file and locks
+    the file at the path instead, so mutual exclusion holds throughout; with
+    an older filelock (see :data:`REMOVES_LOCKS`) no lock file is removed.
+    Removing a file that a process holds would break it: the next process
+    would lock a new file beside the holder.
     """
-    if fcntl is None or not stat.S_ISREG(_mode(path)) or not _old(path, time.time()):
+    if not REMOVES_LOCKS or not stat.S_ISREG(_mode(path)) or not _old(path, time.time()):
         return []
     try:
         fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)

@@ -188,10 +188,14 @@ def _start(target: str, temp: str, hash_values: bool) -> sqlite3.Connection:
 
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
-    # A temporary file: an interrupted build leaves it to be deleted, never read.
-    conn.execute("PRAGMA journal_mode = OFF")
-    conn.execute("PRAGMA synchronous = OFF")
-    conn.execute("BEGIN")
+    try:
+        # A temporary file: an interrupted build leaves it to be deleted, never read.
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("BEGIN")
+    except BaseException:
+        conn.close()  # a file that is no database: not left for the garbage collector
+        raise
     return conn
 
 

@@ -226,6 +226,9 @@ def open_view(
         conn.close()
         warn_caller(f"ignoring the index {path} ({exc}); build_index() writes a new one")
         return None
+    except BaseException:
+        conn.close()
+        raise
     return IndexView(conn, served, names, len(indexed))
 
 
