@@ -8,6 +8,7 @@ for simulation processes that only write.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -72,13 +73,12 @@ def _matcher(match: Union[str, Callable[[str], bool], None]) -> Callable[[str], 
     return None if match is None else key_test(match)
 
 
-def _progress(dm: Any, progress: bool | None) -> Iterable[Any]:
-    """``dm.iter_sessions()``, behind a bar only for a person watching.
+def _progress(dm: Any, sessions: Iterable[Any], progress: bool | None) -> Iterable[Any]:
+    """*sessions* (``dm.iter_sessions()``), behind a bar only for a person watching.
 
     The session count, which opens every session once more, is only taken
     for a bar.
     """
-    sessions = dm.iter_sessions()
     bar = progress_bar(progress is not False)
     if bar is None:
         return sessions
@@ -277,7 +277,20 @@ def _write_file(
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["merged"] = bool(options["merged"])
     exporter = Exporter(f, dm, options, report, checkpoint)
-    for reader in _progress(dm, progress):
+    sessions = dm.iter_sessions()
+    # Closed here, not by the garbage collector, when an export stops half
+    # way: the readers it keeps open are then closed in order.
+    with contextlib.closing(sessions) if hasattr(sessions, "close") else contextlib.nullcontext():
+        _export_sessions(exporter, _progress(dm, sessions, progress), selected, report, checkpoint)
+    if options["merged"]:
+        exporter.finish_merged()
+
+
+def _export_sessions(
+    exporter: Any, sessions: Iterable[Any], selected: Any, report: Any, checkpoint: Any
+) -> None:
+    """Export every reader of *sessions*, closing each as soon as it is written."""
+    for reader in sessions:
         try:
             group = exporter.session(reader.name, reader.metadata or {})
             for key, value in _values(reader, selected):
@@ -289,5 +302,3 @@ def _write_file(
             close = getattr(reader, "close", None)
             if close is not None:
                 close()
-    if options["merged"]:
-        exporter.finish_merged()

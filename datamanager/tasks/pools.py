@@ -102,10 +102,14 @@ class LocalPool:
             return
         # Before 3.14 the executor offers no way to stop a busy worker; its
         # process table is the only handle on them.
-        for process in list(getattr(self.executor, "_processes", {}).values()):
+        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
             process.terminate()
 
     def close(self) -> None:
+        if getattr(self.executor, "_broken", False):
+            # A broken pool joins its workers on shutdown; one started just as
+            # another died may wait for work forever (seen on Python 3.13.0).
+            self.terminate()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
