@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -187,7 +188,10 @@ def test_safe_mode_refuses_a_stored_file_that_names_a_path(dm, param):
     with dm.session("writer") as s:
         s["model"] = f
     hostile = pickle.dumps(f).replace(f.sha256.encode(), b"../" * 21 + b"x")
-    with sqlite3.connect(os.path.join(dm.basepath, "writer.sqlite")) as conn:
+    with (
+        contextlib.closing(sqlite3.connect(os.path.join(dm.basepath, "writer.sqlite"))) as conn,
+        conn,
+    ):
         conn.execute("UPDATE items SET value = ? WHERE key = 'model'", (hostile,))
     conn.close()
     for safe in (False, True):

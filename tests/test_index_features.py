@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 
@@ -144,7 +145,7 @@ def test_task_results_and_failures_read_through_the_index_are_those_of_the_sessi
     finally:
         os.rename(aside, index)
     # The index holds the records: a copy of it without them reads them from the sessions.
-    with sqlite3.connect(index) as conn:
+    with contextlib.closing(sqlite3.connect(index)) as conn, conn:
         assert conn.execute("SELECT count(*) FROM records").fetchone()[0] > 0
         conn.execute("DELETE FROM records")
     assert answers() != indexed  # the index was used: its (now missing) records were served

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_verify_reads_the_task_records(dm: DataManager):
     run_tasks(dm, tenfold, range(3), processes=2, progress=False)
     paths = [r.path for r in dm.iter_sessions()]
     for path in paths:
-        with sqlite3.connect(path) as conn:
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
             conn.execute("UPDATE task_records SET value = ?", (b"\x80\x04garbage",))
         conn.close()
     problems = dm.verify()
@@ -62,7 +63,7 @@ def test_a_session_in_the_old_layout_still_answers(dm: DataManager):
         failure = dict(item=2, error="ValueError: two", traceback="tb", worker="h:1", time=0.0)
         s.update({f"old/{one}": 10, f"old.items/{one}": 1, f"old.failures/{two}": failure})
         path = s.path
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("DROP TABLE task_records")
     conn.close()
     assert task_results(dm, "old") == [(1, 10)]
