@@ -102,8 +102,16 @@ class LocalPool:
             return
         # Before 3.14 the executor offers no way to stop a busy worker; its
         # process table is the only handle on them.
-        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+        for process in self._processes():
             process.terminate()
+
+    def _processes(self) -> list[Any]:
+        """The executor's worker processes, also once a broken executor dropped its table."""
+        table = getattr(self.executor, "_processes", None)
+        if not table:  # a broken executor hands its table to its manager thread
+            manager = getattr(self.executor, "_executor_manager_thread", None)
+            table = getattr(manager, "processes", None)
+        return list((table or {}).values())
 
     def close(self) -> None:
         if getattr(self.executor, "_broken", False):
