@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable
 from typing import FrozenSet, Optional, Tuple
 
+import filelock
+
 from . import _format as fmt
 from . import legacy
 from ._format import LOCK_SUFFIX, SESSION_SUFFIX, SQLITE_COMPANIONS
@@ -49,12 +51,9 @@ GRACE = ORPHAN_AGE
 
 def _filelock_drops_unlinked() -> bool:
     """Whether the installed filelock drops a lock it won on a removed file (3.20.4 on)."""
-    from importlib.metadata import version
-
-    try:
-        numbers = [int(part) for part in re.findall(r"\d+", version("filelock"))[:3]]
-    except Exception:  # not installed as a distribution: cannot tell
-        return False
+    # Its own version string: already imported (by locking), unlike package
+    # metadata, whose lookup would cost every `import datamanager` ~15 ms.
+    numbers = [int(part) for part in re.findall(r"\d+", filelock.__version__)[:3]]
     return tuple(numbers) >= (3, 20, 4)
 
 
