@@ -34,6 +34,9 @@ __all__ = [
     "key_test",
     "list_directory",
     "match_keys",
+    "report",
+    "session_nbytes",
+    "side_bytes",
 ]
 
 Match = Union[str, Callable[[str], bool]]
@@ -152,7 +155,7 @@ class SessionReader:
             except KeyError:  # deleted by a writer meanwhile
                 continue
             except CorruptSessionError as exc:
-                _report(exc, on_error)
+                report(exc, on_error)
                 continue
             yield key, value
 
@@ -339,7 +342,7 @@ class NativeReader(SessionReader):
                     except FileNotFoundError:  # replaced meanwhile: read it again
                         value = self.get(key, _GONE)
                 except CorruptSessionError as exc:
-                    _report(exc, on_error)
+                    report(exc, on_error)
                     continue
                 if value is not _GONE:
                     yield key, value
@@ -486,12 +489,16 @@ def session_nbytes(path: str) -> int:
             total += os.path.getsize(path + suffix)
         except OSError:
             pass
+    return total + side_bytes(path)
+
+
+def side_bytes(path: str) -> int:
+    """Bytes of the side files of the native session at *path* (0 if it has none)."""
     try:
         with os.scandir(fmt.blob_dir(path)) as it:
-            total += sum(e.stat().st_size for e in it)
+            return sum(e.stat().st_size for e in it)
     except OSError:
-        pass
-    return total
+        return 0
 
 
 def sqlite_uri(path: str, query: str) -> str:
@@ -514,7 +521,8 @@ def _orphaned(basepath: str, name: str, owner: str) -> bool:
     )
 
 
-def _report(exc: CorruptSessionError, on_error: OnError | None) -> None:
+def report(exc: CorruptSessionError, on_error: OnError | None) -> None:
+    """Raise *exc*, or pass it to *on_error* if given (see :meth:`SessionReader.items`)."""
     if on_error is None:
         raise exc
     on_error(exc)

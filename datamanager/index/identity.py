@@ -79,8 +79,8 @@ def files(path: str, base: str, names: frozenset[str], fresh: bool = False) -> F
                 # kept: the unsettled row made of it records its size and time.
                 return Files(_CHANGING, 1 << 63, {"": db})
             companions.append(f"{suffix}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
-    key = (db.st_ino, db.st_size, db.st_mtime_ns, db.st_ctime_ns, ";".join(companions))
-    return Files(key, max(st.st_mtime_ns for st in stats.values()), stats)
+    newest = max(st.st_mtime_ns for st in stats.values())
+    return Files(_key(db, ";".join(companions)), newest, stats)
 
 
 def key(path: str, base: str, names: frozenset[str], fresh: bool) -> Key | None:
@@ -89,10 +89,13 @@ def key(path: str, base: str, names: frozenset[str], fresh: bool) -> Key | None:
         found = files(path, base, names, fresh)
         return None if found is None else found.key
     try:
-        st = _stat(path, fresh)
+        return _key(_stat(path, fresh))
     except FileNotFoundError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, "")
+
+
+def _key(db: os.stat_result, companions: str = "") -> Key:
+    return (db.st_ino, db.st_size, db.st_mtime_ns, db.st_ctime_ns, companions)
 
 
 def clock(path: str) -> int:

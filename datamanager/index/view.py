@@ -23,7 +23,9 @@ from ..readers import (
     SessionEntry,
     SessionReader,
     key_test,
+    report,
     session_nbytes,
+    side_bytes,
     sqlite_uri,
 )
 from . import identity
@@ -171,11 +173,8 @@ class IndexView:
             return session_nbytes(entry.path)
         # Side files can come and go without a change to the database (a
         # writer killed before its commit leaves one): they are counted now.
-        total = row.size
-        if entry.name + BLOB_SUFFIX in self.listing:
-            with contextlib.suppress(OSError), os.scandir(fmt.blob_dir(entry.path)) as it:
-                total += sum(e.stat().st_size for e in it)
-        return total
+        listed = entry.name + BLOB_SUFFIX in self.listing
+        return row.size + (side_bytes(entry.path) if listed else 0)
 
 
 # Only settled sessions can be served: an unsettled one's keys are no one's.
@@ -321,9 +320,7 @@ class IndexedReader(SessionReader):
             except KeyError:  # deleted by a writer meanwhile
                 continue
             except CorruptSessionError as exc:
-                if on_error is None:
-                    raise
-                on_error(exc)
+                report(exc, on_error)
                 continue
             yield key, value
 
