@@ -55,6 +55,12 @@ def crasher(x):
     return x
 
 
+def terminated(x):
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler or a user killing one worker
+    return x
+
+
 def slow(x):
     time.sleep(0.05)
     return x * 10
@@ -226,6 +232,16 @@ def test_a_dying_worker_breaks_no_sweep(dm):
     assert all("BrokenProcessPool" in f.error for f in summary.failures)
     retry = run_tasks(dm, square, range(30), processes=2, progress=False, name="crasher")
     assert retry.done == summary.failed and task_failures(dm) == []
+
+
+def test_a_worker_sent_sigterm_dies_like_any_dying_worker(dm):
+    # Workers forked while the driver handles SIGTERM must not inherit its
+    # handler: the pool could not terminate them, and a SIGTERM sent to one
+    # worker would interrupt the whole sweep.
+    summary = run_tasks(dm, terminated, range(10), processes=2, progress=False)
+    assert 3 in {f.item for f in summary.failures}
+    assert all("BrokenProcessPool" in f.error for f in summary.failures)
+    assert summary.done + summary.failed == 10
 
 
 def test_tasks_need_a_name_when_their_own_is_ambiguous(dm):

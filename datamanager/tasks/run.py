@@ -285,8 +285,15 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
         return
     received = []
+    driver = os.getpid()
 
     def interrupt(signum: int, frame: Any) -> None:
+        if os.getpid() != driver:
+            # A forked worker inherits this handler until it sets its own; it
+            # must die of SIGTERM, or a pool that terminates it waits forever.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         received.append(signum)
         raise KeyboardInterrupt
 

@@ -247,6 +247,9 @@ def init_local(
     # Ctrl-C at a terminal reaches the whole process group; the driver alone
     # decides what happens then (it sets *stop*), so no task is cut in half.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits the driver's SIGTERM handler (see run_tasks);
+    # a worker the pool terminates must die at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent_pid)
     with numbers.get_lock():  # each worker of the pool takes the next number
         number, numbers.value = numbers.value, numbers.value + 1
