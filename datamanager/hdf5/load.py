@@ -25,15 +25,19 @@ from ..filestore import StoredFile, bound_to
 from ..recordings.recording import Recording
 from .files import FILES_GROUP, extract_files
 from .schema import (
+    DTYPE_ATTR,
     ITEMS_ATTR,
     METADATA_ATTR,
     SEQUENCES,
     SESSION_TYPE_ATTR,
     STORED_FILE_ATTRS,
     TYPE_ATTR,
+    TYPED_ARRAY,
     PickledValue,
+    dtype_from_attr,
     get_attrs,
     items_from_array,
+    stored_dtype,
     unescape_name,
 )
 
@@ -265,6 +269,8 @@ def _read(obj: Any, unpickle: bool) -> Any:
     if ptype is None:
         # [...] keeps a 0-d array an array, in its stored byte order.
         return obj[...] if obj.shape == () else obj[()]
+    if ptype == TYPED_ARRAY:
+        return _read_typed_array(obj)
     data = obj[()]
     if ptype in SEQUENCES:
         items = obj.attrs[ITEMS_ATTR]
@@ -290,6 +296,16 @@ def _read(obj: Any, unpickle: bool) -> Any:
     if ptype == "StoredFile":
         return _read_stored_file(obj)
     raise ValueError(f"unknown {TYPE_ATTR} {ptype!r}")
+
+
+def _read_typed_array(obj: Any) -> np.ndarray:
+    """A string, datetime or structured array, in its original dtype."""
+    dtype = dtype_from_attr(obj.attrs[DTYPE_ATTR])
+    if dtype.kind == "U":
+        return np.asarray(obj.asstr()[()], dtype=object).astype(dtype)
+    # By position into the stored layout (h5py may pack a compound), whose
+    # itemsize and offsets are the original's: then a view restores it.
+    return obj[...].astype(stored_dtype(dtype), copy=False).view(dtype)
 
 
 def _read_stored_file(obj: Any) -> StoredFile:
