@@ -51,6 +51,7 @@ STORED_FILE_ATTRS = ("name", "size", "original")
 
 _NUMERIC_KINDS = "biufc"
 _PY_SCALARS = {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}
+_PANDAS = ("DataFrame", "Series")  # by name: pandas is imported only if met
 SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 
 # ---------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def homogeneous(items: Any) -> tuple[str, np.ndarray] | None:
         except OverflowError:  # ints beyond int64
             return None
     if cls is str:
-        if any(type(x) is not str or "\x00" in x or _has_surrogates(x) for x in items):
+        if any(type(x) is not str or "\x00" in x or has_surrogates(x) for x in items):
             return None
         return "str", np.array(items, dtype=object)
     if isinstance(first, np.generic) and numeric(first.dtype):
@@ -314,7 +315,7 @@ class Writer:
         elif cls in _PY_SCALARS:
             self.scalar(parent, name, _PY_SCALARS[cls](value), cls.__name__)
         elif cls is str:
-            if "\x00" in value or _has_surrogates(value):
+            if "\x00" in value or has_surrogates(value):
                 # HDF5 strings end at NUL and must be UTF-8: keep the exact
                 # code points as opaque bytes instead.
                 raw = value.encode("utf-8", "surrogatepass")
@@ -337,6 +338,10 @@ class Writer:
             self.recording(parent, name, value)
         elif cls is StoredFile:
             self.stored_file(parent, name, value)
+        elif cls.__module__.partition(".")[0] == "pandas" and cls.__name__ in _PANDAS:
+            from .frames import write_pandas
+
+            write_pandas(self, parent, name, value)
         else:
             self._unsupported(parent, name, value)
 
@@ -463,7 +468,7 @@ def dtype_from_attr(descr: str) -> np.dtype:
     return dtype
 
 
-def _has_surrogates(text: str) -> bool:
+def has_surrogates(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
