@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .schema import TYPE_ATTR, Unsupported, Writer, escape_name, has_surrogates, stored_dtype
+from .dtypes import stored_dtype
+from .schema import TYPE_ATTR, Unsupported, Writer, escape_name, has_surrogates
 
 #: ``python_type`` of the two pandas values.
 PANDAS_TYPES = ("pandas.DataFrame", "pandas.Series")
@@ -67,7 +68,7 @@ def _kind(values: Any) -> str:
     if isinstance(dtype, np.dtype) and dtype.kind != "U":
         try:
             stored_dtype(dtype)
-        except Unsupported:
+        except TypeError:
             raise Unsupported(f"a column of dtype {dtype}") from None
         return "numpy"
     raise Unsupported(f"a column of dtype {dtype}")
@@ -174,6 +175,9 @@ def _dtype_name(dtype: Any) -> str:
     """The pandas dtype as text that ``pandas.api.types.pandas_dtype`` reads back."""
     import pandas
 
-    if isinstance(dtype, pandas.StringDtype) and dtype.na_value is pandas.NA:
+    if (
+        isinstance(dtype, pandas.StringDtype)
+        and getattr(dtype, "na_value", pandas.NA) is pandas.NA
+    ):
         return f"string[{dtype.storage}]"  # "string" alone names the default storage
     return str(dtype)

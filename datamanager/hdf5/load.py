@@ -23,22 +23,19 @@ import numpy as np
 from ..errors import ExportFormatError
 from ..filestore import StoredFile, bound_to
 from ..recordings.recording import Recording
+from .dtypes import DTYPE_ATTR, TYPED_ARRAY, dtype_from_attr, stored_dtype
 from .files import FILES_GROUP, extract_files
 from .frames import ENCODING_ATTR, LABELS, NAME_ATTR, PANDAS_DTYPE_ATTR, RANGE_ATTR, TZ_ATTR
 from .schema import (
-    DTYPE_ATTR,
     ITEMS_ATTR,
     METADATA_ATTR,
     SEQUENCES,
     SESSION_TYPE_ATTR,
     STORED_FILE_ATTRS,
     TYPE_ATTR,
-    TYPED_ARRAY,
     PickledValue,
-    dtype_from_attr,
     get_attrs,
     items_from_array,
-    stored_dtype,
     unescape_name,
 )
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..filestore import StoredFile
 from ..recordings.recording import Recording
+from .dtypes import TYPED_ARRAY, bad_text, numeric, stored_dtype, typed_array_attrs
 from .files import FILES_GROUP, copy_file
 
 __all__ = ["PickledValue", "escape_name", "unescape_name"]
@@ -39,17 +40,9 @@ SESSION_TYPE_ATTR = "session_type"
 #: 3: StoredFile values, their bytes once each under ``/files/<sha256>``.
 #: 4: string, datetime64/timedelta64 and structured arrays.
 SCHEMA_VERSION = 4
-#: ``python_type`` of an array whose dtype HDF5 does not carry by itself.
-TYPED_ARRAY = "numpy.ndarray"
-#: Attribute of a typed array: its numpy dtype, as the ``descr`` of a ``.npy``
-#: header (a string such as ``<M8[ns]``; for a structured array, JSON text).
-DTYPE_ATTR = "numpy_dtype"
-#: Attribute of a datetime64/timedelta64 array: its unit (``ns``, ``10ms``, ...).
-UNIT_ATTR = "unit"
 #: Attributes of a StoredFile value besides its sha256, which is its data.
 STORED_FILE_ATTRS = ("name", "size", "original")
 
-_NUMERIC_KINDS = "biufc"
 _PY_SCALARS = {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}
 _PANDAS = ("DataFrame", "Series")  # by name: pandas is imported only if met
 SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
@@ -158,10 +151,6 @@ def is_array(value: Any) -> bool:
     return type(value) is np.ndarray or isinstance(value, np.memmap)
 
 
-def numeric(dtype: np.dtype) -> bool:
-    return dtype.kind in _NUMERIC_KINDS and dtype.fields is None
-
-
 def homogeneous(items: Any) -> tuple[str, np.ndarray] | None:
     """``(item type, array)`` when a sequence can be one dataset, else None."""
     items = list(items)
@@ -257,30 +246,26 @@ class Writer:
         return parent.create_dataset(name, data=arr, **kw)
 
     def typed_array(self, parent: Any, name: str, arr: np.ndarray) -> None:
-        """A string, datetime or structured array (see :func:`stored_dtype`)."""
+        """A string, datetime or structured array (see :mod:`datamanager.hdf5.dtypes`)."""
         dtype = arr.dtype
         if dtype.kind == "S":  # HDF5 fixed-length strings: h5py reads them as they were
             self.array(parent, name, arr)
             return
         if dtype.kind == "U":
-            if _bad_text(arr):
+            if bad_text(arr):
                 self._unsupported(parent, name, arr, "holding NUL or lone surrogates")
                 return
             ds = self.array(parent, name, arr.astype(object))
         else:
             try:
                 storage = stored_dtype(dtype)
-            except Unsupported as exc:
-                why = f"({exc.type_name})" if dtype.names is not None else ""
-                self._unsupported(parent, name, arr, why)
+            except TypeError as exc:
+                self._unsupported(parent, name, arr, f"({exc})" if dtype.names else "")
                 return
             ds = self.array(parent, name, arr.view(storage))
         ds.attrs[TYPE_ATTR] = TYPED_ARRAY
-        descr = np.lib.format.dtype_to_descr(dtype)
-        ds.attrs[DTYPE_ATTR] = descr if isinstance(descr, str) else json.dumps(descr)
-        if dtype.kind in "Mm":
-            unit, count = np.datetime_data(dtype)
-            ds.attrs[UNIT_ATTR] = unit if count == 1 else f"{count}{unit}"
+        for attr, value in typed_array_attrs(dtype).items():
+            ds.attrs[attr] = value
 
     def scalar(self, parent: Any, name: str, data: Any, ptype: str, **kw: Any) -> Any:
         ds = parent.create_dataset(name, data=data, **kw)
@@ -400,72 +385,6 @@ class Writer:
             raise Unsupported(f"{type_name(value)} (not picklable either: {exc})") from exc
         self.scalar(parent, name, np.void(data), "pickle")
         self.pickled.append(type_name(value))
-
-
-def stored_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype in which an array of ``dtype`` is stored, field by field.
-
-    Numbers and byte strings as they are, datetime64/timedelta64 as int64 of
-    the same byte order, structured dtypes as compounds of the same layout
-    (names, offsets, itemsize) made of those; the stored array is a view of
-    the original.  Raises Unsupported for anything else (objects, and
-    unicode strings inside a structured dtype: HDF5 has no fixed-length
-    form of them).
-    """
-    if dtype.subdtype is not None:
-        base, shape = dtype.subdtype
-        return np.dtype((stored_dtype(base), shape))
-    if dtype.names is not None:
-        fields = [dtype.fields[n] for n in dtype.names]
-        if any(len(f) > 2 for f in fields):  # titles: no HDF5 counterpart
-            raise Unsupported("titled fields")
-        return np.dtype(
-            {
-                "names": list(dtype.names),
-                "formats": [stored_dtype(f[0]) for f in fields],
-                "offsets": [f[1] for f in fields],
-                "itemsize": dtype.itemsize,
-            }
-        )
-    if numeric(dtype) or (dtype.kind == "S" and dtype.itemsize):
-        return dtype
-    if dtype.kind in "Mm":
-        return np.dtype("i8").newbyteorder(dtype.byteorder)
-    raise Unsupported(f"a field of dtype {dtype}")
-
-
-def _bad_text(arr: np.ndarray) -> bool:
-    """Whether a unicode array holds what HDF5 strings cannot: NUL before
-    the end of an item (HDF5 strings end there) or lone surrogates (no UTF-8)."""
-    if not arr.size or not arr.dtype.itemsize:
-        return False
-    native = arr.astype(arr.dtype.newbyteorder("="), copy=False)
-    codes = np.ascontiguousarray(native).view(np.uint32).reshape(arr.size, -1)
-    nul = codes == 0
-    # numpy pads items with trailing NULs; only a NUL followed by text is lost.
-    inner = np.logical_or.accumulate(nul, axis=1) & ~nul
-    return bool(inner.any() or ((codes >= 0xD800) & (codes <= 0xDFFF)).any())
-
-
-def dtype_from_attr(descr: str) -> np.dtype:
-    """Invert the ``numpy_dtype`` attribute of a typed array.
-
-    Only dtypes that :func:`stored_dtype` accepts come back (never objects),
-    so a crafted attribute cannot make the reader view numbers as pointers.
-    """
-
-    def fields(value: Any) -> Any:  # JSON lists back into the tuples of a descr
-        if isinstance(value, str):
-            return value
-        return [(f[0], fields(f[1]), *(tuple(x) for x in f[2:])) for f in value]
-
-    dtype = np.lib.format.descr_to_dtype(fields(json.loads(descr)) if descr[:1] == "[" else descr)
-    if dtype.kind != "U":
-        try:
-            stored_dtype(dtype)
-        except Unsupported as exc:
-            raise ValueError(f"{DTYPE_ATTR} {descr!r}: {exc.type_name}") from None
-    return dtype
 
 
 def has_surrogates(text: str) -> bool:
