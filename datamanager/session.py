@@ -30,11 +30,17 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-import numpy as np
-
 from . import _format as fmt
 from ._descriptors import hold
-from ._format import SESSION_SUFFIX, UPSERT, blob_dir, inline_row, is_side_array, is_side_name
+from ._format import (
+    SESSION_SUFFIX,
+    UPSERT,
+    SideValue,
+    blob_dir,
+    inline_row,
+    is_side_name,
+    side_value,
+)
 from .errors import CorruptSessionError, TransactionAbortedError
 from .filesystem import check_journal_mode, choose_journal_mode
 from .provenance import session_metadata
@@ -439,9 +445,10 @@ class Session(MutableMapping):
         # hot path of every simulation.
         if type(key) is not str:
             _check_key(key)
-        if type(value) is np.ndarray and is_side_array(value):
-            side, size = self._write_side(key, value)
-            self._write(UPSERT, (key, None, side, size), new_side=side)
+        side = side_value(value)
+        if side is not None:
+            name, size = self._write_side(key, side)
+            self._write(UPSERT, (key, None, name, size), new_side=name)
         else:
             self._write(UPSERT, inline_row(key, value))
 
@@ -475,7 +482,7 @@ class Session(MutableMapping):
             for key, value in itertools.chain(pairs, kwargs.items()):
                 if type(key) is not str:
                     _check_key(key)
-                if type(value) is np.ndarray and is_side_array(value):
+                if side_value(value) is not None:
                     conn.executemany(UPSERT, rows)  # keep the order of the keys
                     rows = []
                     self[key] = value
@@ -483,17 +490,17 @@ class Session(MutableMapping):
                     rows.append(inline_row(key, value))
             conn.executemany(UPSERT, rows)
 
-    def _write_side(self, key: str, array: np.ndarray) -> tuple[str, int]:
+    def _write_side(self, key: str, side: SideValue) -> tuple[str, int]:
         with self._guard():
             # The session file, with its tables, exists before any side file:
             # a writer killed in between leaves an empty session, never a
             # blob folder that belongs to no session.
             conn = self._writable()
         directory = blob_dir(self.path)
-        name = fmt.new_side_name()
+        name = fmt.new_side_name(side.suffix)
         try:
             os.makedirs(directory, exist_ok=True)
-            size = fmt.save_side(os.path.join(directory, name), array)
+            size = fmt.save_side(os.path.join(directory, name), side)
         except BaseException as exc:
             self._unlink_sides([name])
             if not isinstance(exc, OSError):
@@ -501,7 +508,7 @@ class Session(MutableMapping):
             code = exc.errno
             if code is None:
                 # numpy reports a short write without an errno; say what it means.
-                full = shutil.disk_usage(directory).free < array.nbytes
+                full = shutil.disk_usage(directory).free < side.nbytes
                 code = errno.ENOSPC if full else errno.EIO
             with self._lock:
                 if code == errno.ENOSPC and self._depth:

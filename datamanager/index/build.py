@@ -21,7 +21,6 @@ import numpy as np
 
 from .. import _format as fmt
 from .._format import INDEX_NAME, SESSION_SUFFIX
-from .._npyheader import read_npy_header
 from ..errors import CorruptSessionError, UnsafeValueError
 from ..readers import NativeReader, SessionEntry, list_directory
 from . import identity
@@ -430,8 +429,8 @@ def _describe_side(
     kind = dtype = shape = digest = None
     try:
         with open(fmt.side_path(entry.path, side, key), "rb") as f:
-            header = read_npy_header(f)
-            kind, dtype, shape = "numpy.ndarray", header.dtype.str, json.dumps(header.shape)
+            kind, dtype, shape = fmt.describe_side_file(f)
+            shape = None if shape is None else json.dumps(shape)
             if hash_values:
                 f.seek(0)
                 digest = _digest(f)
