@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _sidecodec, safepickle
-from ._npyheader import NpyHeader, read_npy_header
+from ._npyheader import NpyHeader, read_npy_data, read_npy_header
 from .errors import CorruptSessionError, InvalidNameError, UnsafeValueError
 
 __all__ = [
@@ -83,6 +83,9 @@ COMPANIONS = (
 )
 #: numpy arrays of at least this many bytes are stored in a side file.
 SIDE_FILE_THRESHOLD = 1 << 20
+#: Dicts and lists of more arrays than this are pickled: each array in a value
+#: file costs a header and its padding, so many small ones are faster pickled.
+VALUE_FILE_MAX_ARRAYS = 1024
 #: The name of every side file: what new_side_name makes, a uuid4 in hex.
 _SIDE_NAME = re.compile(r"[0-9a-f]{32}\.(?:npy|dmv)")
 #: The name ending of a side file holding a bare array: a ``.npy`` file.
@@ -349,26 +352,26 @@ def side_value(value: Any) -> SideValue | None:
     """How *value* is stored in a side file, or None if it is pickled into its row.
 
     A large bare array goes to a ``.npy`` file; a pandas DataFrame or
-    Series (of any size: pickled, safe mode could not read it) and a large
-    dict or list of arrays go to a value file, if the encoding can hold
-    them exactly.
+    Series (of any size: pickled, safe mode could not read it) and a dict or
+    list of at most :data:`VALUE_FILE_MAX_ARRAYS` arrays of together at least
+    :data:`SIDE_FILE_THRESHOLD` bytes go to a value file, if the encoding can
+    hold them exactly.
     """
     kind = type(value)
     if kind is np.ndarray:
         return SideValue(ARRAY_SUFFIX, value, value.nbytes) if is_side_array(value) else None
     if kind is dict or kind is list:
         arrays = value.values() if kind is dict else value
-        if not all(type(a) is np.ndarray for a in arrays):
+        if len(value) > VALUE_FILE_MAX_ARRAYS or not all(type(a) is np.ndarray for a in arrays):
             return None
-        nbytes = sum(a.nbytes for a in arrays)
-        if nbytes < SIDE_FILE_THRESHOLD:
+        if sum(a.nbytes for a in arrays) < SIDE_FILE_THRESHOLD:
             return None  # a small one is faster in its row, and safe mode reads it there
-    elif kind.__module__.startswith("pandas") and kind.__name__ in ("DataFrame", "Series"):
-        nbytes = int(np.sum(value.memory_usage(index=True, deep=False)))
-    else:
+    elif not (kind.__module__.startswith("pandas") and kind.__name__ in ("DataFrame", "Series")):
         return None
     encoded = _sidecodec.encodable(value)
-    return None if encoded is None else SideValue(VALUE_SUFFIX, encoded, nbytes)
+    if encoded is None:
+        return None
+    return SideValue(VALUE_SUFFIX, encoded, sum(a.nbytes for a in encoded[1]))
 
 
 def inline_row(key: str, value: Any) -> tuple[str, bytes, None, None]:
@@ -508,13 +511,9 @@ def load_side_file(path: str, expected_size: int | None, session_path: str, key:
             header = check_side_file(f, expected_size)
             if not isinstance(header, NpyHeader):  # a value file, described
                 return _sidecodec.read_value(f, header)
-            count = math.prod(header.shape)
-            array = np.fromfile(f, header.dtype, count)
-            if array.size != count:
-                raise ValueError(f"{array.size} of {count} items could be read")
+            return read_npy_data(f, header)
         except ValueError as exc:
             raise CorruptSessionError(session_path, f"side file {path}: {exc}", key) from exc
-    return array.reshape(header.shape, order="F" if header.fortran_order else "C")
 
 
 def row_value(path: str, session: str, key: str, row: tuple[Any, Any, Any], safe: bool) -> Any:

@@ -44,14 +44,13 @@ it is pickled as any other value.
 from __future__ import annotations
 
 import json
-import math
 import struct
 import sys
 from typing import IO, Any
 
 import numpy as np
 
-from ._npyheader import read_npy_header
+from ._npyheader import read_npy_data, read_npy_header
 
 __all__ = ["MAGIC", "describe", "encodable", "read_value", "write_value_file"]
 
@@ -251,12 +250,7 @@ def read_value(f: IO[bytes], description: dict[str, Any]) -> Any:
     for _ in range(description["parts"]):
         start = f.tell()
         header = read_npy_header(f)
-        count = math.prod(header.shape)
-        array = np.fromfile(f, header.dtype, count)
-        if array.size != count:
-            raise ValueError(f"{array.size} of {count} items could be read")
-        order = "F" if header.fortran_order else "C"
-        parts.append(array.reshape(header.shape, order=order))
+        parts.append(read_npy_data(f, header))
         end = start + header.size
         f.seek(end + (-end % _ALIGN))
     try:

@@ -103,6 +103,7 @@ def test_small_collections_and_what_the_encoding_cannot_hold_stay_pickled(tmp_pa
     mixed = pd.DataFrame({"a": ["text", 1]}, dtype=object)
     with dm.session("one") as s:
         s["small"] = {"t": np.arange(3)}
+        s["many"] = [np.zeros(1000)] * (fmt.VALUE_FILE_MAX_ARRAYS + 1)
         s["nested"] = nested
         s["mixed"] = mixed
         s.update(frame=table())
