@@ -142,7 +142,11 @@ class _Encoder:
             return {"numpy": self.part(np.ascontiguousarray(column.to_numpy()))}
         if isinstance(dtype, pd.DatetimeTZDtype):
             tz = str(dtype.tz)
-            if pd.DatetimeTZDtype(dtype.unit, tz) != dtype:
+            try:  # a time zone whose name pandas does not resolve back (dateutil's)
+                same = pd.DatetimeTZDtype(dtype.unit, tz) == dtype
+            except (LookupError, ValueError, TypeError):
+                same = False
+            if not same:
                 raise _NotEncodable(f"time zone {dtype.tz!r}")
             utc = pd.Series(column).dt.tz_convert("UTC").dt.tz_localize(None)
             return {"tz": tz, "utc": self.part(utc.to_numpy())}
@@ -151,7 +155,7 @@ class _Encoder:
             category = self.index(dtype.categories)
             return {"category": category, "codes": self.part(codes), "ordered": dtype.ordered}
         if isinstance(dtype, pd.StringDtype):
-            na = "nan" if dtype.na_value is not pd.NA else "NA"
+            na = "NA" if dtype.na_value is pd.NA else "nan"
             return self.text(column, {"text": "str", "storage": dtype.storage, "na": na})
         if dtype == np.dtype(object):
             return self.text(column, {"text": "object"})
@@ -332,7 +336,12 @@ class _Decoder:
             return items
         import pandas as pd
 
-        na = pd.NA if d["na"] == "NA" else np.nan
+        storage = str(d["storage"])
+        if d["na"] == "NA":
+            # pandas before 2.3 knows this one only, and takes no na_value.
+            na, dtype = pd.NA, pd.StringDtype(storage)
+        else:
+            na, dtype = np.nan, pd.StringDtype(storage, na_value=np.nan)
         if d["missing"] is not None:
             items[self.part(d["missing"]).astype(bool)] = na
-        return pd.array(items, dtype=pd.StringDtype(str(d["storage"]), na_value=na))
+        return pd.array(items, dtype=dtype)

@@ -31,7 +31,7 @@ def table() -> pd.DataFrame:
             "complex": np.arange(N) * 1j,
             "str": list("abcdéfg"),
             "str_missing": pd.array(["a", None, "", "d", "e", "f", "g"], dtype="str"),
-            "str_na": pd.array(list("abc") + [None] * 4, dtype=pd.StringDtype("python", pd.NA)),
+            "str_na": pd.array(list("abc") + [None] * 4, dtype=pd.StringDtype("python")),
             "category": pd.Categorical(list("xyxyxzz"), ordered=True),
             "time": pd.date_range("2020-03-29", periods=N, freq="h"),
             "time_tz": pd.date_range("2020-03-29", periods=N, freq="h", tz="Europe/Paris"),
@@ -99,17 +99,20 @@ def test_tables_and_array_collections_come_back_exactly_in_either_mode(tmp_path,
 
 def test_small_collections_and_what_the_encoding_cannot_hold_stay_pickled(tmp_path):
     dm = DataManager("sweep", str(tmp_path))
+    zone = pd.Series(pd.date_range("2020", periods=2, tz="dateutil/Europe/London"))
     nested = pd.DataFrame({"a": [1, 2]}, index=pd.MultiIndex.from_tuples([(1, 2), (3, 4)]))
     mixed = pd.DataFrame({"a": ["text", 1]}, dtype=object)
     with dm.session("one") as s:
         s["small"] = {"t": np.arange(3)}
         s["many"] = [np.zeros(1000)] * (fmt.VALUE_FILE_MAX_ARRAYS + 1)
         s["nested"] = nested
+        s["zone"] = zone
         s["mixed"] = mixed
         s.update(frame=table())
     assert list(side_files(dm)) == ["frame"]
     pd.testing.assert_frame_equal(dm.get("nested")["one"], nested)
     pd.testing.assert_frame_equal(dm.get("mixed")["one"], mixed)
+    pd.testing.assert_series_equal(dm.get("zone")["one"], zone)
     same(dm.get("frame")["one"], table())
     with pytest.raises(UnsafeValueError, match="pandas"):
         DataManager("sweep", str(tmp_path), safe=True).get("nested")
