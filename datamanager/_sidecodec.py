@@ -263,6 +263,11 @@ def read_value(f: IO[bytes], description: dict[str, Any]) -> Any:
         raise ValueError(f"a description this reader cannot follow ({exc!r:.200})") from None
 
 
+def _objects(node: Any) -> bool:
+    """Whether column *node* is of str objects (dtype object)."""
+    return type(node) is dict and node.get("text") == "object"
+
+
 class _Decoder:
     """Builds a value back from its description and its arrays."""
 
@@ -285,14 +290,23 @@ class _Decoder:
         import pandas as pd
 
         if kind == "Series":
+            data = d["data"]
             return pd.Series(
-                self.column(d["data"]), index=self.index(d["index"]), name=d["name"], copy=False
+                self.column(data),
+                index=self.index(d["index"]),
+                name=d["name"],
+                dtype=object if _objects(data) else None,
+                copy=False,
             )
         if kind == "DataFrame":
             columns = self.index(d["columns"])
             index = self.index(d["index"])
             data = {i: self.column(node) for i, node in enumerate(d["data"])}
             frame = pd.DataFrame(data, index=index, copy=False)
+            # pandas 3 infers its str dtype from columns of str objects.
+            objects = {i: object for i, node in enumerate(d["data"]) if _objects(node)}
+            if objects:
+                frame = frame.astype(objects)
             frame.columns = columns
             return frame
         raise ValueError(f"kind {kind!r:.40}")
