@@ -10,9 +10,10 @@ commits.  The name, a uuid4 in hex plus a suffix, says the side file's
 encoding: ``.npy`` for a large bare numpy array (``np.save`` format);
 ``.dmv`` for a *value file* (:mod:`._sidecodec`: ``.npy`` parts and a JSON
 description, no pickle), which holds a pandas DataFrame or Series of plain
-dtypes, or a large dict or list of numpy arrays.  A reader older than value
-files finds a ``.dmv`` name not one of its side-file names and refuses the
-key as corrupt: it never misreads one.
+dtypes, or a large dict or list of numpy arrays; ``.pkl`` for any other
+value whose pickle is large, the very bytes the row would hold.  A reader
+older than ``.dmv`` and ``.pkl`` finds such a name not one of its side-file
+names and refuses the key as corrupt: it never misreads one.
 The ``meta`` table holds JSON text: who wrote the session, when, where.
 The ``task_records`` table holds pickles that :func:`~datamanager.tasks.run_tasks`
 keeps beside its results (the items, the failure records): apart from
@@ -87,13 +88,16 @@ SIDE_FILE_THRESHOLD = 1 << 20
 #: file costs a header and its padding, so many small ones are faster pickled.
 VALUE_FILE_MAX_ARRAYS = 1024
 #: The name of every side file: what new_side_name makes, a uuid4 in hex.
-_SIDE_NAME = re.compile(r"[0-9a-f]{32}\.(?:npy|dmv)")
+_SIDE_NAME = re.compile(r"[0-9a-f]{32}\.(?:npy|dmv|pkl)")
 #: The name ending of a side file holding a bare array: a ``.npy`` file.
 ARRAY_SUFFIX = ".npy"
 #: The name ending of a side file holding a table or a collection of arrays:
 #: a value file (see :mod:`._sidecodec`).  Readers written before it existed
 #: reject the name as no side file of theirs, never misread the file.
 VALUE_SUFFIX = ".dmv"
+#: The name ending of a side file holding a large pickle: the bytes the row
+#: would hold, read back as a row's pickle is, in safe mode too.
+PICKLE_SUFFIX = ".pkl"
 #: The index of a data directory (:mod:`datamanager.index`): a name no session
 #: can take, as session names never start with a dot.
 INDEX_NAME = ".index.sqlite"
@@ -173,7 +177,8 @@ GARBAGE = "SELECT rowid, side FROM garbage"
 # asked after every commit, so it must not read names it will never delete.
 HAS_GARBAGE = (
     "SELECT 1 FROM garbage WHERE length(side) = 36 "
-    "AND (side GLOB '[0-9a-f]*.npy' OR side GLOB '[0-9a-f]*.dmv') LIMIT 1"
+    "AND (side GLOB '[0-9a-f]*.npy' OR side GLOB '[0-9a-f]*.dmv' OR side GLOB '[0-9a-f]*.pkl') "
+    "LIMIT 1"
 )
 DELETE_GARBAGE = "DELETE FROM garbage WHERE rowid = ?"
 RECORD_UPSERT = (
@@ -379,6 +384,16 @@ def inline_row(key: str, value: Any) -> tuple[str, bytes, None, None]:
     return (key, safepickle.dumps(key, value), None, None)
 
 
+def large_pickle(row: tuple[str, bytes, None, None]) -> SideValue | None:
+    """The side file of an inline *row* whose pickle is too large for SQLite, or None.
+
+    SQLite copies a large blob several times on its way to the file; a side
+    file takes it in one write.
+    """
+    data = row[1]
+    return SideValue(PICKLE_SUFFIX, data, len(data)) if len(data) >= SIDE_FILE_THRESHOLD else None
+
+
 def record_row(key: str, value: Any) -> tuple[str, bytes]:
     """The ``task_records`` row of a record, pickled."""
     return (key, safepickle.dumps(key, value))
@@ -412,6 +427,8 @@ def save_side(path: str, side: SideValue) -> int:
     with open(path, "xb") as f:
         if side.suffix == ARRAY_SUFFIX:
             np.save(f, side.content, allow_pickle=False)
+        elif side.suffix == PICKLE_SUFFIX:
+            f.write(side.content)
         else:
             _sidecodec.write_value_file(f, *side.content)
         return f.tell()
@@ -449,11 +466,12 @@ class WrongSize(ValueError):
     """A side file is not as long as its row, or its header, says."""
 
 
-def check_side_file(f: Any, expected_size: int | None) -> NpyHeader | dict[str, Any]:
+def check_side_file(f: Any, expected_size: int | None) -> NpyHeader | dict[str, Any] | None:
     """Read the header of the open side file *f*, checking that it describes the file.
 
     A ``.npy`` file's header, or a value file's description, as its name
-    (``f.name``) says.
+    (``f.name``) says; None for a pickle, which has no header: its bytes are
+    checked by unpickling them.
 
     Raises
     ------
@@ -467,6 +485,8 @@ def check_side_file(f: Any, expected_size: int | None) -> NpyHeader | dict[str, 
         raise WrongSize(f"{size} bytes, expected {expected_size}")
     if str(f.name).endswith(VALUE_SUFFIX):
         return _sidecodec.describe(f, size)
+    if str(f.name).endswith(PICKLE_SUFFIX):
+        return None
     header = read_npy_header(f)
     if header.size != size:
         raise WrongSize(f"{size} bytes, but its header describes {header.size}")
@@ -500,20 +520,42 @@ def describe_side_file(f: Any) -> tuple[str | None, str | None, tuple[int, ...] 
     return "numpy.ndarray", header.dtype.str, header.shape
 
 
-def load_side_file(path: str, expected_size: int | None, session_path: str, key: str) -> Any:
+def load_side_file(
+    path: str,
+    expected_size: int | None,
+    session_path: str,
+    key: str,
+    session: str = "",
+    safe: bool = False,
+) -> Any:
     """Load side file *path* of key *key*, checking it is whole and its header describes it.
 
     Its damage is reported as a :class:`CorruptSessionError` of the session at
-    *session_path*, which owns the file.
+    *session_path* (named *session*), which owns the file.  A pickle is read
+    in safe mode if *safe*.
     """
+    if path.endswith(PICKLE_SUFFIX):
+        data = side_pickle(path, expected_size, session_path, key)
+        return decode(data, session_path, session, key, safe)
     with open(path, "rb") as f:
         try:
             header = check_side_file(f, expected_size)
-            if not isinstance(header, NpyHeader):  # a value file, described
+            if isinstance(header, dict):  # a value file, described
                 return _sidecodec.read_value(f, header)
+            assert header is not None
             return read_npy_data(f, header)
         except ValueError as exc:
             raise CorruptSessionError(session_path, f"side file {path}: {exc}", key) from exc
+
+
+def side_pickle(path: str, expected_size: int | None, session_path: str, key: str) -> bytes:
+    """The bytes of the pickle side file *path* of key *key*, checked against its row's size."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if expected_size is not None and len(data) != expected_size:
+        why = f"side file {path}: {len(data)} bytes, expected {expected_size}"
+        raise CorruptSessionError(session_path, why, key)
+    return data
 
 
 def row_value(path: str, session: str, key: str, row: tuple[Any, Any, Any], safe: bool) -> Any:
@@ -525,7 +567,7 @@ def row_value(path: str, session: str, key: str, row: tuple[Any, Any, Any], safe
     data, side, side_size = row
     if side is None:
         return decode(data, path, session, key, safe)
-    return load_side_file(side_path(path, side, key), side_size, path, key)
+    return load_side_file(side_path(path, side, key), side_size, path, key, session, safe)
 
 
 def read_value(conn: sqlite3.Connection, path: str, session: str, key: str, safe: bool) -> Any:

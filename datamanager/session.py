@@ -39,6 +39,7 @@ from ._format import (
     blob_dir,
     inline_row,
     is_side_name,
+    large_pickle,
     side_value,
 )
 from .errors import CorruptSessionError, TransactionAbortedError
@@ -446,11 +447,11 @@ class Session(MutableMapping):
         if type(key) is not str:
             _check_key(key)
         side = side_value(value)
-        if side is not None:
-            name, size = self._write_side(key, side)
-            self._write(UPSERT, (key, None, name, size), new_side=name)
+        row = None if side is not None else inline_row(key, value)
+        if row is not None and (side := large_pickle(row)) is None:
+            self._write(UPSERT, row)
         else:
-            self._write(UPSERT, inline_row(key, value))
+            self._put_side(key, side)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Store several items at once: one transaction, all of them or none.
@@ -482,13 +483,20 @@ class Session(MutableMapping):
             for key, value in itertools.chain(pairs, kwargs.items()):
                 if type(key) is not str:
                     _check_key(key)
-                if side_value(value) is not None:
+                side = side_value(value)
+                row = None if side is not None else inline_row(key, value)
+                if row is not None and (side := large_pickle(row)) is None:
+                    rows.append(row)
+                else:
                     conn.executemany(UPSERT, rows)  # keep the order of the keys
                     rows = []
-                    self[key] = value
-                else:
-                    rows.append(inline_row(key, value))
+                    self._put_side(key, side)
             conn.executemany(UPSERT, rows)
+
+    def _put_side(self, key: str, side: SideValue) -> None:
+        """Store *side* in a new side file, then the row of *key* that names it."""
+        name, size = self._write_side(key, side)
+        self._write(UPSERT, (key, None, name, size), new_side=name)
 
     def _write_side(self, key: str, side: SideValue) -> tuple[str, int]:
         with self._guard():

@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import time
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -252,6 +253,48 @@ def test_generated_tables_come_back_exactly_in_safe_mode(tmp_path_factory, frame
         same(safe.get("first")["one"], frame.iloc[:, 0])
 
 
+def test_a_large_pickle_goes_to_a_side_file_read_as_its_row_would_be(tmp_path):
+    dm = DataManager("sweep", str(tmp_path))
+    numbers, text = list(range(400_000)), "x" * (2 << 20)
+    fractions = [Fraction(i, 7) for i in range(200_000)]
+    with dm.session("one") as s:
+        s["numbers"], s["fractions"] = numbers, fractions
+        s.update(text=text, small=[1, 2])
+    sides = side_files(dm)
+    assert set(sides) == {"numbers", "text", "fractions"}
+    assert all(path.endswith(fmt.PICKLE_SUFFIX) for path in sides.values())
+    safe = DataManager("sweep", str(tmp_path), safe=True)
+    assert safe.get("numbers")["one"] == numbers and safe.get("text")["one"] == text
+    assert dm.get("fractions")["one"] == fractions
+    with pytest.raises(UnsafeValueError, match="Fraction"):
+        safe.get("fractions")
+    assert dm.verify() == []
+    dm.build_index()
+    items = dm.index_tables()["items"].set_index("key")
+    assert list(items.loc[["numbers", "text"], "type"]) == ["list", "str"]
+    with dm.session("one") as s:
+        s["numbers"] = 1
+        del s["text"]
+    assert set(side_files(dm)) == {"fractions"}
+    assert len(os.listdir(os.path.dirname(sides["fractions"]))) == 1
+    with open(sides["fractions"], "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(CorruptSessionError, match="fractions"):
+        dm.get("fractions", strict=True)
+    assert [p.path for p in dm.verify()] == [sides["fractions"]]
+
+
+def test_stored_files_inside_a_large_pickle_are_found(tmp_path):
+    dm = DataManager("sweep", str(tmp_path))
+    source = tmp_path / "model.param"
+    source.write_bytes(b"tau = 10 ms")
+    stored = dm.store_file(str(source))
+    with dm.session("one") as s:
+        s["runs"] = [stored, *range(400_000)]
+    assert list(side_files(dm)) == ["runs"]
+    assert list(dm.files()["path"]) == [stored.path]
+
+
 # Each acknowledged write is printed only after `s[key] = value` returned.
 KILLED_TABLE_WRITER = """
 import sys, numpy as np, pandas as pd
@@ -263,12 +306,13 @@ for i in range(int(sys.argv[3]), 10**6):
     s["k%06d" % i] = pd.DataFrame(
         {"i": np.full(rows, i), "x": np.arange(rows) * 0.5, "c": pd.Categorical(["a"] * rows)}
     )
+    s["p%06d" % i] = [i] * rows  # a large pickle
     print(i, flush=True)
 """
 
 
 @pytest.mark.stress
-def test_sigkill_while_writing_tables_loses_no_acknowledged_write(tmp_path):
+def test_sigkill_while_writing_tables_and_pickles_loses_no_acknowledged_write(tmp_path):
     rows = stress_size(full=2_000_000, ci=200_000)
     rng = random.Random(99)
     acked: list[int] = []
@@ -284,6 +328,10 @@ def test_sigkill_while_writing_tables_loses_no_acknowledged_write(tmp_path):
     assert acked, "the writer acknowledged nothing"
     found = DataManager("sweep", str(tmp_path), safe=True).get_matching("k", strict=True)
     assert {f"k{i:06d}" for i in acked} <= set(found)
+    pickles = DataManager("sweep", str(tmp_path), safe=True).get_matching("p", strict=True)
+    assert {f"p{i:06d}" for i in acked} <= set(pickles)
+    for key, by_session in pickles.items():
+        assert by_session["w"] == [int(key[1:])] * rows, key
     for key, by_session in found.items():
         frame = by_session["w"]
         assert frame.shape == (rows, 3) and (frame["i"] == int(key[1:])).all(), key
