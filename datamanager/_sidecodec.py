@@ -259,7 +259,7 @@ def read_value(f: IO[bytes], description: dict[str, Any]) -> Any:
         f.seek(end + (-end % _ALIGN))
     try:
         return _Decoder(parts).value(description)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+    except Exception as exc:  # a damaged description makes pandas raise almost anything
         raise ValueError(f"a description this reader cannot follow ({exc!r:.200})") from None
 
 

@@ -169,11 +169,20 @@ def test_a_damaged_value_file_is_reported_not_misread(tmp_path):
         f.truncate(os.path.getsize(paths["t"]) - 64)
     with open(paths["d"], "r+b") as f:
         f.write(b"\x93NUMPY")  # over the magic string
-    for key in "td":
+    with dm.session("one") as s:
+        s["e"], s["f"] = values()["arrays"], table()
+    paths = side_files(dm)
+    for key, old, new in [("e", b'"data":[0,1]', b'"data":[0,7]'), ("f", b'"tz"', b'"tx"')]:
+        with open(paths[key], "r+b") as f:
+            content = f.read()
+            assert old in content
+            f.seek(0)
+            f.write(content.replace(old, new))  # a description naming what is not there
+    for key in "tdef":
         with pytest.raises(CorruptSessionError, match=key):
             dm.get(key, strict=True)
     found = {p.path: p.message for p in dm.verify()}
-    assert set(found) == set(paths.values()), found
+    assert set(found) == {paths["t"], paths["d"]}, found  # descriptions are checked on reading
 
 
 def test_the_index_names_the_type_of_a_value_file(tmp_path):
