@@ -23,12 +23,17 @@ by part number.  A pandas column (or index values) is a *column node*:
 * ``{"numpy": i}``: numbers, bool, complex, datetime64, timedelta64;
 * ``{"tz": "Europe/Paris", "utc": i}``: timezone-aware datetimes, as UTC;
 * ``{"category": node, "codes": i, "ordered": bool}``: a categorical;
+* ``{"masked": "Int64", "data": i, "mask": j}``: pandas' nullable
+  numbers and bools (``Int8``...``UInt64``, ``Float32``, ``Float64``,
+  ``boolean``), values and a mask of the missing ones;
 * ``{"text": "object" | "str", "storage": ..., "na": ..., "utf8": i,
   "ends": j, "missing": k | null}``: strings, as their UTF-8 bytes and the
   end offset of each; *missing* marks missing values (NaN or NA, after
   *na*), for pandas' string dtype, whose *storage* it gives.
 
-An index is ``{"range": [start, stop, step], "name": ...}`` or
+An index is ``{"range": [start, stop, step], "name": ...}``,
+``{"levels": [index, ...], "codes": [i, ...], "names": [...]}`` (a
+MultiIndex), or
 ``{"values": node, "dtype": ..., "name": ..., "freq": ...}`` (*freq* only
 for a DatetimeIndex or TimedeltaIndex that has one).  A DataFrame has
 ``"columns"`` (its column labels, an index) ``"index"`` and ``"data"``
@@ -36,8 +41,9 @@ for a DatetimeIndex or TimedeltaIndex that has one).  A DataFrame has
 (one node) and ``"name"``; a dict ``"keys"`` and ``"data"`` (part numbers),
 a list ``"data"``.  Labels and names are JSON null, str or int.
 
-A value this encoding cannot describe exactly (a MultiIndex, object columns
-that are not all str, attrs, a label that is a tuple) is not *encodable*:
+A value this encoding cannot describe exactly (object columns that are not
+all str, periods, intervals, sparse or Arrow-backed columns other than str,
+attrs, a label that is a tuple) is not *encodable*:
 it is pickled as any other value.
 """
 
@@ -127,8 +133,12 @@ class _Encoder:
         name = _label(index.name)
         if type(index) is pd.RangeIndex:
             return {"range": [index.start, index.stop, index.step], "name": name}
-        if isinstance(index, pd.MultiIndex):
-            raise _NotEncodable("a MultiIndex")
+        if type(index) is pd.MultiIndex:
+            return {
+                "levels": [self.index(level) for level in index.levels],
+                "codes": [self.part(np.asarray(codes)) for codes in index.codes],
+                "names": [_label(n) for n in index.names],
+            }
         node = {"values": self.column(index), "dtype": str(index.dtype), "name": name}
         freq = getattr(index, "freqstr", None)  # of a DatetimeIndex or TimedeltaIndex
         if freq is not None:
@@ -159,6 +169,12 @@ class _Encoder:
             return self.text(column, {"text": "str", "storage": dtype.storage, "na": na})
         if dtype == np.dtype(object):
             return self.text(column, {"text": "object"})
+        if type(dtype) in _masked_arrays():
+            # pandas' nullable numbers and bools: values, and a mask of the missing.
+            array = pd.array(column, dtype=dtype)
+            missing = np.asarray(array.isna(), dtype=bool)
+            values = array.to_numpy(dtype=dtype.numpy_dtype, na_value=dtype.numpy_dtype.type(0))
+            return {"masked": dtype.name, "data": self.part(values), "mask": self.part(missing)}
         raise _NotEncodable(f"a column of {dtype}")
 
     def text(self, column: Any, node: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +195,19 @@ class _Encoder:
         node["ends"] = self.part(np.cumsum(lengths))
         node["missing"] = self.part(missing) if missing.any() else None
         return node
+
+
+def _masked_arrays() -> dict[type, Any]:
+    """pandas' nullable dtypes, each with the array type that holds values and a mask."""
+    import pandas as pd
+
+    masked: dict[type, Any] = {pd.BooleanDtype: pd.arrays.BooleanArray}
+    for bits in (8, 16, 32, 64):
+        masked[getattr(pd, f"Int{bits}Dtype")] = pd.arrays.IntegerArray
+        masked[getattr(pd, f"UInt{bits}Dtype")] = pd.arrays.IntegerArray
+    for bits in (32, 64):
+        masked[getattr(pd, f"Float{bits}Dtype")] = pd.arrays.FloatingArray
+    return masked
 
 
 def encodable(value: Any) -> tuple[dict[str, Any], list[np.ndarray]] | None:
@@ -317,6 +346,10 @@ class _Decoder:
         if "range" in d:
             start, stop, step = (int(n) for n in d["range"])
             return pd.RangeIndex(start, stop, step, name=d["name"])
+        if "levels" in d:
+            levels = [self.index(level) for level in d["levels"]]
+            codes = [self.part(i) for i in d["codes"]]
+            return pd.MultiIndex(levels=levels, codes=codes, names=d["names"])
         index = pd.Index(self.column(d["values"]), dtype=d["dtype"], name=d["name"], copy=False)
         if "freq" not in d:
             return index
@@ -338,6 +371,11 @@ class _Decoder:
             return pd.Categorical.from_codes(self.part(d["codes"]), dtype=dtype)
         if "text" in d:
             return self.text(d)
+        if "masked" in d:
+            dtype = pd.api.types.pandas_dtype(str(d["masked"]))
+            array_type = _masked_arrays()[type(dtype)]  # KeyError for any other dtype
+            values = self.part(d["data"]).astype(dtype.numpy_dtype, copy=False)
+            return array_type(values, self.part(d["mask"]).astype(bool))
         raise ValueError(f"column {sorted(d)!r:.80}")
 
     def text(self, d: dict[str, Any]) -> Any:

@@ -42,6 +42,9 @@ def table() -> pd.DataFrame:
             "time_tz": pd.date_range("2020-03-29", periods=N, freq="h", tz="Europe/Paris"),
             "time_ns": pd.date_range("2020", periods=N, freq="ns", unit="ns"),
             "delta": pd.to_timedelta(np.arange(N), unit="s"),
+            "nullable_int": pd.array([1, None, 3, 4, 5, 6, -7], dtype="Int16"),
+            "nullable_float": pd.array([0.5, None, 3, 4, 5, 6, 7], dtype="Float64"),
+            "nullable_bool": pd.array([True, None, False] * 2 + [None], dtype="boolean"),
         },
         index=pd.Index(list("pqrstuv"), name="cell"),
     )
@@ -55,6 +58,7 @@ def values() -> dict[str, object]:
     return {
         "frame": frame,
         "numbered": frame.set_axis(pd.RangeIndex(10, 10 + 2 * N, 2, name="step")),
+        "multi": frame.set_index(["int", "str"], append=True),
         "int_labels": pd.DataFrame(np.eye(3), columns=[3, 1, 2], index=[0.5, 1.5, 2.5]),
         "empty": pd.DataFrame(index=pd.date_range("2021", periods=3, tz="UTC")),
         "series": frame["time_tz"],
@@ -128,22 +132,22 @@ def test_string_datetime_and_structured_arrays_come_back_exactly_in_safe_mode(tm
 def test_small_collections_and_what_the_encoding_cannot_hold_stay_pickled(tmp_path):
     dm = DataManager("sweep", str(tmp_path))
     zone = pd.Series(pd.date_range("2020", periods=2, tz="dateutil/Europe/London"))
-    nested = pd.DataFrame({"a": [1, 2]}, index=pd.MultiIndex.from_tuples([(1, 2), (3, 4)]))
+    periods = pd.DataFrame({"a": [1, 2]}, index=pd.period_range("2020", periods=2, freq="D"))
     mixed = pd.DataFrame({"a": ["text", 1]}, dtype=object)
     with dm.session("one") as s:
         s["small"] = {"t": np.arange(3)}
         s["many"] = [np.zeros(1000)] * (fmt.VALUE_FILE_MAX_ARRAYS + 1)
-        s["nested"] = nested
+        s["periods"] = periods
         s["zone"] = zone
         s["mixed"] = mixed
         s.update(frame=table())
     assert list(side_files(dm)) == ["frame"]
-    pd.testing.assert_frame_equal(dm.get("nested")["one"], nested)
+    pd.testing.assert_frame_equal(dm.get("periods")["one"], periods)
     pd.testing.assert_frame_equal(dm.get("mixed")["one"], mixed)
     pd.testing.assert_series_equal(dm.get("zone")["one"], zone)
     same(dm.get("frame")["one"], table())
     with pytest.raises(UnsafeValueError, match="pandas"):
-        DataManager("sweep", str(tmp_path), safe=True).get("nested")
+        DataManager("sweep", str(tmp_path), safe=True).get("periods")
 
 
 def test_a_replaced_or_deleted_table_leaves_no_value_file(tmp_path):
