@@ -4,9 +4,16 @@ A data directory holds one SQLite file per session, ``<name>.sqlite``, and
 beside it the files that belong to it: SQLite's ``-wal``, ``-shm`` and
 ``-journal`` files, the ``.lock`` file of a
 :class:`~datamanager.locking.LockingSession`, and the ``<name>.blobs/`` folder
-of side files.  A value is one row of the ``items`` table: its pickle, or,
-for a large numpy array, the name of a side file (``np.save`` format, a
-uuid4 in hex plus ``.npy``) that is written whole before its row commits.
+of side files.  A value is one row of the ``items`` table: its pickle, or
+the name of a side file in ``<name>.blobs/``, written whole before its row
+commits.  The name, a uuid4 in hex plus a suffix, says the side file's
+encoding: ``.npy`` for a large bare numpy array (``np.save`` format);
+``.dmv`` for a *value file* (:mod:`._sidecodec`: ``.npy`` parts and a JSON
+description, no pickle), which holds a pandas DataFrame or Series of plain
+dtypes, or a large dict or list of numpy arrays; ``.pkl`` for any other
+value whose pickle is large, the very bytes the row would hold.  A reader
+older than ``.dmv`` and ``.pkl`` finds such a name not one of its side-file
+names and refuses the key as corrupt: it never misreads one.
 The ``meta`` table holds JSON text: who wrote the session, when, where.
 The ``task_records`` table holds pickles that :func:`~datamanager.tasks.run_tasks`
 keeps beside its results (the items, the failure records): apart from
@@ -28,12 +35,12 @@ import os
 import re
 import sqlite3
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import safepickle
-from ._npyheader import NpyHeader, read_npy_header
+from . import _sidecodec, safepickle
+from ._npyheader import NpyHeader, read_npy_data, read_npy_header
 from .errors import CorruptSessionError, InvalidNameError, UnsafeValueError
 
 __all__ = [
@@ -77,8 +84,20 @@ COMPANIONS = (
 )
 #: numpy arrays of at least this many bytes are stored in a side file.
 SIDE_FILE_THRESHOLD = 1 << 20
+#: Dicts and lists of more arrays than this are pickled: each array in a value
+#: file costs a header and its padding, so many small ones are faster pickled.
+VALUE_FILE_MAX_ARRAYS = 1024
 #: The name of every side file: what new_side_name makes, a uuid4 in hex.
-_SIDE_NAME = re.compile(r"[0-9a-f]{32}\.npy")
+_SIDE_NAME = re.compile(r"[0-9a-f]{32}\.(?:npy|dmv|pkl)")
+#: The name ending of a side file holding a bare array: a ``.npy`` file.
+ARRAY_SUFFIX = ".npy"
+#: The name ending of a side file holding a table or a collection of arrays:
+#: a value file (see :mod:`._sidecodec`).  Readers written before it existed
+#: reject the name as no side file of theirs, never misread the file.
+VALUE_SUFFIX = ".dmv"
+#: The name ending of a side file holding a large pickle: the bytes the row
+#: would hold, read back as a row's pickle is, in safe mode too.
+PICKLE_SUFFIX = ".pkl"
 #: The index of a data directory (:mod:`datamanager.index`): a name no session
 #: can take, as session names never start with a dot.
 INDEX_NAME = ".index.sqlite"
@@ -156,7 +175,11 @@ INLINE = "SELECT key, value FROM items WHERE side IS NULL"
 GARBAGE = "SELECT rowid, side FROM garbage"
 # Whether garbage lists a name that could be a side file (is_side_name decides):
 # asked after every commit, so it must not read names it will never delete.
-HAS_GARBAGE = "SELECT 1 FROM garbage WHERE length(side) = 36 AND side GLOB '[0-9a-f]*.npy' LIMIT 1"
+HAS_GARBAGE = (
+    "SELECT 1 FROM garbage WHERE length(side) = 36 "
+    "AND (side GLOB '[0-9a-f]*.npy' OR side GLOB '[0-9a-f]*.dmv' OR side GLOB '[0-9a-f]*.pkl') "
+    "LIMIT 1"
+)
 DELETE_GARBAGE = "DELETE FROM garbage WHERE rowid = ?"
 RECORD_UPSERT = (
     "INSERT INTO task_records (key, value) VALUES (?, ?) "
@@ -314,7 +337,7 @@ def session_files(path: str) -> list[str]:
 
 
 def is_side_array(value: Any) -> bool:
-    """Whether *value* is stored in a side file rather than pickled into its row."""
+    """Whether *value* is a bare array stored in a ``.npy`` side file rather than in its row."""
     return (
         type(value) is np.ndarray
         and value.nbytes >= SIDE_FILE_THRESHOLD
@@ -322,9 +345,53 @@ def is_side_array(value: Any) -> bool:
     )
 
 
+class SideValue(NamedTuple):
+    """A value to be stored in a side file, and how."""
+
+    suffix: str  #: :data:`ARRAY_SUFFIX` or :data:`VALUE_SUFFIX`
+    content: Any  #: the array, or the description and arrays of a value file
+    nbytes: int  #: about the bytes it takes on disk
+
+
+def side_value(value: Any) -> SideValue | None:
+    """How *value* is stored in a side file, or None if it is pickled into its row.
+
+    A large bare array goes to a ``.npy`` file; a pandas DataFrame or
+    Series (of any size: pickled, safe mode could not read it) and a dict or
+    list of at most :data:`VALUE_FILE_MAX_ARRAYS` arrays of together at least
+    :data:`SIDE_FILE_THRESHOLD` bytes go to a value file, if the encoding can
+    hold them exactly.
+    """
+    kind = type(value)
+    if kind is np.ndarray:
+        return SideValue(ARRAY_SUFFIX, value, value.nbytes) if is_side_array(value) else None
+    if kind is dict or kind is list:
+        arrays = value.values() if kind is dict else value
+        if len(value) > VALUE_FILE_MAX_ARRAYS or not all(type(a) is np.ndarray for a in arrays):
+            return None
+        if sum(a.nbytes for a in arrays) < SIDE_FILE_THRESHOLD:
+            return None  # a small one is faster in its row, and safe mode reads it there
+    elif not (kind.__module__.startswith("pandas") and kind.__name__ in ("DataFrame", "Series")):
+        return None
+    encoded = _sidecodec.encodable(value)
+    if encoded is None:
+        return None
+    return SideValue(VALUE_SUFFIX, encoded, sum(a.nbytes for a in encoded[1]))
+
+
 def inline_row(key: str, value: Any) -> tuple[str, bytes, None, None]:
     """The ``items`` row of a value stored inline, pickled."""
     return (key, safepickle.dumps(key, value), None, None)
+
+
+def large_pickle(row: tuple[str, bytes, None, None]) -> SideValue | None:
+    """The side file of an inline *row* whose pickle is too large for SQLite, or None.
+
+    SQLite copies a large blob several times on its way to the file; a side
+    file takes it in one write.
+    """
+    data = row[1]
+    return SideValue(PICKLE_SUFFIX, data, len(data)) if len(data) >= SIDE_FILE_THRESHOLD else None
 
 
 def record_row(key: str, value: Any) -> tuple[str, bytes]:
@@ -350,15 +417,20 @@ def same_array(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a, b, equal_nan=nan))
 
 
-def new_side_name() -> str:
-    """A fresh side-file name, unique without asking the disk."""
-    return uuid.uuid4().hex + ".npy"
+def new_side_name(suffix: str = ARRAY_SUFFIX) -> str:
+    """A fresh side-file name ending in *suffix*, unique without asking the disk."""
+    return uuid.uuid4().hex + suffix
 
 
-def save_side(path: str, array: np.ndarray) -> int:
-    """Write *array* to the new side file *path*; return its size in bytes."""
+def save_side(path: str, side: SideValue) -> int:
+    """Write *side* to the new side file *path*; return its size in bytes."""
     with open(path, "xb") as f:
-        np.save(f, array, allow_pickle=False)
+        if side.suffix == ARRAY_SUFFIX:
+            np.save(f, side.content, allow_pickle=False)
+        elif side.suffix == PICKLE_SUFFIX:
+            f.write(side.content)
+        else:
+            _sidecodec.write_value_file(f, *side.content)
         return f.tell()
 
 
@@ -394,8 +466,12 @@ class WrongSize(ValueError):
     """A side file is not as long as its row, or its header, says."""
 
 
-def check_side_file(f: Any, expected_size: int | None) -> NpyHeader:
+def check_side_file(f: Any, expected_size: int | None) -> NpyHeader | dict[str, Any] | None:
     """Read the header of the open side file *f*, checking that it describes the file.
+
+    A ``.npy`` file's header, or a value file's description, as its name
+    (``f.name``) says; None for a pickle, which has no header: its bytes are
+    checked by unpickling them.
 
     Raises
     ------
@@ -407,28 +483,79 @@ def check_side_file(f: Any, expected_size: int | None) -> NpyHeader:
     size = os.fstat(f.fileno()).st_size
     if expected_size is not None and size != expected_size:
         raise WrongSize(f"{size} bytes, expected {expected_size}")
+    if str(f.name).endswith(VALUE_SUFFIX):
+        return _sidecodec.describe(f, size)
+    if str(f.name).endswith(PICKLE_SUFFIX):
+        return None
     header = read_npy_header(f)
     if header.size != size:
         raise WrongSize(f"{size} bytes, but its header describes {header.size}")
     return header
 
 
-def load_side_file(path: str, expected_size: int | None, session_path: str, key: str) -> Any:
+#: The type a value file's kind stands for, as the index names types.
+_VALUE_TYPES = {
+    "DataFrame": "pandas.DataFrame",
+    "Series": "pandas.Series",
+    "dict": "dict",
+    "list": "list",
+}
+
+
+def describe_side_file(f: Any) -> tuple[str | None, str | None, tuple[int, ...] | None]:
+    """``(type name, dtype, shape)`` of the value in the open side file *f*.
+
+    An array's dtype and shape come from its header; a value file gives its
+    type only.
+
+    Raises
+    ------
+    ValueError
+        If the header or description is damaged.
+    """
+    if str(f.name).endswith(VALUE_SUFFIX):
+        description = _sidecodec.describe(f, os.fstat(f.fileno()).st_size)
+        return _VALUE_TYPES.get(description.get("kind")), None, None
+    header = read_npy_header(f)
+    return "numpy.ndarray", header.dtype.str, header.shape
+
+
+def load_side_file(
+    path: str,
+    expected_size: int | None,
+    session_path: str,
+    key: str,
+    session: str = "",
+    safe: bool = False,
+) -> Any:
     """Load side file *path* of key *key*, checking it is whole and its header describes it.
 
     Its damage is reported as a :class:`CorruptSessionError` of the session at
-    *session_path*, which owns the file.
+    *session_path* (named *session*), which owns the file.  A pickle is read
+    in safe mode if *safe*.
     """
+    if path.endswith(PICKLE_SUFFIX):
+        data = side_pickle(path, expected_size, session_path, key)
+        return decode(data, session_path, session, key, safe)
     with open(path, "rb") as f:
         try:
             header = check_side_file(f, expected_size)
-            count = math.prod(header.shape)
-            array = np.fromfile(f, header.dtype, count)
-            if array.size != count:
-                raise ValueError(f"{array.size} of {count} items could be read")
+            if isinstance(header, dict):  # a value file, described
+                return _sidecodec.read_value(f, header)
+            assert header is not None
+            return read_npy_data(f, header)
         except ValueError as exc:
             raise CorruptSessionError(session_path, f"side file {path}: {exc}", key) from exc
-    return array.reshape(header.shape, order="F" if header.fortran_order else "C")
+
+
+def side_pickle(path: str, expected_size: int | None, session_path: str, key: str) -> bytes:
+    """The bytes of the pickle side file *path* of key *key*, checked against its row's size."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if expected_size is not None and len(data) != expected_size:
+        why = f"side file {path}: {len(data)} bytes, expected {expected_size}"
+        raise CorruptSessionError(session_path, why, key)
+    return data
 
 
 def row_value(path: str, session: str, key: str, row: tuple[Any, Any, Any], safe: bool) -> Any:
@@ -440,7 +567,7 @@ def row_value(path: str, session: str, key: str, row: tuple[Any, Any, Any], safe
     data, side, side_size = row
     if side is None:
         return decode(data, path, session, key, safe)
-    return load_side_file(side_path(path, side, key), side_size, path, key)
+    return load_side_file(side_path(path, side, key), side_size, path, key, session, safe)
 
 
 def read_value(conn: sqlite3.Connection, path: str, session: str, key: str, safe: bool) -> Any:

@@ -16,7 +16,7 @@ from typing import IO, NamedTuple
 
 import numpy as np
 
-__all__ = ["NpyHeader", "read_npy_header"]
+__all__ = ["NpyHeader", "read_npy_data", "read_npy_header"]
 
 _MAGIC = b"\x93NUMPY"
 # Version -> (struct format of the header length, encoding of the header).
@@ -82,3 +82,26 @@ def read_npy_header(f: IO[bytes]) -> NpyHeader:
     return NpyHeader(
         shape, fortran_order, dtype, 8 + len(raw) + length, math.prod(shape) * dtype.itemsize
     )
+
+
+def read_npy_data(f: IO[bytes], header: NpyHeader) -> np.ndarray:
+    """Read the data that follows *header* in the open file *f* into a new array.
+
+    Read straight into the array's memory: ``np.fromfile`` goes through
+    stdio and runs several times slower on large files.
+
+    Raises
+    ------
+    ValueError
+        If the file ends before the data does.
+    """
+    count = math.prod(header.shape)
+    flat = np.empty(count, header.dtype)
+    buffer = memoryview(flat.view(np.uint8)) if flat.nbytes else memoryview(b"")
+    done = 0
+    while done < len(buffer):
+        n = f.readinto(buffer[done:])
+        if not n:
+            raise ValueError(f"{done} of {len(buffer)} bytes of data could be read")
+        done += n
+    return flat.reshape(header.shape, order="F" if header.fortran_order else "C")

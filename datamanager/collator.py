@@ -14,6 +14,7 @@ import contextlib
 import errno
 import functools
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -219,11 +220,15 @@ class Collator:
         return {name: value for name, value in found if value is not _MISSING}
 
     def get_merged(self, key: str, strict: bool = False) -> Any:
-        """Concatenate the values of *key* across sessions.
+        """Concatenate the values of *key* across sessions, in session order.
 
         List and tuple values give one list; where every value is a numpy
-        array the result is one array concatenated along axis 0.  Any other
-        value raises TypeError naming its session and type.
+        array the result is one array concatenated along axis 0 (numbers are
+        promoted by numpy's rules, but numbers and strings are refused: a
+        TypeError names the sessions and dtypes).  DataFrames (or Series)
+        give one, with an outer index level ``session`` naming each row's
+        session.  Any other value raises TypeError naming its session and
+        type.  See :func:`merge_values`.
         """
         return merge_values(key, list(self.get(key, strict).items()))
 
@@ -251,11 +256,14 @@ class Collator:
         return self._matching(match, strict)
 
     def get_merged_matching(self, match: Match, strict: bool = False) -> Any:
-        """Concatenate ``get_merged(key)`` over the keys matching *match*, in key order."""
-        merged: list[Any] = []
-        for key, values in self._matching(match, strict).items():
-            merged.extend(merge_values(key, list(values.items())))
-        return merged
+        """Concatenate ``get_merged(key)`` over the keys matching *match*, in key order.
+
+        Lists and arrays give one list, as in Brian.  Keys merging to
+        DataFrames (or Series) give one, with outer index levels ``key``,
+        then ``session``.
+        """
+        found = self._matching(match, strict)
+        return _merge_keys([(key, merge_values(key, list(v.items()))) for key, v in found.items()])
 
     def get_flat_matching(self, match: Match, strict: bool = False) -> list[Any]:
         """Return every value of every session for the keys matching *match*."""
@@ -394,25 +402,144 @@ class Collator:
 def merge_values(key: str, values: list[tuple[str, Any]]) -> Any:
     """Merge one key's values across sessions, as :meth:`DataManager.get_merged`.
 
-    Lists and tuples are concatenated into one list; where every value is a
-    numpy array the result is one array, concatenated along axis 0.
+    Parameters
+    ----------
+    key : str
+        The key, to name in errors.
+    values : list of (str, object)
+        ``(session name, value)`` in session order.
+
+    Returns
+    -------
+    object
+        Lists and tuples give one list.  Numpy arrays give one array,
+        concatenated along axis 0.  pandas DataFrames (or Series) give one
+        DataFrame (or Series) whose outer index level ``session`` names the
+        session of each row, over each value's own index.
+
+    Raises
+    ------
+    TypeError
+        A value of another type, values of different kinds, or arrays whose
+        dtypes numpy would turn into text or objects (numbers with strings).
+    ValueError
+        Arrays whose shapes differ beyond axis 0.
     """
-    if values and all(isinstance(v, np.ndarray) for _, v in values):
-        for session, v in values:
-            if v.ndim == 0:
-                raise TypeError(f"cannot merge key {key!r}: session {session!r} holds a 0-d array")
-        try:
-            return np.concatenate([v for _, v in values], axis=0)
-        except ValueError as exc:
-            shapes = ", ".join(f"{s}: {v.shape}" for s, v in values)
-            raise ValueError(f"cannot merge key {key!r}: shapes differ ({shapes})") from exc
+    if not values:
+        return []
+    first = values[0][1]
+    if isinstance(first, np.ndarray):
+        return _merge_arrays(key, values)
+    if _pandas_kind(first) is not None:
+        return _concat_labelled(f"key {key!r}", "session", values)
     merged: list[Any] = []
     for session, v in values:
         if not isinstance(v, (list, tuple)):
             raise TypeError(
                 f"cannot merge key {key!r}: session {session!r} holds a "
                 f"{type(v).__name__}, but merging needs list or tuple values in every "
-                "session (or numpy arrays in every session); use get() and merge by hand"
+                "session (or numpy arrays, or pandas DataFrames or Series, in every "
+                "session); use get() and merge by hand"
             )
         merged.extend(v)
     return merged
+
+
+def _merge_keys(merged: list[tuple[str, Any]]) -> Any:
+    """Concatenate ``(key, merged value)`` in key order, as :meth:`get_merged_matching`.
+
+    Lists and arrays are concatenated into one list, as Brian did.  Where every
+    key merges to a DataFrame (or every key to a Series) the result is one,
+    with an outer index level ``key`` over ``session``; a mix of the two
+    kinds is a TypeError naming a key of each.
+    """
+    if any(_pandas_kind(v) is not None for _, v in merged):
+        return _concat_labelled("the matching keys", "key", merged)
+    result: list[Any] = []
+    for _, v in merged:
+        result.extend(v)
+    return result
+
+
+def _merge_arrays(key: str, values: list[tuple[str, Any]]) -> np.ndarray:
+    for session, v in values:
+        if not isinstance(v, np.ndarray):
+            raise TypeError(
+                f"cannot merge key {key!r}: session {session!r} holds a {type(v).__name__}, "
+                f"but session {values[0][0]!r} holds a numpy array; merging needs numpy "
+                "arrays in every session; use get() and merge by hand"
+            )
+        if v.ndim == 0:
+            raise TypeError(f"cannot merge key {key!r}: session {session!r} holds a 0-d array")
+    _check_dtypes(key, values)
+    try:
+        return np.concatenate([v for _, v in values], axis=0)
+    except ValueError as exc:
+        shapes = ", ".join(f"{s}: {v.shape}" for s, v in values)
+        raise ValueError(f"cannot merge key {key!r}: shapes differ ({shapes})") from exc
+
+
+def _check_dtypes(key: str, values: list[tuple[str, np.ndarray]]) -> None:
+    """Refuse arrays that numpy would only concatenate by turning them into text or objects.
+
+    Numeric promotion (bool, int, float, complex: numpy's own rules) is
+    allowed; ``[0, 1]`` with ``["a"]`` would silently give ``['0', '1', 'a']``.
+    """
+    distinct = list(dict.fromkeys(v.dtype for _, v in values))
+    try:
+        # Pairwise: result_type takes a bounded number of arguments.
+        common = functools.reduce(np.result_type, distinct)
+    except TypeError as exc:  # numpy's DTypePromotionError, e.g. datetime64 with int64
+        raise TypeError(
+            f"cannot merge key {key!r}: numpy has no common dtype for {_dtypes(values)}"
+        ) from exc
+    if common.kind in "USO" and any(d.kind != common.kind for d in distinct):
+        raise TypeError(
+            f"cannot merge key {key!r}: numpy would turn {_dtypes(values)} into {common}; "
+            "use get() and convert by hand"
+        )
+
+
+def _dtypes(values: list[tuple[str, np.ndarray]], shown: int = 3) -> str:
+    """``int64 (session 'a'), <U1 (sessions 'b', 'c' and 2 more)``: each dtype, who holds it."""
+    holders: dict[np.dtype, list[str]] = {}
+    for session, v in values:
+        holders.setdefault(v.dtype, []).append(session)
+    parts = []
+    for dtype, sessions in holders.items():
+        names = ", ".join(repr(s) for s in sessions[:shown])
+        more = f" and {len(sessions) - shown} more" if len(sessions) > shown else ""
+        parts.append(f"{dtype} (session{'s' if len(sessions) > 1 else ''} {names}{more})")
+    return ", ".join(parts)
+
+
+def _pandas_kind(value: Any) -> type | None:
+    """``pandas.DataFrame`` or ``pandas.Series`` if *value* is one, else None."""
+    # A DataFrame read back has imported pandas: merging anything else never pays for it.
+    pandas = sys.modules.get("pandas")
+    if pandas is None:
+        return None
+    for kind in (pandas.DataFrame, pandas.Series):
+        if isinstance(value, kind):
+            return kind
+    return None
+
+
+def _concat_labelled(what: str, level: str, parts: list[tuple[str, Any]]) -> Any:
+    """``pandas.concat`` of *parts*, each labelled by its name in a new outer index *level*.
+
+    Every part must be of the first one's kind: DataFrame, or Series.
+    """
+    import pandas
+
+    first, kind = parts[0][0], type(parts[0][1])
+    for name, v in parts:
+        if _pandas_kind(v) is not _pandas_kind(parts[0][1]):
+            raise TypeError(
+                f"cannot merge {what}: {level} {name!r} holds a {type(v).__name__}, but "
+                f"{level} {first!r} holds a {kind.__name__}; merging needs DataFrames in "
+                f"every {level}, or Series in every {level}; use get() and merge by hand"
+            )
+    # The inner levels keep each value's own index, so that
+    # merged.loc[name] (or .xs(name, level=...)) gives a part back.
+    return pandas.concat([v for _, v in parts], keys=[n for n, _ in parts], names=[level])

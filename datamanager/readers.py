@@ -370,7 +370,18 @@ class NativeReader(SessionReader):
         return [(k, fmt.side_path(self.path, s, k), n) for k, s, n in rows if fmt.is_side_name(s)]
 
     def raw_values(self) -> Iterator[tuple[str, bytes]]:
+        """Yield ``(key, pickled bytes)`` of the values stored as pickles, side files too.
+
+        A side file that is gone (its key replaced meanwhile) or of the wrong
+        size is left out: reading its key reports it.
+        """
         yield from self._query(fmt.INLINE)
+        for key, path, size in self.side_files():
+            if path.endswith(fmt.PICKLE_SUFFIX):
+                try:
+                    yield key, fmt.side_pickle(path, size, self.path, key)
+                except (OSError, CorruptSessionError):
+                    continue
 
     def raw_rows(self) -> list[tuple[str, Any, Any, Any]]:
         """Every ``(key, value, side, side_size)`` row as stored, in key order, in one read."""

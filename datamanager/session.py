@@ -30,11 +30,18 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-import numpy as np
-
 from . import _format as fmt
 from ._descriptors import hold
-from ._format import SESSION_SUFFIX, UPSERT, blob_dir, inline_row, is_side_array, is_side_name
+from ._format import (
+    SESSION_SUFFIX,
+    UPSERT,
+    SideValue,
+    blob_dir,
+    inline_row,
+    is_side_name,
+    large_pickle,
+    side_value,
+)
 from .errors import CorruptSessionError, TransactionAbortedError
 from .filesystem import check_journal_mode, choose_journal_mode
 from .provenance import session_metadata
@@ -439,11 +446,12 @@ class Session(MutableMapping):
         # hot path of every simulation.
         if type(key) is not str:
             _check_key(key)
-        if type(value) is np.ndarray and is_side_array(value):
-            side, size = self._write_side(key, value)
-            self._write(UPSERT, (key, None, side, size), new_side=side)
+        side = side_value(value)
+        row = None if side is not None else inline_row(key, value)
+        if row is not None and (side := large_pickle(row)) is None:
+            self._write(UPSERT, row)
         else:
-            self._write(UPSERT, inline_row(key, value))
+            self._put_side(key, side)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Store several items at once: one transaction, all of them or none.
@@ -475,25 +483,32 @@ class Session(MutableMapping):
             for key, value in itertools.chain(pairs, kwargs.items()):
                 if type(key) is not str:
                     _check_key(key)
-                if type(value) is np.ndarray and is_side_array(value):
+                side = side_value(value)
+                row = None if side is not None else inline_row(key, value)
+                if row is not None and (side := large_pickle(row)) is None:
+                    rows.append(row)
+                else:
                     conn.executemany(UPSERT, rows)  # keep the order of the keys
                     rows = []
-                    self[key] = value
-                else:
-                    rows.append(inline_row(key, value))
+                    self._put_side(key, side)
             conn.executemany(UPSERT, rows)
 
-    def _write_side(self, key: str, array: np.ndarray) -> tuple[str, int]:
+    def _put_side(self, key: str, side: SideValue) -> None:
+        """Store *side* in a new side file, then the row of *key* that names it."""
+        name, size = self._write_side(key, side)
+        self._write(UPSERT, (key, None, name, size), new_side=name)
+
+    def _write_side(self, key: str, side: SideValue) -> tuple[str, int]:
         with self._guard():
             # The session file, with its tables, exists before any side file:
             # a writer killed in between leaves an empty session, never a
             # blob folder that belongs to no session.
             conn = self._writable()
         directory = blob_dir(self.path)
-        name = fmt.new_side_name()
+        name = fmt.new_side_name(side.suffix)
         try:
             os.makedirs(directory, exist_ok=True)
-            size = fmt.save_side(os.path.join(directory, name), array)
+            size = fmt.save_side(os.path.join(directory, name), side)
         except BaseException as exc:
             self._unlink_sides([name])
             if not isinstance(exc, OSError):
@@ -501,7 +516,7 @@ class Session(MutableMapping):
             code = exc.errno
             if code is None:
                 # numpy reports a short write without an errno; say what it means.
-                full = shutil.disk_usage(directory).free < array.nbytes
+                full = shutil.disk_usage(directory).free < side.nbytes
                 code = errno.ENOSPC if full else errno.EIO
             with self._lock:
                 if code == errno.ENOSPC and self._depth:

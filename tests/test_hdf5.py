@@ -53,7 +53,7 @@ def assert_same(a: Any, b: Any, where: str = "value") -> None:
     if isinstance(a, np.ndarray):
         assert a.dtype == b.dtype, f"{where}: dtype {a.dtype} != {b.dtype}"
         assert a.shape == b.shape, f"{where}: shape {a.shape} != {b.shape}"
-        assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), where
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fcmM"), where
     elif isinstance(a, np.generic):
         assert a.dtype == b.dtype, where
         assert_same(a.item(), b.item(), where)
@@ -176,8 +176,8 @@ def test_large_python_int_list_is_a_group_not_an_overflow():
 
 @pytest.mark.parametrize(
     "value",
-    [object(), np.array(["a"]), {1: 2}, [1, {"x": object()}], np.datetime64("2020-01-01")],
-    ids=["object", "str-array", "int-key", "nested", "datetime64"],
+    [object(), np.array(["a\x00b"]), {1: 2}, [1, {"x": object()}], np.datetime64("2020-01-01")],
+    ids=["object", "str-array-with-nul", "int-key", "nested", "datetime64"],
 )
 def test_unsupported_values_are_refused(dm: DataManager, tmp_path: Path, value: Any):
     (name,) = fill(dm, [{"v": value}])

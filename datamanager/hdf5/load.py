@@ -23,7 +23,9 @@ import numpy as np
 from ..errors import ExportFormatError
 from ..filestore import StoredFile, bound_to
 from ..recordings.recording import Recording
+from .dtypes import DTYPE_ATTR, TYPED_ARRAY, dtype_from_attr, stored_dtype
 from .files import FILES_GROUP, extract_files
+from .frames import ENCODING_ATTR, LABELS, NAME_ATTR, PANDAS_DTYPE_ATTR, RANGE_ATTR, TZ_ATTR
 from .schema import (
     ITEMS_ATTR,
     METADATA_ATTR,
@@ -261,10 +263,14 @@ def _read(obj: Any, unpickle: bool) -> Any:
             return SEQUENCES[ptype](read(v, unpickle) for _, v in items)
         if ptype == "Recording":
             return _read_recording(obj, unpickle)
+        if ptype in ("pandas.DataFrame", "pandas.Series"):
+            return _read_pandas(obj, ptype)
         raise ValueError(f"unknown {TYPE_ATTR} {ptype!r}")
     if ptype is None:
         # [...] keeps a 0-d array an array, in its stored byte order.
         return obj[...] if obj.shape == () else obj[()]
+    if ptype == TYPED_ARRAY:
+        return _read_typed_array(obj)
     data = obj[()]
     if ptype in SEQUENCES:
         items = obj.attrs[ITEMS_ATTR]
@@ -290,6 +296,79 @@ def _read(obj: Any, unpickle: bool) -> Any:
     if ptype == "StoredFile":
         return _read_stored_file(obj)
     raise ValueError(f"unknown {TYPE_ATTR} {ptype!r}")
+
+
+def _read_typed_array(obj: Any) -> np.ndarray:
+    """A string, datetime or structured array, in its original dtype."""
+    dtype = dtype_from_attr(obj.attrs[DTYPE_ATTR])
+    if dtype.kind == "U":
+        return np.asarray(obj.asstr()[()], dtype=object).astype(dtype)
+    # By position into the stored layout (h5py may pack a compound), whose
+    # itemsize and offsets are the original's: then a view restores it.
+    return obj[...].astype(stored_dtype(dtype), copy=False).view(dtype)
+
+
+def _read_pandas(group: Any, ptype: str) -> Any:
+    """A DataFrame or Series (see :mod:`datamanager.hdf5.frames`)."""
+    import pandas
+
+    index = _read_axis(required(group, "index"))
+    if ptype == "pandas.Series":
+        name = json.loads(group.attrs[NAME_ATTR])
+        values = _read_column(required(group, "values"))
+        return pandas.Series(values, index=index, name=name, dtype=values.dtype)
+    labels = _read_axis(required(group, LABELS))
+    columns = [_read_column(obj) for _, obj in members(required(group, "columns"))]
+    if len(columns) != len(labels):
+        found = f"{len(columns)} columns for {len(labels)} labels"
+        raise malformed(group, group.name, "one column per label", found)
+    # By position, then labelled: labels may repeat as values (1 and 1.0).
+    frame = pandas.DataFrame(
+        {i: pandas.Series(c, index=index, dtype=c.dtype) for i, c in enumerate(columns)},
+        index=index,
+    )
+    frame.columns = labels
+    return frame
+
+
+def _read_axis(obj: Any) -> Any:
+    import pandas
+
+    if obj.attrs.get(TYPE_ATTR) == "pandas.MultiIndex":
+        levels = [_read_column(level) for _, level in members(obj)]
+        return pandas.MultiIndex.from_arrays(levels, names=json.loads(obj.attrs[NAME_ATTR]))
+    name = json.loads(obj.attrs[NAME_ATTR])
+    if RANGE_ATTR in obj.attrs:
+        return pandas.RangeIndex(*json.loads(obj.attrs[RANGE_ATTR]), name=name)
+    values = _read_column(obj)
+    return pandas.Index(values, name=name, dtype=values.dtype)
+
+
+def _read_column(obj: Any) -> Any:
+    """A column's values in the stored pandas dtype: a numpy or pandas array.
+
+    Callers pass its dtype on explicitly: pandas would infer ``str`` for an
+    object array of strings.
+    """
+    import h5py
+    import pandas
+
+    dtype = obj.attrs[PANDAS_DTYPE_ATTR]
+    if isinstance(obj, h5py.Group):  # a categorical
+        values = _read_column(required(obj, "categories"))
+        categories = pandas.Index(values, dtype=values.dtype)
+        codes = read(required(obj, "codes", h5py.Dataset))
+        ordered = bool(obj.attrs["ordered"])
+        return pandas.Categorical.from_codes(codes, categories, ordered=ordered)
+    if TZ_ATTR in obj.attrs:
+        utc = pandas.DatetimeIndex(read(obj)).tz_localize("UTC")
+        return utc.tz_convert(obj.attrs[TZ_ATTR]).array
+    if h5py.check_string_dtype(obj.dtype) is None:
+        return read(obj)
+    text = np.asarray(obj.asstr()[()], dtype=object)
+    if obj.attrs.get(ENCODING_ATTR) == "JSON":
+        text[:] = [json.loads(item) for item in text]
+    return text if dtype == "object" else pandas.array(text, dtype=dtype)
 
 
 def _read_stored_file(obj: Any) -> StoredFile:

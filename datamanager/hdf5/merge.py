@@ -22,6 +22,7 @@ import numpy as np
 
 from .._npyheader import read_npy_header
 from ..errors import UnsupportedValueError
+from .frames import PANDAS_TYPES
 from .schema import (
     ITEMS_ATTR,
     METADATA_ATTR,
@@ -325,7 +326,10 @@ class Exporter:
             self.report.merged.append(key)
             return
         try:
-            value = self.dm.get_merged(key)
+            if all(o.attrs.get(TYPE_ATTR) in PANDAS_TYPES for o in objs):
+                value = self._merged_pandas(name, sessions)
+            else:
+                value = self.dm.get_merged(key)
         except (TypeError, ValueError) as exc:
             self.report.not_merged[key] = str(exc)
             return
@@ -341,6 +345,23 @@ class Exporter:
             self.report.skipped.append(("<merged>", key, exc.type_name))
             return
         self.report.merged.append(key)
+
+    def _merged_pandas(self, name: str, sessions: list[str]) -> Any:
+        """DataFrames (Series) of every session as one, in session order.
+
+        Read back from the export rather than from the sessions: the values
+        are there already.  The session becomes the outer index level.
+        """
+        import pandas
+
+        from .load import read
+
+        found = [(s, self.sessions[s][name]) for s in sessions if name in self.sessions[s]]
+        return pandas.concat(
+            [read(obj) for _, obj in found],
+            keys=[unescape_name(s) for s, _ in found],
+            names=["session"],
+        )
 
     def _empty(
         self, group: Any, name: str, total: int, row: tuple[int, ...], dtype: np.dtype

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..filestore import StoredFile
 from ..recordings.recording import Recording
+from .dtypes import TYPED_ARRAY, bad_text, numeric, stored_dtype, typed_array_attrs
 from .files import FILES_GROUP, copy_file
 
 __all__ = ["PickledValue", "escape_name", "unescape_name"]
@@ -37,12 +38,13 @@ METADATA_ATTR = "metadata"
 SESSION_TYPE_ATTR = "session_type"
 #: 2: session metadata in one JSON attribute (1: one attribute per field).
 #: 3: StoredFile values, their bytes once each under ``/files/<sha256>``.
-SCHEMA_VERSION = 3
+#: 4: string, datetime64/timedelta64 and structured arrays.
+SCHEMA_VERSION = 4
 #: Attributes of a StoredFile value besides its sha256, which is its data.
 STORED_FILE_ATTRS = ("name", "size", "original")
 
-_NUMERIC_KINDS = "biufc"
 _PY_SCALARS = {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}
+_PANDAS = ("DataFrame", "Series")  # by name: pandas is imported only if met
 SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 
 # ---------------------------------------------------------------------------
@@ -149,10 +151,6 @@ def is_array(value: Any) -> bool:
     return type(value) is np.ndarray or isinstance(value, np.memmap)
 
 
-def numeric(dtype: np.dtype) -> bool:
-    return dtype.kind in _NUMERIC_KINDS and dtype.fields is None
-
-
 def homogeneous(items: Any) -> tuple[str, np.ndarray] | None:
     """``(item type, array)`` when a sequence can be one dataset, else None."""
     items = list(items)
@@ -168,7 +166,7 @@ def homogeneous(items: Any) -> tuple[str, np.ndarray] | None:
         except OverflowError:  # ints beyond int64
             return None
     if cls is str:
-        if any(type(x) is not str or "\x00" in x or _has_surrogates(x) for x in items):
+        if any(type(x) is not str or "\x00" in x or has_surrogates(x) for x in items):
             return None
         return "str", np.array(items, dtype=object)
     if isinstance(first, np.generic) and numeric(first.dtype):
@@ -247,6 +245,28 @@ class Writer:
             kw["dtype"] = h5py.string_dtype()
         return parent.create_dataset(name, data=arr, **kw)
 
+    def typed_array(self, parent: Any, name: str, arr: np.ndarray) -> None:
+        """A string, datetime or structured array (see :mod:`datamanager.hdf5.dtypes`)."""
+        dtype = arr.dtype
+        if dtype.kind == "S":  # HDF5 fixed-length strings: h5py reads them as they were
+            self.array(parent, name, arr)
+            return
+        if dtype.kind == "U":
+            if bad_text(arr):
+                self._unsupported(parent, name, arr, "holding NUL or lone surrogates")
+                return
+            ds = self.array(parent, name, arr.astype(object))
+        else:
+            try:
+                storage = stored_dtype(dtype)
+            except TypeError as exc:
+                self._unsupported(parent, name, arr, f"({exc})" if dtype.names else "")
+                return
+            ds = self.array(parent, name, arr.view(storage))
+        ds.attrs[TYPE_ATTR] = TYPED_ARRAY
+        for attr, value in typed_array_attrs(dtype).items():
+            ds.attrs[attr] = value
+
     def scalar(self, parent: Any, name: str, data: Any, ptype: str, **kw: Any) -> Any:
         ds = parent.create_dataset(name, data=data, **kw)
         ds.attrs[TYPE_ATTR] = ptype
@@ -259,7 +279,7 @@ class Writer:
         cls = type(value)
         if is_array(value):
             if not numeric(value.dtype):
-                self._unsupported(parent, name, value)
+                self.typed_array(parent, name, value)
             elif self.compression:
                 self.array(parent, name, value)
             else:
@@ -280,7 +300,7 @@ class Writer:
         elif cls in _PY_SCALARS:
             self.scalar(parent, name, _PY_SCALARS[cls](value), cls.__name__)
         elif cls is str:
-            if "\x00" in value or _has_surrogates(value):
+            if "\x00" in value or has_surrogates(value):
                 # HDF5 strings end at NUL and must be UTF-8: keep the exact
                 # code points as opaque bytes instead.
                 raw = value.encode("utf-8", "surrogatepass")
@@ -303,6 +323,10 @@ class Writer:
             self.recording(parent, name, value)
         elif cls is StoredFile:
             self.stored_file(parent, name, value)
+        elif cls.__module__.partition(".")[0] == "pandas" and cls.__name__ in _PANDAS:
+            from .frames import write_pandas
+
+            write_pandas(self, parent, name, value)
         else:
             self._unsupported(parent, name, value)
 
@@ -352,9 +376,9 @@ class Writer:
         for attr in ("columns", "units", "header", "label", "path", "layout", "attrs"):
             set_attr(group, attr, getattr(rec, attr))
 
-    def _unsupported(self, parent: Any, name: str, value: Any) -> None:
+    def _unsupported(self, parent: Any, name: str, value: Any, why: str = "") -> None:
         if self.on_unsupported != "pickle":
-            raise Unsupported(type_name(value))
+            raise Unsupported(f"{type_name(value)} {why}".rstrip())
         try:
             data = pickle.dumps(value, protocol=5)
         except Exception as exc:
@@ -363,7 +387,7 @@ class Writer:
         self.pickled.append(type_name(value))
 
 
-def _has_surrogates(text: str) -> bool:
+def has_surrogates(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

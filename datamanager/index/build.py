@@ -21,7 +21,6 @@ import numpy as np
 
 from .. import _format as fmt
 from .._format import INDEX_NAME, SESSION_SUFFIX
-from .._npyheader import read_npy_header
 from ..errors import CorruptSessionError, UnsafeValueError
 from ..readers import NativeReader, SessionEntry, list_directory
 from . import identity
@@ -405,6 +404,15 @@ def _describe(
     entry: SessionEntry, key: str, value: Any, side: Any, side_size: Any, hash_values: bool
 ) -> tuple[Any, ...]:
     """``(key, type, dtype, shape, stored_size, side, side_size, sha256, cached)`` of one row."""
+    if type(side) is str and side.endswith(fmt.PICKLE_SUFFIX):
+        # A large pickle is described as the pickle of a row is.
+        try:
+            path = fmt.side_path(entry.path, side, key)
+            data = fmt.side_pickle(path, side_size, entry.path, key)
+        except (OSError, CorruptSessionError):
+            data = None  # reading the value reports what is wrong
+        row = _describe(entry, key, data, None, None, hash_values)
+        return (*row[:5], side, side_size, row[7], None)
     if side is not None:
         return _describe_side(entry, key, side, side_size, hash_values)
     if type(value) is not bytes:
@@ -430,8 +438,8 @@ def _describe_side(
     kind = dtype = shape = digest = None
     try:
         with open(fmt.side_path(entry.path, side, key), "rb") as f:
-            header = read_npy_header(f)
-            kind, dtype, shape = "numpy.ndarray", header.dtype.str, json.dumps(header.shape)
+            kind, dtype, shape = fmt.describe_side_file(f)
+            shape = None if shape is None else json.dumps(shape)
             if hash_values:
                 f.seek(0)
                 digest = _digest(f)
