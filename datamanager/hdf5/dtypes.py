@@ -29,7 +29,9 @@ def numeric(dtype: np.dtype) -> bool:
 
 def typed_array_attrs(dtype: np.dtype) -> dict[str, str]:
     """The attributes besides ``python_type`` that describe a typed array of ``dtype``."""
-    descr = np.lib.format.dtype_to_descr(dtype)
+    # What np.lib.format.dtype_to_descr gives, without its spurious warning
+    # about metadata on datetime dtypes under numpy 2.0.
+    descr = dtype.str if dtype.names is None else dtype.descr
     attrs = {DTYPE_ATTR: descr if isinstance(descr, str) else json.dumps(descr)}
     if dtype.kind in "Mm":
         unit, count = np.datetime_data(dtype)
