@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import Callable
 
+import _checkout  # noqa: F401  (measure this checkout)
 from datamanager import DataManager, hash_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -28,8 +28,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
+import _checkout  # noqa: F401  (measure this checkout)
 from datamanager import DataManager
 from datamanager.hdf5 import export_hdf5
 

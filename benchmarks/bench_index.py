@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+import _checkout  # noqa: F401  (measure this checkout)
 from datamanager import DataManager
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -27,6 +27,7 @@ import time
 
 WRITER = """
 import sys, time
+import _checkout  # noqa: F401  (measure this checkout)
 from datamanager import DataManager
 dm = DataManager("bench", sys.argv[1])
 s = dm.session()

@@ -26,11 +26,9 @@ from typing import Callable
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from datamanager import DataManager  # noqa: E402
-from datamanager.recordings import (  # noqa: E402
+from _checkout import ROOT
+from datamanager import DataManager
+from datamanager.recordings import (
     Recording,
     _text,
     load_atf,

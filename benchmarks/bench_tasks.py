@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
+import _checkout  # noqa: F401  (measure this checkout)
 from datamanager import DataManager
 from datamanager.tasks import run_tasks
 
