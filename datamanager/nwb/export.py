@@ -143,8 +143,8 @@ def _session_start(
     if given is None:
         names = ", ".join(name for name, _ in sources[:3]) + (", ..." if len(sources) > 3 else "")
         raise ValueError(
-            f"NWB needs a session start time and {names} record none: give "
-            "session_start_time= (a datetime, best with its time zone)"
+            f"NWB needs a session start time and none is recorded in {names}: give "
+            "session_start_time= (--start-time on the command line), best with its time zone"
         )
     start, naive = _aware(given)
     how = "session_start_time given" + (
@@ -288,6 +288,7 @@ def export_nwb(
     time_unit: str | None = None,
     units: Units = None,
     fsync: bool = False,
+    nwbfile_kwargs: Mapping[str, Any] | None = None,
 ) -> str:
     """Write recordings as one NWB file (all of them in the one file).
 
@@ -321,6 +322,10 @@ def export_nwb(
         unit}``, or one per column (None keeps the file's).
     fsync : bool
         Flush the file to the disk before moving it into place.
+    nwbfile_kwargs : mapping, optional
+        More arguments of :class:`pynwb.file.NWBFile` (``subject``,
+        ``experimenter``, ``institution``, ...): what the source files do not
+        say and an archive such as DANDI asks for.
 
     Returns
     -------
@@ -355,6 +360,7 @@ def export_nwb(
         identifier,
         time_unit,
         units,
+        dict(nwbfile_kwargs or {}),
     )
     fd, tmp = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.", suffix=EXPORT_TEMP_SUFFIX, dir=folder
@@ -391,6 +397,7 @@ def _build(
     identifier: str | None,
     time_unit: str | None,
     units: Units,
+    more: dict[str, Any],
 ) -> Any:
     start, shifts, how = _session_start(sources, given_start)
     plans = [plan_recording(rec, time_unit, units) for _, rec in sources]
@@ -412,6 +419,7 @@ def _build(
         notes=json.dumps(notes, default=str),
         source_script=f"datamanager {_version()} (datamanager.export_nwb)",
         source_script_file_name="datamanager",
+        **more,
     )
     writer = _Writer(pynwb, nwbfile, set())
     several = len(sources) > 1
