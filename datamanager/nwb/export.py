@@ -81,11 +81,14 @@ def _sources(recordings: Any, keys: Any) -> list[tuple[str, Recording]]:
     if not found:
         raise ValueError("no recordings to export")
     named = []
+    taken: set[str] = set()
     for name, rec in found:
         if name is None:
-            base = os.path.basename(rec.path) if rec.path else "recording"
-            name = base if rec.label is None else f"{base} {rec.label}"
-        named.append((name, rec))
+            # Blocks of one file are told apart as the importer's keys are.
+            name = os.path.basename(rec.path) if rec.path else "recording"
+            if "block" in rec.attrs:
+                name += f"#{rec.attrs['block']}"
+        named.append((_unique(name, taken), rec))
     return named
 
 
@@ -185,11 +188,15 @@ def _table(name: str, rec: Recording, source: str) -> Any:
             values = [str(c) for c in cells]
         what = f"column {j + 1} of {source}: {title!r}"
         columns.append(VectorData(name=_unique(title, taken), description=what, data=values))
-    return DynamicTable(
-        name=name,
-        description=f"the table of {source} as read (not signals over time)",
-        columns=columns,
-    )
+    with warnings.catch_warnings():
+        # A column called "name" or "description" is read as table["name"],
+        # not as an attribute: hdmf says so once, and that is all it means.
+        warnings.filterwarnings("ignore", "An attribute .* already exists", UserWarning)
+        return DynamicTable(
+            name=name,
+            description=f"the table of {source} as read (not signals over time)",
+            columns=columns,
+        )
 
 
 class _Writer:
@@ -207,7 +214,9 @@ class _Writer:
             return {"timestamps": first}
         return {"timestamps": times + offset}
 
-    def add(self, prefix: str, rec: Recording, plan: Plan, shift: float, source: str) -> None:
+    def add(
+        self, name: str, prefix: str, rec: Recording, plan: Plan, shift: float, source: str
+    ) -> None:
         icephys = self.pynwb.icephys
         assert plan.time_index is not None
         times = rec.data[:, plan.time_index].astype(np.float64) * plan.time_scale
@@ -234,7 +243,15 @@ class _Writer:
                 data=np.ascontiguousarray(rec.data[:, col.index]),
                 conversion=col.si[1] if col.si else 1.0,
                 description=f"column {col.index + 1} ({col.title!r}) of {source}",
-                comments=json.dumps({"column": col.index, "unit": col.unit, "signal": col.signal}),
+                comments=json.dumps(
+                    {
+                        "recording": name,
+                        "column": col.index,
+                        "unit": col.unit,
+                        "signal": col.signal,
+                        "sweep": col.sweep,
+                    }
+                ),
             )
             if col.role == "series":
                 unit = col.si[0] if col.si else (col.unit or "unknown")
@@ -430,5 +447,5 @@ def _build(
             table = _table(_unique(name, writer.taken), rec, source)
             nwbfile.add_acquisition(table)
         else:
-            writer.add(prefix, rec, plan, shift, source)
+            writer.add(name, prefix, rec, plan, shift, source)
     return nwbfile
