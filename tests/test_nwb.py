@@ -431,7 +431,7 @@ def test_missing_pynwb_names_the_extra(tmp_path: Path):
         "except ImportError as exc:\n    print(exc)\n"
     )
     proc = run_python(code, str(tmp_path / "x.nwb"), env=ENV)
-    assert "pip install 'datamanager[nwb]'" in proc.stdout
+    assert "pip install 'sim-datamanager[nwb]'" in proc.stdout
     assert os.listdir(tmp_path) == []
 
 

@@ -42,7 +42,7 @@ def _import_pynwb() -> Any:
         import pynwb
     except ImportError as exc:
         raise ImportError(
-            "export_nwb needs pynwb: install the nwb extra, pip install 'datamanager[nwb]'"
+            "export_nwb needs pynwb: install the nwb extra, pip install 'sim-datamanager[nwb]'"
         ) from exc
     return pynwb
 
