@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -151,12 +152,15 @@ def test_units_types_and_conversions(tmp_path: Path):
         assert got["pyabf_sine_sweep_magnitude_20.atf IN 0 Trace #1"].unit == "unknown"
         # The file's times are not evenly spaced to the last digits (0.999999999999).
         assert vc.timestamps is not None and vc.rate is None
-    # The caller's units and time unit.
-    export_nwb(recs[1], out, session_start_time=START, overwrite=True, units={"v(.5)": "mV"})
+    # The caller's units and time unit; a unit the file states stays.
+    units = {"v(.5)": "mV", "Trace #1": "mV"}
+    export_nwb(recs[:2], out, session_start_time=START, overwrite=True, units=units)
     io, nwbfile, _ = read(out)
     with io:
-        v = nwbfile.acquisition["v(.5)"]
+        v = nwbfile.acquisition["nrn_docs_iclamp.dat v(.5)"]
         assert (v.unit, v.conversion) == ("volts", 1e-3)
+        vc = nwbfile.acquisition["pyabf_SSFINEST.atf Signal 00 Trace #1 (pA)"]
+        assert (vc.unit, vc.conversion) == ("amperes", 1e-12)
         t_ms = times_of(v)
     export_nwb(recs[1], out, session_start_time=START, overwrite=True, time_unit="s")
     io, nwbfile, _ = read(out)
@@ -307,7 +311,9 @@ def crafted(tmp_path: Path, name: str, when: str | None) -> Recording:
     return rec
 
 
-def test_session_start_time_from_file_caller_or_refused(tmp_path: Path):
+def test_session_start_time_from_file_caller_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     out = tmp_path / "s.nwb"
     a = crafted(tmp_path, "a.atf", "2019-05-02T10:31:07+02:00")
     export_nwb(a, out)
@@ -317,10 +323,21 @@ def test_session_start_time_from_file_caller_or_refused(tmp_path: Path):
     export_nwb(a, out, overwrite=True, session_start_time="2019-05-02T08:31:07+00:00")
     with pytest.raises(ValueError, match="disagrees"):
         export_nwb(a, out, overwrite=True, session_start_time=START)
-    # No UTC offset: local time of this machine, said in the notes.
+    # No UTC offset: local time of this machine (a POSIX zone, no database needed).
     naive = crafted(tmp_path, "naive.atf", "2019-05-02 10:31:07")
-    export_nwb(naive, out, overwrite=True)
-    assert start_of(out) == datetime.datetime(2019, 5, 2, 10, 31, 7).astimezone()
+    monkeypatch.setenv("TZ", "XYZ-05:30")
+    time.tzset()
+    try:
+        export_nwb(naive, out, overwrite=True)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    india = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+    assert start_of(out) == datetime.datetime(2019, 5, 2, 10, 31, 7, tzinfo=india)
+    io, nwbfile, _ = read(out)
+    with io:
+        said = json.loads(nwbfile.notes)["session_start_time_from"]
+    assert said.endswith("(no UTC offset: local time of the exporting machine)")
     # Two files: the session starts with the first, the second's series later.
     b = crafted(tmp_path, "b.atf", "2019-05-02T08:31:37Z")
     export_nwb([b, a], out, overwrite=True)
@@ -431,7 +448,7 @@ def test_missing_pynwb_names_the_extra(tmp_path: Path):
         "except ImportError as exc:\n    print(exc)\n"
     )
     proc = run_python(code, str(tmp_path / "x.nwb"), env=ENV)
-    assert "pip install 'sim-datamanager[nwb]'" in proc.stdout
+    assert "needs pynwb" in proc.stdout and "pip install 'sim-datamanager[nwb]'" in proc.stdout
     assert os.listdir(tmp_path) == []
 
 
