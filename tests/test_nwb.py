@@ -381,6 +381,9 @@ def test_recordings_of_a_data_directory(tmp_path: Path):
         export_nwb(dm, tmp_path / "x.nwb", session_start_time=START)
     with pytest.raises(ValueError, match="no recordings"):
         export_nwb(dm, tmp_path / "x.nwb", keys="nothing/", session_start_time=START)
+    with pytest.raises(TypeError, match="read files with load_recording"):
+        export_nwb(str(folder / "iclamp.dat"), tmp_path / "x.nwb", session_start_time=START)
+    assert not (tmp_path / "x.nwb").exists()
 
 
 def test_existing_file_is_refused_and_kept(tmp_path: Path):

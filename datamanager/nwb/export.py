@@ -77,7 +77,10 @@ def _sources(recordings: Any, keys: Any) -> list[tuple[str, Recording]]:
         found = [(None, rec) for rec in recordings]
         for _, rec in found:
             if not isinstance(rec, Recording):
-                raise TypeError(f"export_nwb exports Recordings, not {type(rec).__name__}")
+                raise TypeError(
+                    "export_nwb exports Recordings (read files with load_recording), "
+                    f"not {type(rec).__name__}"
+                )
     if not found:
         raise ValueError("no recordings to export")
     named = []
