@@ -32,6 +32,7 @@ from .importer import ImportSummary
 from .index import IndexSummary
 from .locking import LockingSession
 from .manager import DataManager, Problem
+from .nwb import export_nwb
 from .readers import SessionReader
 from .recordings import (
     Recording,
@@ -83,6 +84,7 @@ __all__ = [
     "UnsupportedValueError",
     "__version__",
     "export_hdf5",
+    "export_nwb",
     "hash_files",
     "load_atf",
     "load_hdf5",

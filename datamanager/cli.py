@@ -169,6 +169,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nwb(args: argparse.Namespace) -> int:
+    from .nwb import export_nwb
+    from .recordings import load_recording
+
+    first, rest = args.sources[0], args.sources[1:]
+    units = dict(_unit_pair(text) for text in args.unit)
+    if os.path.isdir(first):
+        prefixes = tuple(rest) or ("",)
+        dm = _open(first, args.unsafe)
+        source: Any = dm
+        keys: Any = lambda key: key.startswith(prefixes)  # noqa: E731
+    else:
+        source = [rec for path in args.sources for rec in load_recording(path)]
+        keys = None
+    path = export_nwb(
+        source,
+        args.out,
+        keys=keys,
+        session_description=args.description,
+        session_start_time=args.start_time,
+        overwrite=args.overwrite,
+        time_unit=args.time_unit,
+        units=units or None,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _unit_pair(text: str) -> tuple[str, str]:
+    column, eq, unit = text.rpartition("=")
+    if not eq or not column or not unit:
+        raise ValueError(f"--unit takes COLUMN=UNIT, not {text!r}")
+    return column, unit
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     dm = _open(args.datadir, args.unsafe)
     problems = dm.verify()
@@ -481,6 +516,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folder", metavar="FOLDER")
     p.add_argument("datadir", metavar="DATADIR")
+
+    p = _command(
+        sub,
+        "nwb",
+        cmd_nwb,
+        "write recording files, or the recordings of a data directory, as one NWB file",
+        "datamanager nwb cell1.atf cell2.atf -o cells.nwb",
+    )
+    p.add_argument(
+        "sources",
+        metavar="SOURCE",
+        nargs="+",
+        help="recording files (.atf, NEURON .dat), or a data directory then key prefixes",
+    )
+    p.add_argument("-o", "--out", metavar="OUT.nwb", required=True)
+    p.add_argument(
+        "--start-time",
+        metavar="ISO",
+        help="session start (ISO 8601, e.g. 2024-05-02T10:31:00+02:00) where the files say none",
+    )
+    p.add_argument("--description", metavar="TEXT", help="the session description")
+    p.add_argument("--time-unit", metavar="UNIT", help="time unit of NEURON files (default ms)")
+    p.add_argument(
+        "--unit",
+        metavar="COLUMN=UNIT",
+        action="append",
+        default=[],
+        help="unit of a column whose file names none (repeatable), e.g. 'v(.5)=mV'",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     p = _command(
         sub,

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 
 from .._format import EXPORT_TEMP_SUFFIX
 from .._progress import progress_bar
+from .._publish import exists_error, fsync_path, publish
 from ..errors import ExportError
 from ..readers import key_test
 from .interrupts import DeferredInterrupt
@@ -89,42 +90,6 @@ def _progress(dm: Any, sessions: Iterable[Any], progress: bool | None) -> Iterab
     return bar(sessions, total=total, unit="session", leave=False)
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exists(path: str) -> ExportError:
-    return ExportError(path, "the file exists (use overwrite=True to replace it)", errno.EEXIST)
-
-
-def _publish(tmp: str, path: str, overwrite: bool, fsync: bool) -> None:
-    """Move the finished file into place in one step."""
-    if overwrite:
-        os.replace(tmp, path)
-    else:
-        # A hard link fails if the target appeared meanwhile, where a
-        # check-then-rename could clobber a file written by someone else.
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise _exists(path) from None
-        except OSError:  # no hard links on this filesystem
-            if os.path.lexists(path):
-                raise _exists(path) from None
-            os.replace(tmp, path)
-        else:
-            os.unlink(tmp)
-    if fsync:
-        try:
-            _fsync(os.path.dirname(path))
-        except OSError:
-            pass  # some filesystems cannot fsync a directory
-
-
 def export_hdf5(
     dm: Any,
     path: Union[str, os.PathLike],
@@ -194,7 +159,7 @@ def export_hdf5(
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     if os.path.lexists(path) and not overwrite:
-        raise _exists(path)
+        raise exists_error(path)
     if not os.path.isdir(folder):
         raise ExportError(path, f"no such folder {folder}", errno.ENOENT)
 
@@ -221,9 +186,9 @@ def export_hdf5(
                 raise
             f.close()
             if fsync:
-                _fsync(tmp)
+                fsync_path(tmp)
             interrupt.checkpoint()  # the last moment at which nothing appears
-            _publish(tmp, path, overwrite, fsync)
+            publish(tmp, path, overwrite, fsync)
         except BaseException as exc:
             try:
                 os.unlink(tmp)
