@@ -54,7 +54,10 @@ def recording_html(rec: Recording) -> str:
     """Layout, length, columns with units, source, label and header records."""
     rows, cols = rec.shape
     time = rec.time_column
-    lines = [f"<strong>Recording</strong> {_text(rec.layout or 'table')}: {rows} rows"]
+    lines = [
+        f"<strong>Recording</strong> {_text(rec.layout or 'table')}: "
+        f"{rows} rows &times; {cols} columns"
+    ]
     if rec.label is not None:
         lines.append(f"label: {_text(rec.label)}")
     if rec.path is not None:
@@ -126,4 +129,6 @@ def datamanager_html(dm: Collator) -> str:
     if unread:
         lines.append(f"{unread} sessions could not be read (verify() says why)")
     names = [[e.name] for e in sorted(entries, key=lambda e: e.name)[:ROWS]]
-    return f"<div>{'<br>'.join(lines)}{_table(['session'], names, len(entries))}</div>"
+    shown = [[k] for k in sorted(keys)[:ROWS]]
+    tables = _table(["session"], names, len(entries)) + _table(["key"], shown, len(keys))
+    return f"<div>{'<br>'.join(lines)}{tables}</div>"
