@@ -69,6 +69,14 @@ def test_episodic_file_gives_one_axes_per_signal_with_sweeps_coloured_alike():
     assert top.get_shared_x_axes().joined(top, bottom)
 
 
+def test_units_never_share_a_y_axis_where_no_header_names_the_signals():
+    rec = one(STEP)
+    bare = Recording(rec.data, rec.columns, rec.units)  # no Signals= record
+    top, bottom = bare.plot()
+    assert [top.get_ylabel(), bottom.get_ylabel()] == ["pA", "A"]
+    assert line_labels(bottom) == ["Trace #1 (A)", "Trace #2 (A)", "Trace #3 (A)"]
+
+
 def test_many_sweeps_get_distinct_colours_and_a_legend_naming_first_and_last():
     ax = one(RAMP).plot()
     assert ax.get_ylabel() == "IN 0 (pA)"
