@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import struct
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,13 @@ from datamanager.recordings.plot import DPI
 
 from conftest import run_python
 
-matplotlib = pytest.importorskip("matplotlib")
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-from matplotlib.colors import to_hex  # noqa: E402
+with warnings.catch_warnings():
+    # matplotlib 3.9 calls pyparsing names that pyparsing 3.3 deprecates, on import.
+    warnings.filterwarnings("ignore", "'enablePackrat' deprecated", DeprecationWarning)
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
 
 DATA = Path(__file__).parent / "data"
 STEP = DATA / "pyabf_18702001-step.atf"  # episodic: IN 0 (pA) and IN 1 (A), 3 sweeps
