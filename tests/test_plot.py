@@ -259,6 +259,16 @@ def test_cli_draws_every_block_of_a_neuron_file_in_one_picture(shared_data, tmp_
     assert png_size(out) == (8 * DPI, 24 * DPI)  # ten blocks: as tall as a picture gets
 
 
+def test_titles_with_dollars_are_drawn_as_written(tmp_path):
+    rec = one(ICLAMP)
+    odd = Recording(rec.data[:50], ["x", "I$_{Na$ (1$)"], label="$\\frac{$", layout=rec.layout)
+    ax = odd.plot()
+    assert ax.get_lines()[0].get_label() == "I\\$_{Na\\$ (1\\$)"  # not TeX
+    ax.figure.canvas.draw()  # TeX this ill-formed would fail here
+    write_atf(tmp_path / "odd.atf", odd)
+    assert main(["plot", str(tmp_path / "odd.atf"), "-o", str(tmp_path / "odd.png")]) == 0
+
+
 def test_cli_errors(tmp_path, capsys):
     assert main(["plot", str(STEP), "--columns", "nope", "-o", str(tmp_path / "x.png")]) == 1
     assert "no column 'nope'" in capsys.readouterr().err
