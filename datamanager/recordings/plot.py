@@ -125,13 +125,14 @@ def _xaxis(rec: Recording) -> tuple[np.ndarray, str]:
     return x, f"{name} ({unit})" if unit else name
 
 
-def envelope(n: int, y: np.ndarray, buckets: int) -> np.ndarray:
+def _envelope(y: np.ndarray, buckets: int) -> np.ndarray:
     """Indices of the samples to draw: each bucket's minimum and maximum, in order.
 
-    *n* samples are cut into at most *buckets* runs of equal length (the
-    last may be shorter); all of them are kept when *n* is under two per
-    bucket.  NaN counts as a minimum and maximum, so a gap stays a gap.
+    The samples are cut into at most *buckets* runs of equal length (the
+    last may be shorter); all of them are kept when there are at most two
+    per bucket.  NaN counts as a minimum and maximum, so a gap stays a gap.
     """
+    n = len(y)
     if n <= 2 * buckets:
         return np.arange(n)
     size = -(-n // buckets)  # ceil: every bucket but the last is full
@@ -143,6 +144,13 @@ def envelope(n: int, y: np.ndarray, buckets: int) -> np.ndarray:
     hi = start + np.argmax(rows, axis=1)
     pairs = np.sort(np.stack([lo, hi], axis=1), axis=1)
     return np.minimum(pairs.ravel(), n - 1)
+
+
+def _plain(text: str) -> str:
+    """*text* shown as written: a ``$`` in a title must not start mathtext."""
+    # Two dollars make matplotlib parse what lies between as TeX, and an
+    # ill-formed formula fails only when the figure is drawn.
+    return text.replace("$", r"\$")
 
 
 def _colours(count: int) -> list[Any]:
@@ -161,9 +169,9 @@ def _draw(
     colours = _colours(len(cols))
     for colour, j in zip(colours, cols):
         y = np.asarray(rec.data[:, j], dtype=np.float64)
-        keep = envelope(len(y), y, buckets)
-        ax.plot(x[keep], y[keep], color=colour, linewidth=0.8, label=rec.titles[j])
-    ax.set_ylabel(ylabel)
+        keep = _envelope(y, buckets)
+        ax.plot(x[keep], y[keep], color=colour, linewidth=0.8, label=_plain(rec.titles[j]))
+    ax.set_ylabel(_plain(ylabel))
     lines = ax.get_lines()
     if len(lines) > FEW:
         first, last = lines[0], lines[-1]
@@ -184,7 +192,7 @@ def _fill(rec: Recording, target: Any, plan: list[tuple[str, list[int]]]) -> np.
     x, xlabel = _xaxis(rec)
     for ax, (ylabel, cols) in zip(axes, plan):
         _draw(rec, ax, cols, ylabel, x)
-    axes[-1].set_xlabel(xlabel)
+    axes[-1].set_xlabel(_plain(xlabel))
     return axes
 
 
@@ -207,7 +215,7 @@ def plot_recording(rec: Recording, ax: Any = None, columns: Sequence[Key] | None
     # A twin's legend would cover the first one's: they take a corner each.
     for one, loc, (ylabel, cols) in zip(axes, ("upper left", "upper right"), plan):
         _draw(rec, one, cols, ylabel, x, loc)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(_plain(xlabel))
     return ax if len(axes) == 1 else np.array(axes, dtype=object)
 
 
@@ -217,10 +225,22 @@ def _size(per_block: list[int]) -> tuple[float, float]:
 
 
 def figure_of(recordings: Sequence[Recording], columns: Sequence[Key] | None = None) -> Any:
-    """One matplotlib Figure (not known to pyplot) drawing every recording.
+    """One matplotlib Figure, unknown to pyplot, drawing every recording.
 
-    Several recordings (the blocks of a NEURON Graph file) are stacked as
-    subfigures, each titled with its label or its block number.
+    Parameters
+    ----------
+    recordings : sequence of Recording
+        The recordings of one file.  Several (the blocks of a NEURON Graph
+        file) are stacked as subfigures, each titled with its block number
+        and label.
+    columns : sequence of int or str, optional
+        The traces of each recording, as for :meth:`Recording.plot`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        :data:`WIDTH` inches wide, :data:`AXES_HEIGHT` per axes (at most
+        :data:`MAX_HEIGHT`), at :data:`DPI`, drawn by the Agg canvas.
     """
     plans = [_plan(rec, columns) for rec in recordings]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -233,13 +253,18 @@ def figure_of(recordings: Sequence[Recording], columns: Sequence[Key] | None = N
         return fig
     subfigs = fig.subfigures(len(recordings), 1, height_ratios=[len(p) for p in plans])
     for n, (sub, rec, plan) in enumerate(zip(subfigs, recordings, plans)):
-        sub.suptitle(f"block {n}" + (f": {rec.label}" if rec.label else ""), fontsize="medium")
+        title = f"block {n}" + (f": {rec.label}" if rec.label else "")
+        sub.suptitle(_plain(title), fontsize="medium")
         _fill(rec, sub, plan)
     return fig
 
 
 def save_picture(fig: Any, path: str) -> None:
-    """Write *fig* as a PNG to *path*, whole or not at all."""
+    """Write *fig* as a PNG to *path* at :data:`DPI`, whole or not at all.
+
+    The picture is written under a temporary name beside *path* and moved
+    into place, so a reader never sees half of one.
+    """
     import io
 
     from ._text import atomic_write
