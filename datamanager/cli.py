@@ -17,19 +17,10 @@ import sys
 import warnings
 from typing import Any, Callable, Sequence
 
+from ._html import human_size as _size
 from .errors import DataManagerError, DataManagerWarning, UnsafeValueError, UnsupportedValueError
 
 __all__ = ["main"]
-
-
-def _size(nbytes: float) -> str:
-    if nbytes < 1024:
-        return f"{nbytes:.0f} B"
-    for unit in ("KiB", "MiB"):
-        nbytes /= 1024
-        if nbytes < 1024:
-            return f"{nbytes:.1f} {unit}"
-    return f"{nbytes / 1024:.1f} GiB"
 
 
 def _count(n: int, noun: str) -> str:
@@ -336,6 +327,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .recordings import load_recording
+    from .recordings.plot import figure_of, save_picture
+
+    out = args.out or os.path.splitext(os.path.basename(args.file))[0] + ".png"
+    if os.path.exists(out) and os.path.samefile(out, args.file):
+        raise ValueError(f"{out} is the recording itself: name the picture with -o")
+    columns = [int(c) if c.isdigit() else c for c in args.columns or ()]
+    recordings = load_recording(args.file)
+    save_picture(figure_of(recordings, columns or None), out)
+    print(f"wrote {out}: {_count(len(recordings), 'recording')}")
+    return 0
+
+
 def _info_directory(datadir: str, unsafe: bool, provenance: bool) -> int:
     """Describe a data directory: sessions, keys, size, and the code that wrote them."""
     from .provenance import code_versions
@@ -598,6 +603,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--provenance",
         action="store_true",
         help="group the sessions of a data directory by the code that wrote them",
+    )
+
+    p = _command(
+        sub,
+        "plot",
+        cmd_plot,
+        "draw a recording file's traces against time into a PNG picture",
+        "datamanager plot cell1.atf -o cell1.png --columns 'Trace #1'",
+    )
+    p.add_argument("file", metavar="FILE", help="a recording file (.atf or NEURON .dat)")
+    p.add_argument(
+        "-o", "--out", metavar="OUT.png", help="the picture (default: FILE's stem + .png, here)"
+    )
+    p.add_argument(
+        "--columns",
+        nargs="+",
+        metavar="C",
+        help="only these traces, by name, title or index (default: all but time)",
     )
     return parser
 

@@ -398,6 +398,16 @@ class Collator:
         ]
         return pandas.DataFrame(rows, columns=columns)
 
+    def _repr_html_(self) -> str:
+        """A short HTML summary for notebooks: sessions, keys, size.
+
+        Read from the directory's listing and index; sessions the index
+        does not serve are opened only if they are few.  Never writes.
+        """
+        from ._html import datamanager_html
+
+        return datamanager_html(self)
+
 
 def merge_values(key: str, values: list[tuple[str, Any]]) -> Any:
     """Merge one key's values across sessions, as :meth:`DataManager.get_merged`.

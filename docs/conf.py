@@ -12,7 +12,15 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "numpydoc",
+    "matplotlib.sphinxext.plot_directive",
 ]
+
+# Pictures drawn by the code from sample files (see recordings.rst): the
+# picture alone, with the code shown above it.
+plot_include_source = True
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 100)]
 
 # The API pages list members explicitly; numpydoc's own member tables would
 # repeat them (and warn about every inherited MutableMapping method).

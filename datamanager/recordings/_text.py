@@ -560,8 +560,8 @@ def format_rows(data: np.ndarray, sep: str, rows_per_part: int = 1 << 16) -> Ite
             )
 
 
-def atomic_write(path: str, parts: Iterable[str]) -> None:
-    """Write the text ``parts`` to ``path`` whole or not at all.
+def atomic_write(path: str, parts: Iterable[str] | bytes) -> None:
+    """Write the text ``parts`` (or the bytes) to ``path`` whole or not at all.
 
     The file is written under a temporary name in the target folder and moved
     into place with os.replace, so a reader never sees half a file.
@@ -569,9 +569,13 @@ def atomic_write(path: str, parts: Iterable[str]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=RECORDING_TEMP_PREFIX, dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            for part in parts:
-                out.write(part)
+        if isinstance(parts, bytes):
+            with os.fdopen(fd, "wb") as raw:
+                raw.write(parts)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+                for part in parts:
+                    out.write(part)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a recording is an ordinary file
         os.replace(tmp, path)
     except BaseException:

@@ -18,6 +18,12 @@ from ..safepickle import register_safe_type
 
 __all__ = ["Recording"]
 
+#: Units that make a first column the time axis.
+TIME_UNITS = frozenset({"s", "ms", "us", "\u00b5s", "\u03bcs", "ns", "min", "h"})
+#: Names that make a unitless first column the time axis: NEURON's clipboard
+#: and Graph files call it ``x``.
+TIME_NAMES = frozenset({"t", "time", "x"})
+
 
 @register_safe_type
 class Recording:
@@ -118,6 +124,29 @@ class Recording:
                 out.append(f"({unit})")
         return out
 
+    @property
+    def time_column(self) -> int | None:
+        """Index of the time column (always 0), or None if the recording has none.
+
+        The first column is time when its unit is a time unit (``s``,
+        ``ms``, ``us``, ``ns``, ``min``, ``h``), or when it has no unit and is
+        named ``t``, ``time`` or ``x`` (case aside; ``x`` is what NEURON's
+        clipboard and Graph files call time), and only if it holds numbers.
+
+        Examples
+        --------
+        >>> Recording(np.zeros((2, 2)), ["Time", "Trace #1"], ["s", "pA"]).time_column
+        0
+        >>> print(Recording(np.zeros((2, 2)), ["col1", "col2"]).time_column)
+        None
+        """
+        if not self.columns or self.data.dtype == object:
+            return None
+        name, unit = self.columns[0], self.units[0]
+        if unit in TIME_UNITS or (unit is None and name.strip().lower() in TIME_NAMES):
+            return 0
+        return None
+
     def column(self, key: Union[int, str]) -> np.ndarray:
         """One column as a 1-D array, chosen by index, name or title.
 
@@ -154,6 +183,56 @@ class Recording:
                 col = col.astype(np.float64)
             cols[name] = col
         return pd.DataFrame(cols, columns=names)
+
+    def plot(self, ax: Any = None, columns: Sequence[Union[int, str]] | None = None) -> Any:
+        """Draw the traces against time with matplotlib (the ``plot`` extra).
+
+        Time (see :attr:`time_column`) is on x with its unit, or the sample
+        index where there is no time column.  Each signal gets its own axes,
+        stacked and sharing x: a signal is a column's ATF ``Signals=`` name
+        with its unit (an episodic file interleaves signal and sweep), or its
+        unit alone, so traces of different units never share a y axis.  In
+        each axes every trace is a line labelled with its title, and the
+        k-th trace (the k-th sweep) has the same colour in every axes.  Long
+        traces are drawn through a min/max envelope per pixel column, so
+        spikes stay visible; the data are not changed.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            Draw into this axes (a second signal goes on a twin y axis;
+            more are refused).  By default a new figure of pyplot.
+        columns : sequence of int or str, optional
+            The traces to draw, by index, name (every column of that name)
+            or title; default every column but time.
+
+        Returns
+        -------
+        matplotlib.axes.Axes or numpy.ndarray of Axes
+            The axes, when one holds every trace; else an array of them,
+            one per signal from top to bottom (with *ax*: ``[ax, twin]``).
+
+        Raises
+        ------
+        ImportError
+            If matplotlib is not installed (``pip install "sim-datamanager[plot]"``).
+        TypeError
+            If a trace holds text (a Clampfit result sheet is a table).
+        KeyError
+            If *columns* names no column.
+        ValueError
+            If *columns* picks the time column or nothing, or *ax* is given
+            for more than two signals.
+        """
+        from .plot import plot_recording  # late import: matplotlib only when drawing
+
+        return plot_recording(self, ax, columns)
+
+    def _repr_html_(self) -> str:
+        """A short HTML summary for notebooks: columns, units, length, source."""
+        from .._html import recording_html
+
+        return recording_html(self)
 
     # -- protocol ----------------------------------------------------------
     def __reduce__(self) -> tuple[Any, ...]:
