@@ -32,7 +32,7 @@ DATA = Path(__file__).parent / "data"
 STEP = DATA / "pyabf_18702001-step.atf"  # episodic: IN 0 (pA) and IN 1 (A), 3 sweeps
 RAMP = DATA / "pyabf_model_vc_ramp.atf"  # episodic: IN 0 (pA), 50 sweeps
 ICLAMP = DATA / "nrn_docs_iclamp.dat"  # NEURON clipboard: x, v(.5); 8001 rows
-RING = DATA / "nrn_test_ringtest_out.dat"  # NEURON columns: col1, col2; no time
+RING = DATA / "nrn_test_ringtest_out.dat"  # NEURON columns: col1 (spike times), col2
 SINE = DATA / "pyabf_sine_sweep_magnitude_20.atf"  # 100000 rows
 
 
@@ -102,7 +102,8 @@ def test_short_recording_draws_the_time_column_as_recorded():
 
 
 def test_without_a_time_column_traces_are_drawn_against_sample_index():
-    rec = one(RING)
+    rng = np.random.default_rng(0)
+    rec = Recording(rng.normal(size=(33, 2)), ["col1", "col2"])  # no unit, no file
     assert rec.time_column is None
     ax = rec.plot()
     assert ax.get_xlabel() == "sample index"
@@ -115,6 +116,7 @@ def test_without_a_time_column_traces_are_drawn_against_sample_index():
 def test_time_column_is_recognised_by_unit_or_name():
     assert one(STEP).time_column == 0  # "Time (s)"
     assert one(ICLAMP).time_column == 0  # NEURON's "x"
+    assert one(RING).time_column == 0  # a NEURON file's first column, whatever its name
     data = np.zeros((2, 2))
     assert Recording(data, ["t", "v"]).time_column == 0
     assert Recording(data, ["Stim", "v"], ["ms", "mV"]).time_column == 0

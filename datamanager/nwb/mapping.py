@@ -44,6 +44,7 @@ _BASE = {
     "S": "siemens",
     "F": "farads",
 }
+_MINUTES_HOURS = {"min": 60.0, "h": 3600.0}
 _SWEEP = re.compile(r"Trace #(\d+)$")
 # A Clampex/Clampfit trace export names its signals; only these say a clamp mode.
 _TRACE_KEYS = ("Signals", "SignalsExported")
@@ -63,6 +64,8 @@ def si_unit(unit: str | None) -> tuple[str, float] | None:
     if unit is None:
         return None
     unit = unit.strip()
+    if unit in _MINUTES_HOURS:  # times the plot and the time column accept too
+        return "seconds", _MINUTES_HOURS[unit]
     for symbol, name in _BASE.items():
         if unit.endswith(symbol) and unit[: len(unit) - len(symbol)] in _PREFIX:
             return name, _PREFIX[unit[: len(unit) - len(symbol)]]
@@ -139,10 +142,6 @@ def _column_units(
     return [g if g is not None else u for g, u in zip(given, units)]
 
 
-def _numeric(rec: Recording) -> bool:
-    return rec.data.dtype != object
-
-
 def _sweep_starts(header: Mapping[str, Any]) -> list[float]:
     text = header.get("SweepStartTimesMS")
     if not isinstance(text, str):
@@ -179,16 +178,12 @@ def plan_recording(
     si = [si_unit(u) for u in col_units]
     time_index: int | None = None
     scale, t_unit = 1.0, None
-    if _numeric(rec) and rec.shape[1] >= 2:
-        if rec.layout == "atf":
-            if si[0] is not None and si[0][0] == "seconds":
-                time_index, t_unit, scale = 0, col_units[0], si[0][1]
-        else:
-            t_unit = col_units[0] or time_unit or "ms"
-            t_si = si_unit(t_unit)
-            if t_si is None or t_si[0] != "seconds":
-                raise ValueError(f"time_unit must be a unit of time (s, ms, ...), not {t_unit!r}")
-            time_index, scale = 0, t_si[1]
+    if rec.time_column is not None:  # the rule Recording.plot follows too
+        t_unit = col_units[0] or time_unit or "ms"
+        t_si = si_unit(t_unit)
+        if t_si is None or t_si[0] != "seconds":
+            raise ValueError(f"time_unit must be a unit of time (s, ms, ...), not {t_unit!r}")
+        time_index, scale = 0, t_si[1]
     if time_index is None:
         return Plan(None, 1.0, None, [], None)
     signals = rec.header.get("Signals")

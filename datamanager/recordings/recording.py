@@ -128,10 +128,13 @@ class Recording:
     def time_column(self) -> int | None:
         """Index of the time column (always 0), or None if the recording has none.
 
-        The first column is time when its unit is a time unit (``s``,
-        ``ms``, ``us``, ``ns``, ``min``, ``h``), or when it has no unit and is
-        named ``t``, ``time`` or ``x`` (case aside; ``x`` is what NEURON's
-        clipboard and Graph files call time), and only if it holds numbers.
+        Only a numeric recording of two or more columns has one. Its first
+        column is time when its unit is a time unit (``s``, ``ms``, ``us``,
+        ``ns``, ``min``, ``h``), or when it has no unit and is named ``t``,
+        ``time`` or ``x`` (case aside), or comes from a NEURON file (any
+        layout but ``"atf"``): NEURON writes the independent variable of its
+        graphs and vector pairs first, with no unit (its time unit is ms).
+        The NWB export and :meth:`plot` both follow this rule.
 
         Examples
         --------
@@ -140,10 +143,14 @@ class Recording:
         >>> print(Recording(np.zeros((2, 2)), ["col1", "col2"]).time_column)
         None
         """
-        if not self.columns or self.data.dtype == object:
+        if self.data.shape[1] < 2 or self.data.dtype == object:
             return None
         name, unit = self.columns[0], self.units[0]
-        if unit in TIME_UNITS or (unit is None and name.strip().lower() in TIME_NAMES):
+        if unit in TIME_UNITS:
+            return 0
+        if unit is None and (
+            name.strip().lower() in TIME_NAMES or self.layout not in (None, "atf")
+        ):
             return 0
         return None
 
