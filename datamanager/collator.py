@@ -40,7 +40,7 @@ from .session import _check_key
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["Collator", "merge_values"]
+__all__ = ["Collator", "check_dtypes", "merge_values"]
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -471,7 +471,7 @@ def _merge_arrays(key: str, values: list[tuple[str, Any]]) -> np.ndarray:
             )
         if v.ndim == 0:
             raise TypeError(f"cannot merge key {key!r}: session {session!r} holds a 0-d array")
-    _check_dtypes(key, values)
+    check_dtypes(key, values)
     try:
         return np.concatenate([v for _, v in values], axis=0)
     except ValueError as exc:
@@ -479,11 +479,15 @@ def _merge_arrays(key: str, values: list[tuple[str, Any]]) -> np.ndarray:
         raise ValueError(f"cannot merge key {key!r}: shapes differ ({shapes})") from exc
 
 
-def _check_dtypes(key: str, values: list[tuple[str, np.ndarray]]) -> None:
-    """Refuse arrays that numpy would only concatenate by turning them into text or objects.
+def check_dtypes(key: str, values: list[tuple[str, Any]]) -> np.dtype:
+    """The dtype of arrays concatenated; TypeError for a mix that merging refuses.
 
     Numeric promotion (bool, int, float, complex: numpy's own rules) is
-    allowed; ``[0, 1]`` with ``["a"]`` would silently give ``['0', '1', 'a']``.
+    allowed; ``[0, 1]`` with ``["a"]`` would silently give ``['0', '1', 'a']``,
+    so numbers with strings, or any mix numpy turns into text or objects, is
+    refused with a message naming the sessions and dtypes.  *values* are
+    ``(session, array)``; anything with a ``dtype`` will do (an HDF5 dataset
+    merged on disk is checked by the same rules).
     """
     distinct = list(dict.fromkeys(v.dtype for _, v in values))
     try:
@@ -498,9 +502,10 @@ def _check_dtypes(key: str, values: list[tuple[str, np.ndarray]]) -> None:
             f"cannot merge key {key!r}: numpy would turn {_dtypes(values)} into {common}; "
             "use get() and convert by hand"
         )
+    return common
 
 
-def _dtypes(values: list[tuple[str, np.ndarray]], shown: int = 3) -> str:
+def _dtypes(values: list[tuple[str, Any]], shown: int = 3) -> str:
     """``int64 (session 'a'), <U1 (sessions 'b', 'c' and 2 more)``: each dtype, who holds it."""
     holders: dict[np.dtype, list[str]] = {}
     for session, v in values:

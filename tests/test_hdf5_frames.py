@@ -199,3 +199,19 @@ def _no_nul(text: str) -> bool:
 @given(_frames())
 def test_dataframes_round_trip_hypothesis(frame: pd.DataFrame):
     assert_pandas_same(roundtrip(frame), frame)
+
+
+def test_merged_export_of_tables_is_what_get_merged_gives(dm: DataManager, tmp_path: Path):
+    frames = [
+        pd.DataFrame({"x": [0.5, 1.5]}, index=pd.Index([7, 3], name="trial")),
+        pd.DataFrame({"x": [2.5]}, index=pd.Index([1], name="trial")),
+    ]
+    fill(dm, [{"df": f, "mixed": f} for f in frames])
+    with dm.session() as s:  # a Series where the others hold DataFrames
+        s["mixed"] = pd.Series([1.0], name="x")
+    with pytest.raises(TypeError) as refused:
+        dm.get_merged("mixed")
+    report = export_hdf5(dm, tmp_path / "m.h5", merged=True)
+    assert report.merged == ["df"]
+    assert report.not_merged == {"mixed": str(refused.value)}
+    assert_pandas_same(load_hdf5(tmp_path / "m.h5")["merged"]["df"], dm.get_merged("df"))

@@ -176,3 +176,31 @@ def test_typed_arrays_round_trip_hypothesis(value: np.ndarray):
         value.dtype.names is not None  # padding bytes are not data
         and all(np.array_equal(back[n], value[n]) for n in value.dtype.names)
     )
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        [np.arange(2), np.array([b"a", b"b"])],
+        [np.array([True]), np.arange(2.0), np.array([b"xy"])],
+    ],
+    ids=["int-bytes", "bool-float-bytes"],
+)
+def test_merging_on_disk_refuses_what_get_merged_refuses(
+    dm: DataManager, tmp_path: Path, arrays: list[np.ndarray]
+):
+    fill(dm, [{"a": a} for a in arrays])
+    with pytest.raises(TypeError) as refused:
+        dm.get_merged("a")
+    report = export_hdf5(dm, tmp_path / "m.h5", merged=True)
+    assert report.not_merged == {"a": str(refused.value)}
+    assert "|S" in str(refused.value) and "session" in str(refused.value)
+    assert "a" not in load_hdf5(tmp_path / "m.h5").get("merged", {})
+
+
+def test_numbers_merged_on_disk_are_promoted_as_get_merged_promotes(
+    dm: DataManager, tmp_path: Path
+):
+    fill(dm, [{"a": np.arange(2, dtype=np.int16)}, {"a": np.array([True])}, {"a": np.ones(1)}])
+    export_hdf5(dm, tmp_path / "m.h5", merged=True)
+    assert_same(load_hdf5(tmp_path / "m.h5")["merged"]["a"], dm.get_merged("a"))

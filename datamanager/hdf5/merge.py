@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._npyheader import read_npy_header
+from ..collator import check_dtypes, merge_values
 from ..errors import UnsupportedValueError
 from .frames import PANDAS_TYPES
 from .schema import (
@@ -300,7 +301,12 @@ class Exporter:
 
     def merge_from_file(self, group: Any, key: str, sessions: list[str]) -> None:
         name = escape_name(key)
-        objs = [self.sessions[s][name] for s in sessions if name in self.sessions[s]]
+        held = [
+            (unescape_name(s), self.sessions[s][name])
+            for s in sessions
+            if name in self.sessions[s]
+        ]
+        objs = [obj for _, obj in held]
         if not objs:
             return
         plain = all(
@@ -312,8 +318,13 @@ class Exporter:
         )
         if plain:
             # Every value is an array of one row shape: concatenate on disk,
-            # one value in memory at a time, as get_merged would in memory.
-            dtype = np.result_type(*[o.dtype for o in objs])
+            # one value in memory at a time, as get_merged would in memory,
+            # and refusing the dtype mixes it refuses (numbers with strings).
+            try:
+                dtype = check_dtypes(key, held)
+            except TypeError as exc:
+                self.report.not_merged[key] = str(exc)
+                return
             total = sum(o.shape[0] for o in objs)
             out = self._empty(group, name, total, objs[0].shape[1:], dtype)
             start = 0
@@ -327,7 +338,7 @@ class Exporter:
             return
         try:
             if all(o.attrs.get(TYPE_ATTR) in PANDAS_TYPES for o in objs):
-                value = self._merged_pandas(name, sessions)
+                value = self._merged_pandas(key, held)
             else:
                 value = self.dm.get_merged(key)
         except (TypeError, ValueError) as exc:
@@ -346,22 +357,17 @@ class Exporter:
             return
         self.report.merged.append(key)
 
-    def _merged_pandas(self, name: str, sessions: list[str]) -> Any:
-        """DataFrames (Series) of every session as one, in session order.
+    def _merged_pandas(self, key: str, held: list[tuple[str, Any]]) -> Any:
+        """DataFrames (Series) of every session as one, as ``get_merged`` gives them.
 
-        Read back from the export rather than from the sessions: the values
-        are there already.  The session becomes the outer index level.
+        Read back from the export (*held*: ``(session, HDF5 object)``) rather
+        than from the sessions: the values are there already.  The collator's
+        own rule merges them, so that the table and its ``session`` level are
+        the ones ``get_merged`` gives.
         """
-        import pandas
-
         from .load import read
 
-        found = [(s, self.sessions[s][name]) for s in sessions if name in self.sessions[s]]
-        return pandas.concat(
-            [read(obj) for _, obj in found],
-            keys=[unescape_name(s) for s, _ in found],
-            names=["session"],
-        )
+        return merge_values(key, [(session, read(obj)) for session, obj in held])
 
     def _empty(
         self, group: Any, name: str, total: int, row: tuple[int, ...], dtype: np.dtype
