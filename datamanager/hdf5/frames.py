@@ -54,6 +54,8 @@ def _kind(values: Any) -> str:
     import pandas
 
     dtype = values.dtype
+    if isinstance(values.array, masked_arrays()):
+        return "masked"
     if isinstance(dtype, pandas.CategoricalDtype):
         _kind(dtype.categories)
         return "categorical"
@@ -72,6 +74,13 @@ def _kind(values: Any) -> str:
             raise Unsupported(f"a column of dtype {dtype}") from None
         return "numpy"
     raise Unsupported(f"a column of dtype {dtype}")
+
+
+def masked_arrays() -> tuple[type, ...]:
+    """The pandas arrays of nullable numbers and bools: their values and a mask."""
+    import pandas
+
+    return (pandas.arrays.IntegerArray, pandas.arrays.FloatingArray, pandas.arrays.BooleanArray)
 
 
 def _check(value: Any) -> None:
@@ -140,7 +149,7 @@ def _axis(writer: Writer, parent: Any, name: str, index: Any) -> None:
 
 
 def _column(writer: Writer, parent: Any, name: str, values: Any) -> Any:
-    """One column (a Series or Index) as a dataset, or a group for a categorical."""
+    """One column (a Series or Index) as a dataset, or a group (categorical, nullable)."""
     import h5py
     import pandas
 
@@ -160,6 +169,14 @@ def _column(writer: Writer, parent: Any, name: str, values: Any) -> Any:
         obj = writer.array(parent, name, data, dtype=h5py.string_dtype())
         if kind == "json":
             obj.attrs[ENCODING_ATTR] = "JSON"
+    elif kind == "masked":
+        # The values where present (missing ones as 0, False or NaN, which
+        # plain readers can use as they are) and a mask, True where missing.
+        arr = values.array
+        fill = np.nan if arr.dtype.kind == "f" else 0
+        obj = parent.create_group(name, track_order=True)
+        writer.write(obj, "values", arr.to_numpy(dtype=arr.dtype.numpy_dtype, na_value=fill))
+        writer.write(obj, "mask", np.asarray(arr.isna()))
     elif kind == "tz":
         writer.write(parent, name, values.array.tz_convert(None).to_numpy())
         obj = parent[name]

@@ -25,7 +25,15 @@ from ..filestore import StoredFile, bound_to
 from ..recordings.recording import Recording
 from .dtypes import DTYPE_ATTR, TYPED_ARRAY, dtype_from_attr, stored_dtype
 from .files import FILES_GROUP, extract_files
-from .frames import ENCODING_ATTR, LABELS, NAME_ATTR, PANDAS_DTYPE_ATTR, RANGE_ATTR, TZ_ATTR
+from .frames import (
+    ENCODING_ATTR,
+    LABELS,
+    NAME_ATTR,
+    PANDAS_DTYPE_ATTR,
+    RANGE_ATTR,
+    TZ_ATTR,
+    masked_arrays,
+)
 from .schema import (
     ITEMS_ATTR,
     METADATA_ATTR,
@@ -354,6 +362,8 @@ def _read_column(obj: Any) -> Any:
     import pandas
 
     dtype = obj.attrs[PANDAS_DTYPE_ATTR]
+    if isinstance(obj, h5py.Group) and dtype != "category":
+        return _read_masked(obj, dtype)
     if isinstance(obj, h5py.Group):  # a categorical
         values = _read_column(required(obj, "categories"))
         categories = pandas.Index(values, dtype=values.dtype)
@@ -369,6 +379,21 @@ def _read_column(obj: Any) -> Any:
     if obj.attrs.get(ENCODING_ATTR) == "JSON":
         text[:] = [json.loads(item) for item in text]
     return text if dtype == "object" else pandas.array(text, dtype=dtype)
+
+
+def _read_masked(group: Any, dtype: str) -> Any:
+    """A column of nullable numbers or bools (``Int64``, ``boolean``, ...): values and mask."""
+    import h5py
+    import pandas
+
+    found = pandas.api.types.pandas_dtype(dtype)
+    kind = getattr(found, "construct_array_type", lambda: None)()
+    # Only these take (values, mask): any other dtype named here is malformed.
+    if kind not in masked_arrays():
+        raise ValueError(f"{PANDAS_DTYPE_ATTR} {dtype!r} of a column stored with a mask")
+    values = read(required(group, "values", h5py.Dataset))
+    mask = read(required(group, "mask", h5py.Dataset))
+    return pandas.array(kind(values, mask.astype(bool, copy=False)), dtype=dtype)
 
 
 def _read_stored_file(obj: Any) -> StoredFile:
