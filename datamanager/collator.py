@@ -471,16 +471,16 @@ def _merge_arrays(key: str, values: list[tuple[str, Any]]) -> np.ndarray:
             )
         if v.ndim == 0:
             raise TypeError(f"cannot merge key {key!r}: session {session!r} holds a 0-d array")
-    check_dtypes(key, values)
+    dtype = check_dtypes(key, values)
     try:
-        return np.concatenate([v for _, v in values], axis=0)
+        return np.concatenate([v for _, v in values], axis=0, dtype=dtype)
     except ValueError as exc:
         shapes = ", ".join(f"{s}: {v.shape}" for s, v in values)
         raise ValueError(f"cannot merge key {key!r}: shapes differ ({shapes})") from exc
 
 
 def check_dtypes(key: str, values: list[tuple[str, Any]]) -> np.dtype:
-    """The dtype of arrays concatenated; TypeError for a mix that merging refuses.
+    """The dtype of arrays concatenated (theirs if they share one); TypeError for a refused mix.
 
     Numeric promotion (bool, int, float, complex: numpy's own rules) is
     allowed; ``[0, 1]`` with ``["a"]`` would silently give ``['0', '1', 'a']``,
@@ -490,6 +490,9 @@ def check_dtypes(key: str, values: list[tuple[str, Any]]) -> np.dtype:
     merged on disk is checked by the same rules).
     """
     distinct = list(dict.fromkeys(v.dtype for _, v in values))
+    if len(distinct) == 1:
+        # Kept as it is: numpy's promotion would make a big-endian dtype native.
+        return distinct[0]
     try:
         # Pairwise: result_type takes a bounded number of arguments.
         common = functools.reduce(np.result_type, distinct)

@@ -88,6 +88,10 @@ VALUES = {
         {"v": [1, 2]},
         index=pd.MultiIndex.from_arrays([pd.array([None, True], dtype="boolean"), ["a", "b"]]),
     ),
+    # A level named 0 that is not the level at position 0.
+    "int-named levels": pd.DataFrame(
+        {"v": [1, 2]}, index=pd.MultiIndex.from_arrays([["a", "b"], [5, 6]], names=["s", 0])
+    ),
     "series": pd.Series([0.5, np.nan], index=["a", "b"], name="rate"),
     "categorical series": pd.Series(pd.Categorical(["x", None, "x"]), name=7),
     "empty series": pd.Series([], dtype="float32"),

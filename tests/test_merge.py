@@ -63,8 +63,19 @@ def both_ways(dm: DataManager, call: Callable[[DataManager], Any]) -> Any:
         ([np.array(["ab"]), np.array(["c"])], np.dtype("<U2")),
         ([np.array([b"x"]), np.array([b"yz"])], np.dtype("S2")),
         ([np.array([{"a": 1}], dtype=object), np.array([None], dtype=object)], object),
+        ([np.arange(2, dtype=">i2"), np.arange(1, dtype=">i2")], np.dtype(">i2")),
+        ([np.arange(2, dtype=">i2"), np.arange(1, dtype="<i2")], np.dtype("=i2")),
     ],
-    ids=["int-float", "bool-int", "int-complex", "str-str", "bytes-bytes", "object-object"],
+    ids=[
+        "int-float",
+        "bool-int",
+        "int-complex",
+        "str-str",
+        "bytes-bytes",
+        "object-object",
+        "one-byte-order",
+        "two-byte-orders",
+    ],
 )
 def test_arrays_merge_by_numpy_promotion(dm, arrays, dtype):
     write(dm, {f"s{i}": {"v": a} for i, a in enumerate(arrays)})

@@ -83,6 +83,14 @@ def masked_arrays() -> tuple[type, ...]:
     return (pandas.arrays.IntegerArray, pandas.arrays.FloatingArray, pandas.arrays.BooleanArray)
 
 
+def _levels(index: Any) -> list[Any]:
+    """The values of each level of a MultiIndex, by position."""
+    # get_level_values(i) takes i as a level *name* first: with levels named
+    # ["session", 0], get_level_values(0) would give the second level.
+    numbered = index.set_names(list(range(index.nlevels)))
+    return [numbered.get_level_values(i).rename(None) for i in range(index.nlevels)]
+
+
 def _check(value: Any) -> None:
     """Raise Unsupported before anything is written, so nothing half-written stays."""
     import pandas
@@ -90,8 +98,8 @@ def _check(value: Any) -> None:
     axes = [value.index] + ([value.columns] if isinstance(value, pandas.DataFrame) else [])
     for axis in axes:
         if isinstance(axis, pandas.MultiIndex):
-            for i in range(axis.nlevels):
-                _kind(axis.get_level_values(i))
+            for level in _levels(axis):
+                _kind(level)
         else:
             _kind(axis)
         for name in axis.names:
@@ -139,8 +147,8 @@ def _axis(writer: Writer, parent: Any, name: str, index: Any) -> None:
         group = parent.create_group(name, track_order=True)
         group.attrs[TYPE_ATTR] = "pandas.MultiIndex"
         group.attrs[NAME_ATTR] = json.dumps([_label(n) for n in index.names])
-        for i in range(index.nlevels):
-            _column(writer, group, str(i), index.get_level_values(i))
+        for i, level in enumerate(_levels(index)):
+            _column(writer, group, str(i), level)
         return
     obj = _column(writer, parent, name, index)
     obj.attrs[NAME_ATTR] = json.dumps(_label(index.name))

@@ -99,6 +99,12 @@ class _Stack:
         return sig == self.sig or (sig[0] == self.sig[0] and None in (sig[2], self.sig[2]))
 
 
+def _joined(stack: _Stack) -> np.ndarray:
+    """The pending values of *stack* as one array, in the stack's own dtype."""
+    # np.concatenate alone would turn a big-endian dtype into the native one.
+    return np.concatenate(stack.pending, dtype=np.dtype(stack.sig[2]))
+
+
 class Exporter:
     """One export: the open temporary file, the options and the report."""
 
@@ -212,7 +218,7 @@ class Exporter:
     def flush(self, key: str, stack: _Stack) -> None:
         if not stack.pending:
             return
-        data = stack.pending[0] if len(stack.pending) == 1 else np.concatenate(stack.pending)
+        data = _joined(stack)
         if stack.dataset is None:
             group = self.f.require_group("merged")
             dtype = np.dtype(stack.sig[2])
@@ -239,7 +245,7 @@ class Exporter:
         if stack is None:
             return
         stored = 0 if stack.dataset is None else stack.dataset.shape[0]
-        tail = np.concatenate(stack.pending) if stack.pending else None
+        tail = _joined(stack) if stack.pending else None
         self.pending_bytes -= stack.pending_bytes
         kind, items = stack.sig[0], stack.sig[1] or "float"
         for session, start, stop in stack.rows:
@@ -269,7 +275,7 @@ class Exporter:
                 # All still in memory (under _KEY_FLUSH): one contiguous
                 # dataset written in one call costs a third of a chunked one.
                 row, dtype = stack.sig[3] or (), np.dtype(stack.sig[2] or "f8")
-                data = np.concatenate(stack.pending or [np.empty((0, *row), dtype)])
+                data = _joined(stack) if stack.pending else np.empty((0, *row), dtype)
                 self.writer.write(group, name, data)
                 self.pending_bytes -= stack.pending_bytes
                 stack.pending, stack.pending_bytes = [], 0
