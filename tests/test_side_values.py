@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import pandas as hpd
+from strategies import frames
 
 from datamanager import DataManager
 from datamanager import _format as fmt
@@ -222,32 +221,6 @@ def test_prune_removes_an_orphaned_value_file(tmp_path):
         dst.write(src.read())
     os.utime(orphan, (1, 1))
     assert dm.prune(dry=False) and not os.path.exists(orphan) and os.path.exists(path)
-
-
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
-labels = st.one_of(st.none(), st.integers(-5, 5), text)
-
-
-@st.composite
-def frames(draw: st.DrawFn) -> pd.DataFrame:
-    """DataFrames of every column kind a value file holds, some empty, odd labels."""
-    names = draw(st.lists(text, max_size=5, unique=True))
-    kinds = [
-        draw(st.sampled_from(["f8", "i2", "u8", "?", "c16", "M8[ns]", "m8[ns]", "O"]))
-        for _ in names
-    ]
-    columns = [
-        hpd.column(n, dtype=k, elements=text if k == "O" else None) for n, k in zip(names, kinds)
-    ]
-    index = st.one_of(hpd.range_indexes(max_size=12), hpd.indexes(dtype="i8", max_size=12))
-    frame = draw(hpd.data_frames(columns, index=index))
-    frame.index.name, frame.columns.name = draw(labels), draw(labels)
-    for name, kind in zip(names, kinds):
-        if kind == "O" and draw(st.booleans()):
-            frame[name] = frame[name].astype("category")
-        elif kind == "M8[ns]" and draw(st.booleans()):
-            frame[name] = frame[name].dt.tz_localize(draw(st.sampled_from(["UTC", "Asia/Tokyo"])))
-    return frame
 
 
 @settings(
