@@ -111,8 +111,8 @@ def test_generated_values_round_trip_through_collation_and_export(tmp_path_facto
             same_value(back["merged"][key], value)
 
 
-def test_frames_merged_across_sessions_keep_their_dtypes(tmp_path):
-    """The generated round trip, by hand, for one value of each listed kind."""
+def test_each_kind_round_trips_from_value_files_in_safe_mode(tmp_path):
+    """The generated round trip, by hand, for one value of each kind, some in value files."""
     frame = pd.DataFrame(
         {
             "n": pd.array([1, None, 3], dtype="Int32"),
@@ -124,6 +124,9 @@ def test_frames_merged_across_sessions_keep_their_dtypes(tmp_path):
     records = np.zeros(3, dtype=[("id", "<i4"), ("at", "M8[ms]"), ("tag", "S3")])
     first = {"frame": frame.iloc[:2], "records": records[:2], "text": np.array(["é", ""])}
     second = {"frame": frame.iloc[2:], "records": records[2:], "text": np.array(["abc"])}
+    # Large enough for value files rather than pickles in their rows.
+    first["arrays"] = {"t": np.arange(200_000) * 0.1, "tag": np.array([b"a", b"b"])}
+    second["arrays"] = [np.arange(200_000).astype("M8[ms]"), np.array(["x"])]
     dm = DataManager("rt", str(tmp_path))
     for name, values in (("a", first), ("b", second)):
         with dm.session(name) as s:
@@ -135,7 +138,16 @@ def test_frames_merged_across_sessions_keep_their_dtypes(tmp_path):
     )
     report = export_hdf5(safe, tmp_path / "x.h5", merged=True, progress=False)
     assert sorted(report.merged) == ["frame", "records", "text"]
+    assert "arrays" in report.not_merged  # a dict, then a list
     back = load_hdf5(tmp_path / "x.h5")["merged"]
     same_value(back["frame"], safe.get_merged("frame"))
     same_value(back["records"], records)
     same_value(back["text"], np.array(["é", "", "abc"]))
+    sessions = load_hdf5(tmp_path / "x.h5")["sessions"]
+    for name, values in (("a", first), ("b", second)):
+        for key, value in values.items():
+            same_value(sessions[name][key], value)
+            same_value(safe.get(key)[name], value)
+    assert all(
+        path.endswith(".dmv") for r in safe.iter_sessions() for _, path, _ in r.side_files()
+    )
