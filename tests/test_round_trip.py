@@ -148,6 +148,6 @@ def test_each_kind_round_trips_from_value_files_in_safe_mode(tmp_path):
         for key, value in values.items():
             same_value(sessions[name][key], value)
             same_value(safe.get(key)[name], value)
-    assert all(
-        path.endswith(".dmv") for r in safe.iter_sessions() for _, path, _ in r.side_files()
-    )
+    sides = {(r.name, key): path for r in safe.iter_sessions() for key, path, _ in r.side_files()}
+    assert {("a", "arrays"), ("b", "arrays")} <= set(sides)
+    assert all(path.endswith(".dmv") for path in sides.values())
