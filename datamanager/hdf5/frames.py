@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._sidecodec import masked_arrays
 from .dtypes import stored_dtype
 from .schema import TYPE_ATTR, Unsupported, Writer, escape_name, has_surrogates
 
@@ -54,7 +55,7 @@ def _kind(values: Any) -> str:
     import pandas
 
     dtype = values.dtype
-    if isinstance(values.array, masked_arrays()):
+    if type(dtype) in masked_arrays():
         return "masked"
     if isinstance(dtype, pandas.CategoricalDtype):
         _kind(dtype.categories)
@@ -74,13 +75,6 @@ def _kind(values: Any) -> str:
             raise Unsupported(f"a column of dtype {dtype}") from None
         return "numpy"
     raise Unsupported(f"a column of dtype {dtype}")
-
-
-def masked_arrays() -> tuple[type, ...]:
-    """The pandas arrays of nullable numbers and bools: their values and a mask."""
-    import pandas
-
-    return (pandas.arrays.IntegerArray, pandas.arrays.FloatingArray, pandas.arrays.BooleanArray)
 
 
 def _levels(index: Any) -> list[Any]:

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
+from .._sidecodec import masked_arrays
 from ..errors import ExportFormatError
 from ..filestore import StoredFile, bound_to
 from ..recordings.recording import Recording
@@ -32,7 +33,6 @@ from .frames import (
     PANDAS_DTYPE_ATTR,
     RANGE_ATTR,
     TZ_ATTR,
-    masked_arrays,
 )
 from .schema import (
     ITEMS_ATTR,
@@ -387,10 +387,10 @@ def _read_masked(group: Any, dtype: str) -> Any:
     import pandas
 
     found = pandas.api.types.pandas_dtype(dtype)
-    kind = getattr(found, "construct_array_type", lambda: None)()
     # Only these take (values, mask): any other dtype named here is malformed.
-    if kind not in masked_arrays():
+    if type(found) not in masked_arrays():
         raise ValueError(f"{PANDAS_DTYPE_ATTR} {dtype!r} of a column stored with a mask")
+    kind = masked_arrays()[type(found)]
     values = read(required(group, "values", h5py.Dataset))
     mask = read(required(group, "mask", h5py.Dataset))
     return pandas.array(kind(values, mask.astype(bool, copy=False)), dtype=dtype)
