@@ -187,7 +187,36 @@ def test_a_damaged_value_file_is_reported_not_misread(tmp_path):
         with pytest.raises(CorruptSessionError, match=key):
             dm.get(key, strict=True)
     found = {p.path: p.message for p in dm.verify()}
-    assert set(found) == {paths["t"], paths["d"]}, found  # descriptions are checked on reading
+    assert set(found) == {paths[key] for key in "tdef"}, found
+    assert "tx" in found[paths["f"]] and "side file of key 'e'" in found[paths["e"]]
+
+
+def test_verify_and_the_command_line_report_damaged_value_files_and_pickles(tmp_path, capsys):
+    dm = DataManager("sweep", str(tmp_path))
+    with dm.session("one") as s:
+        s["cut"], s["longer"], s["pickle"] = table(), values()["arrays"], list(range(400_000))
+        s["whole"] = table()
+    assert dm.verify() == []
+    paths = side_files(dm)
+    with open(paths["cut"], "r+b") as f:  # the last array part loses its tail
+        f.truncate(os.path.getsize(paths["cut"]) - 200)
+    with open(paths["longer"], "ab") as f:  # bytes its row does not count
+        f.write(b"\0" * 64)
+    with open(paths["pickle"], "r+b") as f:  # same size, but no pickle any more
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\xff")
+    found = {p.path: p.message for p in dm.verify()}
+    assert set(found) == {
+        paths["cut"],
+        paths["longer"],
+        os.path.join(dm.basepath, "one.sqlite"),
+    }, found
+    assert "key 'pickle': malformed pickle" in found[os.path.join(dm.basepath, "one.sqlite")]
+    assert "expected" in found[paths["longer"]]
+    assert main(["verify", dm.basepath]) == 1
+    out, err = capsys.readouterr()
+    assert err == "Error: 3 problem(s) found\n"
+    assert all(path in out for path in found) and paths["whole"] not in out
 
 
 def test_the_index_names_the_type_of_a_value_file(tmp_path):
