@@ -415,7 +415,8 @@ def merge_values(key: str, values: list[tuple[str, Any]]) -> Any:
         Lists and tuples give one list.  Numpy arrays give one array,
         concatenated along axis 0.  pandas DataFrames (or Series) give one
         DataFrame (or Series) whose outer index level ``session`` names the
-        session of each row, over each value's own index.
+        session of each row, over each value's own index; the index keeps
+        no unused level values (a session without rows is not among them).
 
     Raises
     ------
@@ -550,4 +551,8 @@ def _concat_labelled(what: str, level: str, parts: list[tuple[str, Any]]) -> Any
             )
     # The inner levels keep each value's own index, so that
     # merged.loc[name] (or .xs(name, level=...)) gives a part back.
-    return pandas.concat([v for _, v in parts], keys=[n for n, _ in parts], names=[level])
+    merged = pandas.concat([v for _, v in parts], keys=[n for n, _ in parts], names=[level])
+    # A part without rows would leave its name as a level value no row
+    # uses: the index then says the same as its rows, as an export keeps it.
+    merged.index = merged.index.remove_unused_levels()
+    return merged

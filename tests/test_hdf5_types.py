@@ -94,8 +94,9 @@ def test_merged_string_and_datetime_arrays(dm: DataManager, tmp_path: Path):
         (np.zeros(2, dtype=[("x", "<f8"), ("o", "O")]), "a field of dtype object"),
         (np.zeros(2, dtype=[("u", "<U3")]), "a field of dtype <U3"),
         (np.zeros(2, dtype=[(("title", "x"), "<f8")]), "titled fields"),
+        (np.zeros(2, dtype=[("a", "<f2"), ("\x00", "<f2")]), "field name holding NUL"),
     ],
-    ids=["nul", "surrogate", "object-field", "unicode-field", "titles"],
+    ids=["nul", "surrogate", "object-field", "unicode-field", "titles", "nul-field-name"],
 )
 def test_what_hdf5_cannot_hold_is_refused_clearly(
     dm: DataManager, tmp_path: Path, value: Any, why: str

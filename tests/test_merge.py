@@ -220,6 +220,14 @@ def test_merged_dataframes_equal_pandas_concat(frames: list[pd.DataFrame]):
         dm = DataManager("frames", folder)
         write(dm, {n: {"f": f} for n, f in zip(names, frames)})
         expected = pd.concat(frames, keys=names, names=["session"])
+        # Sessions without rows leave no level value (see merge_values).
+        expected.index = expected.index.remove_unused_levels()
         pd.testing.assert_frame_equal(dm.get_merged("f"), expected)
         dm.build_index()
         pd.testing.assert_frame_equal(dm.get_merged("f"), expected)
+
+
+def test_a_session_without_rows_leaves_no_unused_level_value(dm):
+    write(dm, {"a": {"f": pd.DataFrame({"x": [1.0]})}, "b": {"f": pd.DataFrame({"x": []})}})
+    merged = both_ways(dm, lambda d: d.get_merged("f"))
+    assert list(merged.index.levels[0]) == ["a"] and merged["x"].tolist() == [1.0]
