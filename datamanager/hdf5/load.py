@@ -26,14 +26,7 @@ from ..filestore import StoredFile, bound_to
 from ..recordings.recording import Recording
 from .dtypes import DTYPE_ATTR, TYPED_ARRAY, dtype_from_attr, stored_dtype
 from .files import FILES_GROUP, extract_files
-from .frames import (
-    ENCODING_ATTR,
-    LABELS,
-    NAME_ATTR,
-    PANDAS_DTYPE_ATTR,
-    RANGE_ATTR,
-    TZ_ATTR,
-)
+from .frames import ENCODING_ATTR, LABELS, NAME_ATTR, PANDAS_DTYPE_ATTR, RANGE_ATTR, TZ_ATTR
 from .schema import (
     ITEMS_ATTR,
     METADATA_ATTR,
