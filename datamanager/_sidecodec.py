@@ -58,7 +58,7 @@ import numpy as np
 
 from ._npyheader import read_npy_data, read_npy_header
 
-__all__ = ["MAGIC", "describe", "encodable", "read_value", "write_value_file"]
+__all__ = ["MAGIC", "describe", "encodable", "masked_arrays", "read_value", "write_value_file"]
 
 MAGIC = b"\x93DMVAL\x01\x00"
 _ALIGN = 64
@@ -169,7 +169,7 @@ class _Encoder:
             return self.text(column, {"text": "str", "storage": dtype.storage, "na": na})
         if dtype == np.dtype(object):
             return self.text(column, {"text": "object"})
-        if type(dtype) in _masked_arrays():
+        if type(dtype) in masked_arrays():
             # pandas' nullable numbers and bools: values, and a mask of the missing.
             array = pd.array(column, dtype=dtype)
             missing = np.asarray(array.isna(), dtype=bool)
@@ -197,7 +197,7 @@ class _Encoder:
         return node
 
 
-def _masked_arrays() -> dict[type, Any]:
+def masked_arrays() -> dict[type, Any]:
     """pandas' nullable dtypes, each with the array type that holds values and a mask."""
     import pandas as pd
 
@@ -373,7 +373,7 @@ class _Decoder:
             return self.text(d)
         if "masked" in d:
             dtype = pd.api.types.pandas_dtype(str(d["masked"]))
-            array_type = _masked_arrays()[type(dtype)]  # KeyError for any other dtype
+            array_type = masked_arrays()[type(dtype)]  # KeyError for any other dtype
             values = self.part(d["data"]).astype(dtype.numpy_dtype, copy=False)
             return array_type(values, self.part(d["mask"]).astype(bool))
         raise ValueError(f"column {sorted(d)!r:.80}")

@@ -11,6 +11,7 @@ Data directories are read in safe mode (no code stored in them runs) unless
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import reprlib
 import sys
@@ -50,7 +51,19 @@ def _summary(value: Any) -> tuple[str, str, str]:
 
     kind = type(value).__name__
     if isinstance(value, np.ndarray):
+        if value.dtype.names is not None:
+            return "ndarray[structured]", str(value.shape), _clip(_fields(value.dtype))
         return f"ndarray[{value.dtype}]", str(value.shape), ""
+    table = _pandas_kind(value)
+    if table == "DataFrame":  # its columns and their dtypes, never its rows
+        columns = value.dtypes.iloc[:_SHOWN].items()
+        return kind, str(value.shape), _clip(", ".join(f"{c} {t}" for c, t in columns))
+    if table == "Series":
+        return kind, str(value.shape), _clip(f"{value.dtype}, name {value.name!r}")
+    if isinstance(value, (list, tuple, dict)) and value and _all_arrays(value):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        shown = [f"{k}: {v.dtype}{list(v.shape)}" for k, v in itertools.islice(items, _SHOWN)]
+        return kind, f"len {len(value)}", _clip(", ".join(shown))
     if isinstance(value, (list, tuple, dict, set, frozenset, str, bytes)):
         return kind, f"len {len(value)}", _preview(value)
     if isinstance(value, Recording):
@@ -58,10 +71,39 @@ def _summary(value: Any) -> tuple[str, str, str]:
     return kind, "", _preview(value)
 
 
+#: Columns, fields or arrays a preview names at most.
+_SHOWN = 8
+
+
+def _pandas_kind(value: Any) -> str | None:
+    """``"DataFrame"`` or ``"Series"`` for those pandas values, else None."""
+    # A pandas value read back has imported pandas: anything else never pays for it.
+    pandas = sys.modules.get("pandas")
+    for kind in ("DataFrame", "Series"):
+        if pandas is not None and isinstance(value, getattr(pandas, kind)):
+            return kind
+    return None
+
+
+def _all_arrays(value: Any) -> bool:
+    import numpy as np
+
+    items = value.values() if isinstance(value, dict) else value
+    return all(isinstance(v, np.ndarray) for v in items)
+
+
+def _fields(dtype: Any) -> str:
+    return ", ".join(f"{n} {dtype.fields[n][0]}" for n in dtype.names[:_SHOWN])
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _preview(value: Any) -> str:
     # reprlib stops after a few levels and items: a stored list of a million
     # items costs nothing, and one nested a million deep cannot recurse.
-    preview = reprlib.repr(value)
+    preview = " ".join(reprlib.repr(value).split())  # one line of the table
     return preview if len(preview) <= 40 else preview[:37] + "..."
 
 
@@ -109,6 +151,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         elif isinstance(value, (list, tuple)):
             kinds.add("sequence")
             total += len(value)
+        elif _pandas_kind(value) is not None:
+            kinds.add(_pandas_kind(value))
+            total += len(value)
         else:
             kinds.add("other")
         del value
@@ -118,14 +163,21 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(_table(["session", "type", "shape", "value"], rows))
     if kinds == {"ndarray"} and len(trailing) == 1 and next(iter(trailing))[0]:
         _, row, dtype = next(iter(trailing))
-        print(f"merged: ndarray[{dtype}] of shape {(total, *row)}")
+        name = "structured" if dtype.names else dtype
+        print(f"merged: ndarray[{name}] of shape {(total, *row)}")
     elif kinds == {"ndarray"}:
         dtypes = {str(t[2]) for t in trailing}
         print(f"merged: ndarray of {total} rows ({', '.join(sorted(dtypes))}) if shapes agree")
     elif kinds == {"sequence"}:
         print(f"merged: list of {total} items")
+    elif kinds in ({"DataFrame"}, {"Series"}):
+        (kind,) = kinds
+        print(f"merged: {kind} of {total} rows, outer index level 'session'")
     else:
-        print("merged: not mergeable (get_merged needs all lists/tuples or all arrays)")
+        print(
+            "merged: not mergeable (get_merged needs all lists/tuples, all arrays, "
+            "all DataFrames or all Series)"
+        )
     return 0
 
 

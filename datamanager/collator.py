@@ -40,7 +40,7 @@ from .session import _check_key
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["Collator", "merge_values"]
+__all__ = ["Collator", "check_dtypes", "merge_values"]
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -425,7 +425,8 @@ def merge_values(key: str, values: list[tuple[str, Any]]) -> Any:
         Lists and tuples give one list.  Numpy arrays give one array,
         concatenated along axis 0.  pandas DataFrames (or Series) give one
         DataFrame (or Series) whose outer index level ``session`` names the
-        session of each row, over each value's own index.
+        session of each row, over each value's own index; the index keeps
+        no unused level values (a session without rows is not among them).
 
     Raises
     ------
@@ -481,21 +482,28 @@ def _merge_arrays(key: str, values: list[tuple[str, Any]]) -> np.ndarray:
             )
         if v.ndim == 0:
             raise TypeError(f"cannot merge key {key!r}: session {session!r} holds a 0-d array")
-    _check_dtypes(key, values)
+    dtype = check_dtypes(key, values)
     try:
-        return np.concatenate([v for _, v in values], axis=0)
+        return np.concatenate([v for _, v in values], axis=0, dtype=dtype)
     except ValueError as exc:
         shapes = ", ".join(f"{s}: {v.shape}" for s, v in values)
         raise ValueError(f"cannot merge key {key!r}: shapes differ ({shapes})") from exc
 
 
-def _check_dtypes(key: str, values: list[tuple[str, np.ndarray]]) -> None:
-    """Refuse arrays that numpy would only concatenate by turning them into text or objects.
+def check_dtypes(key: str, values: list[tuple[str, Any]]) -> np.dtype:
+    """The dtype of arrays concatenated (theirs if they share one); TypeError for a refused mix.
 
     Numeric promotion (bool, int, float, complex: numpy's own rules) is
-    allowed; ``[0, 1]`` with ``["a"]`` would silently give ``['0', '1', 'a']``.
+    allowed; ``[0, 1]`` with ``["a"]`` would silently give ``['0', '1', 'a']``,
+    so numbers with strings, or any mix numpy turns into text or objects, is
+    refused with a message naming the sessions and dtypes.  *values* are
+    ``(session, array)``; anything with a ``dtype`` will do (an HDF5 dataset
+    merged on disk is checked by the same rules).
     """
     distinct = list(dict.fromkeys(v.dtype for _, v in values))
+    if len(distinct) == 1:
+        # Kept as it is: numpy's promotion would make a big-endian dtype native.
+        return distinct[0]
     try:
         # Pairwise: result_type takes a bounded number of arguments.
         common = functools.reduce(np.result_type, distinct)
@@ -508,9 +516,10 @@ def _check_dtypes(key: str, values: list[tuple[str, np.ndarray]]) -> None:
             f"cannot merge key {key!r}: numpy would turn {_dtypes(values)} into {common}; "
             "use get() and convert by hand"
         )
+    return common
 
 
-def _dtypes(values: list[tuple[str, np.ndarray]], shown: int = 3) -> str:
+def _dtypes(values: list[tuple[str, Any]], shown: int = 3) -> str:
     """``int64 (session 'a'), <U1 (sessions 'b', 'c' and 2 more)``: each dtype, who holds it."""
     holders: dict[np.dtype, list[str]] = {}
     for session, v in values:
@@ -552,4 +561,8 @@ def _concat_labelled(what: str, level: str, parts: list[tuple[str, Any]]) -> Any
             )
     # The inner levels keep each value's own index, so that
     # merged.loc[name] (or .xs(name, level=...)) gives a part back.
-    return pandas.concat([v for _, v in parts], keys=[n for n, _ in parts], names=[level])
+    merged = pandas.concat([v for _, v in parts], keys=[n for n, _ in parts], names=[level])
+    # A part without rows would leave its name as a level value no row
+    # uses: the index then says the same as its rows, as an export keeps it.
+    merged.index = merged.index.remove_unused_levels()
+    return merged

@@ -46,7 +46,8 @@ def verify(basepath: str, entries: list[SessionEntry]) -> list[Problem]:
     """Check the sessions *entries* of the data directory *basepath*; return the problems.
 
     Checks the SQLite store (``PRAGMA quick_check``), the metadata, that
-    every side file is present, whole and a valid ``.npy`` file, that every
+    every side file is present, whole and a valid ``.npy`` file or value
+    file (a value file is read whole, its description followed), that every
     stored pickle (a value or a task record) is well formed (parsed with
     :mod:`pickletools`) and decodes in safe mode (which runs no stored
     code; values of classes safe mode refuses are not unpickled), and that
@@ -98,7 +99,7 @@ def _check(reader: SessionReader) -> list[tuple[str, str]]:
     referenced = set()
     for key, path, size in reader.side_files():
         referenced.add(os.path.basename(path))
-        message = _check_npy(path, size)
+        message = _check_side(reader, key, path, size)
         if message:
             found.append((path, f"side file of key {key!r}: {message}"))
     found.extend(
@@ -278,6 +279,23 @@ def orphan_side_files(folder: str, referenced: set[str]) -> list[str]:
     return old
 
 
+def _check_side(reader: SessionReader, key: str, path: str, size: int) -> str | None:
+    """Why the side file *path* of *key* is damaged, or None.
+
+    A value file is read whole: a description naming what its parts do not
+    hold is found only by building the value, which runs no stored code.
+    """
+    message = _check_npy(path, size)
+    if message is None and path.endswith(fmt.VALUE_SUFFIX):
+        try:
+            fmt.load_side_file(path, size, reader.path, key, reader.name, safe=True)
+        except FileNotFoundError:
+            return "missing"
+        except CorruptSessionError as exc:
+            return f"not a valid value file ({exc.__cause__ or exc.reason})"
+    return message
+
+
 def _check_npy(path: str, expected_size: int) -> str | None:
     try:
         with open(path, "rb") as f:
@@ -287,5 +305,6 @@ def _check_npy(path: str, expected_size: int) -> str | None:
     except fmt.WrongSize as exc:
         return str(exc)
     except (OSError, ValueError) as exc:
-        return f"not a valid .npy file ({exc})"
+        kind = "value file" if path.endswith(fmt.VALUE_SUFFIX) else ".npy file"
+        return f"not a valid {kind} ({exc})"
     return None

@@ -71,6 +71,40 @@ def test_show_summarises_without_dumping(datadir: str, capsys: pytest.CaptureFix
     assert "not mergeable" in capsys.readouterr().out
 
 
+def test_show_summarises_tables_and_array_collections_in_safe_mode(
+    dm: DataManager, capsys: pytest.CaptureFixture[str]
+):
+    import pandas as pd
+
+    n = 100_000
+    frame = pd.DataFrame(
+        {"t": np.arange(n) * 0.5, "cell": pd.Categorical(["a"] * n), "name": ["ab"] * n}
+    )
+    for _ in range(2):
+        with dm.session() as s:
+            s["table"], s["rate"] = frame, pd.Series(np.arange(3), name="rate")
+            s["arrays"] = {"t": np.arange(n, dtype=np.float32), "v": np.zeros((2, 3))}
+            s["records"] = np.zeros(3, dtype=[("id", "<i4"), ("at", "M8[ms]")])
+
+    def show(key: str) -> list[str]:
+        assert main(["show", dm.basepath, key]) == 0  # safe: the command line's default
+        out = capsys.readouterr().out
+        assert len(out) < 1000 and "0.5" not in out  # a summary, never the rows
+        return out.splitlines()
+
+    lines = show("table")
+    assert len(lines) == 5 and lines[2].split()[1:3] == ["DataFrame", "(100000,"]
+    assert lines[2].endswith("t float64, cell category, name " + str(frame["name"].dtype))
+    assert lines[4] == "merged: DataFrame of 200000 rows, outer index level 'session'"
+    lines = show("rate")
+    assert lines[2].split()[1:] == ["Series", "(3,)", "int64,", "name", "'rate'"]
+    assert lines[4] == "merged: Series of 6 rows, outer index level 'session'"
+    assert show("arrays")[2].endswith("dict  len 2  t: float32[100000], v: float64[2, 3]")
+    lines = show("records")
+    assert lines[2].endswith("ndarray[structured]  (3,)   id int32, at datetime64[ms]")
+    assert lines[4] == "merged: ndarray[structured] of shape (6,)"
+
+
 def test_show_tells_a_recording_from_lookalikes(
     dm: DataManager, capsys: pytest.CaptureFixture[str]
 ):

@@ -71,6 +71,27 @@ VALUES = {
         },
         index=pd.Index([1.5, 2, None], dtype=object),
     ),
+    "nullable": pd.DataFrame(
+        {
+            "Int64": pd.array([1, None, -3], dtype="Int64"),
+            "UInt8": pd.array([None, 2, 255], dtype="UInt8"),
+            "boolean": pd.array([True, None, False], dtype="boolean"),
+            # NaN, a value, beside NA, a missing one: both must come back.
+            "Float32": pd.arrays.FloatingArray(
+                np.array([np.nan, 1.5, 0], dtype="f4"), np.array([False, False, True])
+            ),
+        },
+        index=pd.Index(pd.array([4, None, 6], dtype="Int32"), name="n"),
+    ),
+    "nullable series": pd.Series(pd.array([None, 2.5], dtype="Float64"), name="x"),
+    "nullable levels": pd.DataFrame(
+        {"v": [1, 2]},
+        index=pd.MultiIndex.from_arrays([pd.array([None, True], dtype="boolean"), ["a", "b"]]),
+    ),
+    # A level named 0 that is not the level at position 0.
+    "int-named levels": pd.DataFrame(
+        {"v": [1, 2]}, index=pd.MultiIndex.from_arrays([["a", "b"], [5, 6]], names=["s", 0])
+    ),
     "series": pd.Series([0.5, np.nan], index=["a", "b"], name="rate"),
     "categorical series": pd.Series(pd.Categorical(["x", None, "x"]), name=7),
     "empty series": pd.Series([], dtype="float32"),
@@ -96,11 +117,11 @@ def test_session_to_export_to_load(dm: DataManager, tmp_path: Path):
     [
         (pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("a", 1), ("a", 2)])), "Multi"),
         (pd.DataFrame({"o": pd.Series([1, {}], dtype=object)}), "other objects than scalars"),
-        (pd.DataFrame({"i": pd.array([1, None], dtype="Int64")}), "dtype Int64"),
+        (pd.DataFrame({"p": pd.period_range("2020", periods=2, freq="D")}), "dtype period"),
         (pd.DataFrame([[1, 2]], columns=["a", "a"]), "repeat"),
         (pd.Series([1], name=("a", "b")), "name of type tuple"),
     ],
-    ids=["multiindex-columns", "mixed-object", "nullable-int", "repeat", "tuple"],
+    ids=["multiindex-columns", "mixed-object", "periods", "repeat", "tuple"],
 )
 def test_what_the_schema_cannot_hold_is_refused_clearly(
     dm: DataManager, tmp_path: Path, value: Any, why: str
@@ -199,3 +220,52 @@ def _no_nul(text: str) -> bool:
 @given(_frames())
 def test_dataframes_round_trip_hypothesis(frame: pd.DataFrame):
     assert_pandas_same(roundtrip(frame), frame)
+
+
+def test_merged_export_of_tables_is_what_get_merged_gives(dm: DataManager, tmp_path: Path):
+    frames = [
+        pd.DataFrame({"x": [0.5, 1.5]}, index=pd.Index([7, 3], name="trial")),
+        pd.DataFrame({"x": [2.5]}, index=pd.Index([1], name="trial")),
+    ]
+    fill(dm, [{"df": f, "mixed": f} for f in frames])
+    with dm.session() as s:  # a Series where the others hold DataFrames
+        s["mixed"] = pd.Series([1.0], name="x")
+    with pytest.raises(TypeError) as refused:
+        dm.get_merged("mixed")
+    report = export_hdf5(dm, tmp_path / "m.h5", merged=True)
+    assert report.merged == ["df"]
+    assert report.not_merged == {"mixed": str(refused.value)}
+    assert_pandas_same(load_hdf5(tmp_path / "m.h5")["merged"]["df"], dm.get_merged("df"))
+
+
+def test_plain_h5py_reads_nullable_columns_as_values_and_mask(dm: DataManager, tmp_path: Path):
+    import h5py
+
+    (name,) = fill(dm, [{"df": VALUES["nullable"]}])
+    export_hdf5(dm, tmp_path / "n.h5")
+    with h5py.File(tmp_path / "n.h5", "r") as f:
+        frame = f["sessions"][name]["df"]
+        ints = frame["columns"]["Int64"]
+        assert ints.attrs["pandas_dtype"] == "Int64"
+        assert ints["values"][()].tolist() == [1, 0, -3] and ints["values"].dtype == np.int64
+        assert ints["mask"][()].tolist() == [False, True, False]
+        floats = frame["columns"]["Float32"]
+        assert floats["values"].dtype == np.float32
+        assert np.isnan(floats["values"][()]).tolist() == [True, False, True]
+        assert frame["index"]["mask"][()].tolist() == [False, True, False]
+        assert frame["columns"]["boolean"]["values"].dtype == np.bool_
+
+
+@pytest.mark.parametrize("dtype", ["string", "category", "int64"])
+def test_a_masked_column_naming_another_dtype_is_refused(tmp_path: Path, dtype: str):
+    import h5py
+
+    from datamanager import ExportFormatError
+    from datamanager.hdf5.load import read
+    from datamanager.hdf5.schema import Writer
+
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        Writer(None, "error").write(f, "v", pd.Series(pd.array([1, None], dtype="Int8")))
+        f["v"]["values"].attrs["pandas_dtype"] = dtype
+        with pytest.raises(ExportFormatError, match="at /v"):
+            read(f["v"])

@@ -10,8 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
+from strategies import typed_arrays
 from test_hdf5 import assert_same, fill, roundtrip
 
 from datamanager import DataManager, ExportFormatError, UnsupportedValueError
@@ -95,8 +94,9 @@ def test_merged_string_and_datetime_arrays(dm: DataManager, tmp_path: Path):
         (np.zeros(2, dtype=[("x", "<f8"), ("o", "O")]), "a field of dtype object"),
         (np.zeros(2, dtype=[("u", "<U3")]), "a field of dtype <U3"),
         (np.zeros(2, dtype=[(("title", "x"), "<f8")]), "titled fields"),
+        (np.zeros(2, dtype=[("a", "<f2"), ("\x00", "<f2")]), "field name holding NUL"),
     ],
-    ids=["nul", "surrogate", "object-field", "unicode-field", "titles"],
+    ids=["nul", "surrogate", "object-field", "unicode-field", "titles", "nul-field-name"],
 )
 def test_what_hdf5_cannot_hold_is_refused_clearly(
     dm: DataManager, tmp_path: Path, value: Any, why: str
@@ -143,32 +143,8 @@ def test_plain_h5py_reads_every_typed_array(dm: DataManager, tmp_path: Path):
     assert proc.stdout.strip() == "ok"
 
 
-# Hypothesis: arrays of the new kinds, any shape, byte order and unit.
-_units = st.sampled_from(["Y", "M", "D", "h", "m", "s", "ms", "us", "ns"])
-_typed_dtypes = st.one_of(
-    hnp.unicode_string_dtypes(min_len=1, max_len=6),
-    hnp.byte_string_dtypes(min_len=1, max_len=6),
-    hnp.datetime64_dtypes(),
-    hnp.timedelta64_dtypes(),
-    st.builds(lambda u: np.dtype(f"M8[{u}]"), _units),
-)
-_structured = hnp.array_dtypes(
-    st.one_of(hnp.floating_dtypes(), hnp.integer_dtypes(), hnp.datetime64_dtypes()),
-    min_size=1,
-    max_size=3,
-).filter(lambda d: all(len(d.fields[n]) == 2 for n in d.names))  # titles are refused
-_shapes = hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=4)
-_text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=6)
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.one_of(
-        hnp.arrays(st.sampled_from(["<U6", ">U6"]), _shapes, elements=_text),
-        hnp.arrays(_typed_dtypes.filter(lambda d: d.kind != "U"), _shapes),
-        hnp.arrays(_structured, _shapes),
-    )
-)
+@given(typed_arrays())
 def test_typed_arrays_round_trip_hypothesis(value: np.ndarray):
     back = roundtrip(value)
     assert back.dtype == value.dtype and back.shape == value.shape
@@ -176,3 +152,44 @@ def test_typed_arrays_round_trip_hypothesis(value: np.ndarray):
         value.dtype.names is not None  # padding bytes are not data
         and all(np.array_equal(back[n], value[n]) for n in value.dtype.names)
     )
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        [np.arange(2), np.array([b"a", b"b"])],
+        [np.array([True]), np.arange(2.0), np.array([b"xy"])],
+    ],
+    ids=["int-bytes", "bool-float-bytes"],
+)
+def test_merging_on_disk_refuses_what_get_merged_refuses(
+    dm: DataManager, tmp_path: Path, arrays: list[np.ndarray]
+):
+    fill(dm, [{"a": a} for a in arrays])
+    with pytest.raises(TypeError) as refused:
+        dm.get_merged("a")
+    report = export_hdf5(dm, tmp_path / "m.h5", merged=True)
+    assert report.not_merged == {"a": str(refused.value)}
+    assert "|S" in str(refused.value) and "session" in str(refused.value)
+    assert "a" not in load_hdf5(tmp_path / "m.h5").get("merged", {})
+
+
+def test_numbers_merged_on_disk_are_promoted_as_get_merged_promotes(
+    dm: DataManager, tmp_path: Path
+):
+    fill(dm, [{"a": np.arange(2, dtype=np.int16)}, {"a": np.array([True])}, {"a": np.ones(1)}])
+    export_hdf5(dm, tmp_path / "m.h5", merged=True)
+    assert_same(load_hdf5(tmp_path / "m.h5")["merged"]["a"], dm.get_merged("a"))
+
+
+def test_stacked_arrays_and_lists_keep_their_byte_order(dm: DataManager, tmp_path: Path):
+    parts = [np.arange(n, dtype=">i2") for n in (2, 0, 3)]
+    names = fill(dm, [{"a": p, "l": [np.full(2, len(p), ">f4")]} for p in parts])
+    report = export_hdf5(dm, tmp_path / "m.h5", merged=True)
+    assert report.stacked == ["a", "l"]
+    back = load_hdf5(tmp_path / "m.h5")
+    assert_same(back["merged"]["a"], dm.get_merged("a"))
+    assert back["merged"]["a"].dtype == np.dtype(">i2")
+    for name, part in zip(names, parts):
+        assert_same(back["sessions"][name]["a"], part)
+        assert back["sessions"][name]["l"][0].dtype == np.dtype(">f4")

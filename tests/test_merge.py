@@ -63,8 +63,19 @@ def both_ways(dm: DataManager, call: Callable[[DataManager], Any]) -> Any:
         ([np.array(["ab"]), np.array(["c"])], np.dtype("<U2")),
         ([np.array([b"x"]), np.array([b"yz"])], np.dtype("S2")),
         ([np.array([{"a": 1}], dtype=object), np.array([None], dtype=object)], object),
+        ([np.arange(2, dtype=">i2"), np.arange(1, dtype=">i2")], np.dtype(">i2")),
+        ([np.arange(2, dtype=">i2"), np.arange(1, dtype="<i2")], np.dtype("=i2")),
     ],
-    ids=["int-float", "bool-int", "int-complex", "str-str", "bytes-bytes", "object-object"],
+    ids=[
+        "int-float",
+        "bool-int",
+        "int-complex",
+        "str-str",
+        "bytes-bytes",
+        "object-object",
+        "one-byte-order",
+        "two-byte-orders",
+    ],
 )
 def test_arrays_merge_by_numpy_promotion(dm, arrays, dtype):
     write(dm, {f"s{i}": {"v": a} for i, a in enumerate(arrays)})
@@ -209,6 +220,14 @@ def test_merged_dataframes_equal_pandas_concat(frames: list[pd.DataFrame]):
         dm = DataManager("frames", folder)
         write(dm, {n: {"f": f} for n, f in zip(names, frames)})
         expected = pd.concat(frames, keys=names, names=["session"])
+        # Sessions without rows leave no level value (see merge_values).
+        expected.index = expected.index.remove_unused_levels()
         pd.testing.assert_frame_equal(dm.get_merged("f"), expected)
         dm.build_index()
         pd.testing.assert_frame_equal(dm.get_merged("f"), expected)
+
+
+def test_a_session_without_rows_leaves_no_unused_level_value(dm):
+    write(dm, {"a": {"f": pd.DataFrame({"x": [1.0]})}, "b": {"f": pd.DataFrame({"x": []})}})
+    merged = both_ways(dm, lambda d: d.get_merged("f"))
+    assert list(merged.index.levels[0]) == ["a"] and merged["x"].tolist() == [1.0]

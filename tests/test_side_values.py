@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import pandas as hpd
+from strategies import frames
 
 from datamanager import DataManager
 from datamanager import _format as fmt
@@ -188,7 +187,36 @@ def test_a_damaged_value_file_is_reported_not_misread(tmp_path):
         with pytest.raises(CorruptSessionError, match=key):
             dm.get(key, strict=True)
     found = {p.path: p.message for p in dm.verify()}
-    assert set(found) == {paths["t"], paths["d"]}, found  # descriptions are checked on reading
+    assert set(found) == {paths[key] for key in "tdef"}, found
+    assert "tx" in found[paths["f"]] and "side file of key 'e'" in found[paths["e"]]
+
+
+def test_verify_and_the_command_line_report_damaged_value_files_and_pickles(tmp_path, capsys):
+    dm = DataManager("sweep", str(tmp_path))
+    with dm.session("one") as s:
+        s["cut"], s["longer"], s["pickle"] = table(), values()["arrays"], list(range(400_000))
+        s["whole"] = table()
+    assert dm.verify() == []
+    paths = side_files(dm)
+    with open(paths["cut"], "r+b") as f:  # the last array part loses its tail
+        f.truncate(os.path.getsize(paths["cut"]) - 200)
+    with open(paths["longer"], "ab") as f:  # bytes its row does not count
+        f.write(b"\0" * 64)
+    with open(paths["pickle"], "r+b") as f:  # same size, but no pickle any more
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\xff")
+    found = {p.path: p.message for p in dm.verify()}
+    assert set(found) == {
+        paths["cut"],
+        paths["longer"],
+        os.path.join(dm.basepath, "one.sqlite"),
+    }, found
+    assert "key 'pickle': malformed pickle" in found[os.path.join(dm.basepath, "one.sqlite")]
+    assert "expected" in found[paths["longer"]]
+    assert main(["verify", dm.basepath]) == 1
+    out, err = capsys.readouterr()
+    assert err == "Error: 3 problem(s) found\n"
+    assert all(path in out for path in found) and paths["whole"] not in out
 
 
 def test_the_index_names_the_type_of_a_value_file(tmp_path):
@@ -222,32 +250,6 @@ def test_prune_removes_an_orphaned_value_file(tmp_path):
         dst.write(src.read())
     os.utime(orphan, (1, 1))
     assert dm.prune(dry=False) and not os.path.exists(orphan) and os.path.exists(path)
-
-
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
-labels = st.one_of(st.none(), st.integers(-5, 5), text)
-
-
-@st.composite
-def frames(draw: st.DrawFn) -> pd.DataFrame:
-    """DataFrames of every column kind a value file holds, some empty, odd labels."""
-    names = draw(st.lists(text, max_size=5, unique=True))
-    kinds = [
-        draw(st.sampled_from(["f8", "i2", "u8", "?", "c16", "M8[ns]", "m8[ns]", "O"]))
-        for _ in names
-    ]
-    columns = [
-        hpd.column(n, dtype=k, elements=text if k == "O" else None) for n, k in zip(names, kinds)
-    ]
-    index = st.one_of(hpd.range_indexes(max_size=12), hpd.indexes(dtype="i8", max_size=12))
-    frame = draw(hpd.data_frames(columns, index=index))
-    frame.index.name, frame.columns.name = draw(labels), draw(labels)
-    for name, kind in zip(names, kinds):
-        if kind == "O" and draw(st.booleans()):
-            frame[name] = frame[name].astype("category")
-        elif kind == "M8[ns]" and draw(st.booleans()):
-            frame[name] = frame[name].dt.tz_localize(draw(st.sampled_from(["UTC", "Asia/Tokyo"])))
-    return frame
 
 
 @settings(

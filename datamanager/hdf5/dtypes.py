@@ -46,8 +46,8 @@ def stored_dtype(dtype: np.dtype) -> np.dtype:
     the same byte order, structured dtypes as compounds of the same layout
     (names, offsets, itemsize) made of those; the stored array is a view of
     the original.  Raises TypeError, naming the part, for anything else
-    (objects, and unicode strings inside a structured dtype: HDF5 has no
-    fixed-length form of them).
+    (objects, unicode strings inside a structured dtype: HDF5 has no
+    fixed-length form of them, and field names holding NUL).
     """
     if dtype.subdtype is not None:
         base, shape = dtype.subdtype
@@ -56,6 +56,8 @@ def stored_dtype(dtype: np.dtype) -> np.dtype:
         fields = [dtype.fields[n] for n in dtype.names]
         if any(len(f) > 2 for f in fields):  # titles: no HDF5 counterpart
             raise TypeError("titled fields")
+        if any("\x00" in n for n in dtype.names):  # HDF5 member names end at NUL
+            raise TypeError("a field name holding NUL")
         return np.dtype(
             {
                 "names": list(dtype.names),

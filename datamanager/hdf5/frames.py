@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._sidecodec import masked_arrays
 from .dtypes import stored_dtype
 from .schema import TYPE_ATTR, Unsupported, Writer, escape_name, has_surrogates
 
@@ -54,6 +55,8 @@ def _kind(values: Any) -> str:
     import pandas
 
     dtype = values.dtype
+    if type(dtype) in masked_arrays():
+        return "masked"
     if isinstance(dtype, pandas.CategoricalDtype):
         _kind(dtype.categories)
         return "categorical"
@@ -74,6 +77,14 @@ def _kind(values: Any) -> str:
     raise Unsupported(f"a column of dtype {dtype}")
 
 
+def _levels(index: Any) -> list[Any]:
+    """The values of each level of a MultiIndex, by position."""
+    # get_level_values(i) takes i as a level *name* first: with levels named
+    # ["session", 0], get_level_values(0) would give the second level.
+    numbered = index.set_names(list(range(index.nlevels)))
+    return [numbered.get_level_values(i).rename(None) for i in range(index.nlevels)]
+
+
 def _check(value: Any) -> None:
     """Raise Unsupported before anything is written, so nothing half-written stays."""
     import pandas
@@ -81,8 +92,8 @@ def _check(value: Any) -> None:
     axes = [value.index] + ([value.columns] if isinstance(value, pandas.DataFrame) else [])
     for axis in axes:
         if isinstance(axis, pandas.MultiIndex):
-            for i in range(axis.nlevels):
-                _kind(axis.get_level_values(i))
+            for level in _levels(axis):
+                _kind(level)
         else:
             _kind(axis)
         for name in axis.names:
@@ -130,8 +141,8 @@ def _axis(writer: Writer, parent: Any, name: str, index: Any) -> None:
         group = parent.create_group(name, track_order=True)
         group.attrs[TYPE_ATTR] = "pandas.MultiIndex"
         group.attrs[NAME_ATTR] = json.dumps([_label(n) for n in index.names])
-        for i in range(index.nlevels):
-            _column(writer, group, str(i), index.get_level_values(i))
+        for i, level in enumerate(_levels(index)):
+            _column(writer, group, str(i), level)
         return
     obj = _column(writer, parent, name, index)
     obj.attrs[NAME_ATTR] = json.dumps(_label(index.name))
@@ -140,7 +151,7 @@ def _axis(writer: Writer, parent: Any, name: str, index: Any) -> None:
 
 
 def _column(writer: Writer, parent: Any, name: str, values: Any) -> Any:
-    """One column (a Series or Index) as a dataset, or a group for a categorical."""
+    """One column (a Series or Index) as a dataset, or a group (categorical, nullable)."""
     import h5py
     import pandas
 
@@ -160,6 +171,14 @@ def _column(writer: Writer, parent: Any, name: str, values: Any) -> Any:
         obj = writer.array(parent, name, data, dtype=h5py.string_dtype())
         if kind == "json":
             obj.attrs[ENCODING_ATTR] = "JSON"
+    elif kind == "masked":
+        # The values where present (missing ones as 0, False or NaN, which
+        # plain readers can use as they are) and a mask, True where missing.
+        arr = values.array
+        fill = np.nan if arr.dtype.kind == "f" else 0
+        obj = parent.create_group(name, track_order=True)
+        writer.write(obj, "values", arr.to_numpy(dtype=arr.dtype.numpy_dtype, na_value=fill))
+        writer.write(obj, "mask", np.asarray(arr.isna()))
     elif kind == "tz":
         writer.write(parent, name, values.array.tz_convert(None).to_numpy())
         obj = parent[name]

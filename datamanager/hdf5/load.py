@@ -20,6 +20,7 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
+from .._sidecodec import masked_arrays
 from ..errors import ExportFormatError
 from ..filestore import StoredFile, bound_to
 from ..recordings.recording import Recording
@@ -354,6 +355,8 @@ def _read_column(obj: Any) -> Any:
     import pandas
 
     dtype = obj.attrs[PANDAS_DTYPE_ATTR]
+    if isinstance(obj, h5py.Group) and dtype != "category":
+        return _read_masked(obj, dtype)
     if isinstance(obj, h5py.Group):  # a categorical
         values = _read_column(required(obj, "categories"))
         categories = pandas.Index(values, dtype=values.dtype)
@@ -369,6 +372,21 @@ def _read_column(obj: Any) -> Any:
     if obj.attrs.get(ENCODING_ATTR) == "JSON":
         text[:] = [json.loads(item) for item in text]
     return text if dtype == "object" else pandas.array(text, dtype=dtype)
+
+
+def _read_masked(group: Any, dtype: str) -> Any:
+    """A column of nullable numbers or bools (``Int64``, ``boolean``, ...): values and mask."""
+    import h5py
+    import pandas
+
+    found = pandas.api.types.pandas_dtype(dtype)
+    # Only these take (values, mask): any other dtype named here is malformed.
+    if type(found) not in masked_arrays():
+        raise ValueError(f"{PANDAS_DTYPE_ATTR} {dtype!r} of a column stored with a mask")
+    kind = masked_arrays()[type(found)]
+    values = read(required(group, "values", h5py.Dataset))
+    mask = read(required(group, "mask", h5py.Dataset))
+    return pandas.array(kind(values, mask.astype(bool, copy=False)), dtype=dtype)
 
 
 def _read_stored_file(obj: Any) -> StoredFile:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._npyheader import read_npy_header
+from ..collator import check_dtypes, merge_values
 from ..errors import UnsupportedValueError
 from .frames import PANDAS_TYPES
 from .schema import (
@@ -96,6 +97,12 @@ class _Stack:
     def accepts(self, sig: tuple[Any, ...]) -> bool:
         # An empty list fits any list; it says nothing about item types.
         return sig == self.sig or (sig[0] == self.sig[0] and None in (sig[2], self.sig[2]))
+
+
+def _joined(stack: _Stack) -> np.ndarray:
+    """The pending values of *stack* as one array, in the stack's own dtype."""
+    # np.concatenate alone would turn a big-endian dtype into the native one.
+    return np.concatenate(stack.pending, dtype=np.dtype(stack.sig[2]))
 
 
 class Exporter:
@@ -211,7 +218,7 @@ class Exporter:
     def flush(self, key: str, stack: _Stack) -> None:
         if not stack.pending:
             return
-        data = stack.pending[0] if len(stack.pending) == 1 else np.concatenate(stack.pending)
+        data = _joined(stack)
         if stack.dataset is None:
             group = self.f.require_group("merged")
             dtype = np.dtype(stack.sig[2])
@@ -238,7 +245,7 @@ class Exporter:
         if stack is None:
             return
         stored = 0 if stack.dataset is None else stack.dataset.shape[0]
-        tail = np.concatenate(stack.pending) if stack.pending else None
+        tail = _joined(stack) if stack.pending else None
         self.pending_bytes -= stack.pending_bytes
         kind, items = stack.sig[0], stack.sig[1] or "float"
         for session, start, stop in stack.rows:
@@ -268,7 +275,7 @@ class Exporter:
                 # All still in memory (under _KEY_FLUSH): one contiguous
                 # dataset written in one call costs a third of a chunked one.
                 row, dtype = stack.sig[3] or (), np.dtype(stack.sig[2] or "f8")
-                data = np.concatenate(stack.pending or [np.empty((0, *row), dtype)])
+                data = _joined(stack) if stack.pending else np.empty((0, *row), dtype)
                 self.writer.write(group, name, data)
                 self.pending_bytes -= stack.pending_bytes
                 stack.pending, stack.pending_bytes = [], 0
@@ -300,7 +307,12 @@ class Exporter:
 
     def merge_from_file(self, group: Any, key: str, sessions: list[str]) -> None:
         name = escape_name(key)
-        objs = [self.sessions[s][name] for s in sessions if name in self.sessions[s]]
+        held = [
+            (unescape_name(s), self.sessions[s][name])
+            for s in sessions
+            if name in self.sessions[s]
+        ]
+        objs = [obj for _, obj in held]
         if not objs:
             return
         plain = all(
@@ -312,8 +324,13 @@ class Exporter:
         )
         if plain:
             # Every value is an array of one row shape: concatenate on disk,
-            # one value in memory at a time, as get_merged would in memory.
-            dtype = np.result_type(*[o.dtype for o in objs])
+            # one value in memory at a time, as get_merged would in memory,
+            # and refusing the dtype mixes it refuses (numbers with strings).
+            try:
+                dtype = check_dtypes(key, held)
+            except TypeError as exc:
+                self.report.not_merged[key] = str(exc)
+                return
             total = sum(o.shape[0] for o in objs)
             out = self._empty(group, name, total, objs[0].shape[1:], dtype)
             start = 0
@@ -327,7 +344,7 @@ class Exporter:
             return
         try:
             if all(o.attrs.get(TYPE_ATTR) in PANDAS_TYPES for o in objs):
-                value = self._merged_pandas(name, sessions)
+                value = self._merged_pandas(key, held)
             else:
                 value = self.dm.get_merged(key)
         except (TypeError, ValueError) as exc:
@@ -346,22 +363,17 @@ class Exporter:
             return
         self.report.merged.append(key)
 
-    def _merged_pandas(self, name: str, sessions: list[str]) -> Any:
-        """DataFrames (Series) of every session as one, in session order.
+    def _merged_pandas(self, key: str, held: list[tuple[str, Any]]) -> Any:
+        """DataFrames (Series) of every session as one, as ``get_merged`` gives them.
 
-        Read back from the export rather than from the sessions: the values
-        are there already.  The session becomes the outer index level.
+        Read back from the export (*held*: ``(session, HDF5 object)``) rather
+        than from the sessions: the values are there already.  The collator's
+        own rule merges them, so that the table and its ``session`` level are
+        the ones ``get_merged`` gives.
         """
-        import pandas
-
         from .load import read
 
-        found = [(s, self.sessions[s][name]) for s in sessions if name in self.sessions[s]]
-        return pandas.concat(
-            [read(obj) for _, obj in found],
-            keys=[unescape_name(s) for s, _ in found],
-            names=["session"],
-        )
+        return merge_values(key, [(session, read(obj)) for session, obj in held])
 
     def _empty(
         self, group: Any, name: str, total: int, row: tuple[int, ...], dtype: np.dtype
