@@ -139,7 +139,8 @@ def test_atf_samples(name: str, shared: Path | None) -> None:
         quoting=3,
         skip_blank_lines=True,
     )
-    expected = expected[expected.apply(lambda r: "".join(r).strip() != "", axis=1)]
+    # Rows with some text in a cell (column by column: a row-wise apply takes seconds).
+    expected = expected[(expected.apply(lambda c: c.str.strip()) != "").any(axis=1)]
     assert expected.shape == (rows, cols)
     text = TEXT_COLUMNS.get(name, [])
     for j in range(cols):
