@@ -594,7 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="session start (ISO 8601, e.g. 2024-05-02T10:31:00+02:00) where the files say none",
     )
     p.add_argument("--description", metavar="TEXT", help="the session description")
-    p.add_argument("--time-unit", metavar="UNIT", help="time unit of NEURON files (default ms)")
+    p.add_argument(
+        "--time-unit", metavar="UNIT", help="time unit where a file names none (NEURON files: ms)"
+    )
     p.add_argument(
         "--unit",
         metavar="COLUMN=UNIT",

@@ -192,6 +192,42 @@ def test_uniform_times_give_a_rate_others_timestamps(tmp_path: Path):
         np.testing.assert_array_equal(v.timestamps[:], data[:, 0])
 
 
+def test_a_time_column_without_a_unit_is_ms_only_in_neuron_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    atf = tmp_path / "c.atf"
+    data = np.array([[0.0, 1.0], [0.5, 2.0], [1.0, 3.0]])
+    write_atf(atf, Recording(data, ["Time", "Trace #1"], [None, "pA"]))
+    [unitless_atf] = load_recording(atf)
+    in_memory = Recording(data, ["t", "v"], [None, "mV"])
+    [neuron] = load_recording(DATA / "nrn_docs_iclamp.dat")
+    out = tmp_path / "t.nwb"
+    # Who knows the unit of an ATF "Time" or a made-up "t"? Not the export.
+    with pytest.raises(ValueError, match=r"c\.atf'?: the time column 'Time' names no unit"):
+        export_nwb(unitless_atf, out, session_start_time=START)
+    with pytest.raises(ValueError, match=r"<Recording table .*'t' names no unit.*time_unit="):
+        export_nwb(in_memory, out, session_start_time=START)
+    assert not out.exists()
+    for rec, name, time_unit, scale in [
+        (unitless_atf, "Trace #1 (pA)", "s", 1.0),
+        (in_memory, "v (mV)", "ms", 1e-3),
+        (neuron, "v(.5)", None, 1e-3),  # NEURON's unit
+        (neuron, "v(.5)", "s", 1.0),
+    ]:
+        export_nwb(rec, out, session_start_time=START, time_unit=time_unit, overwrite=True)
+        io, nwbfile, _ = read(out)
+        with io:
+            got = times_of(nwbfile.acquisition[name])
+            np.testing.assert_allclose(got, rec.data[:, 0] * scale, rtol=1e-12)
+            unit = json.loads(nwbfile.notes)["recordings"][0]["time_unit"]
+            assert unit == (time_unit or "ms")
+    # The command line asks for --time-unit the same way.
+    args = ["nwb", str(atf), "-o", str(out), "--start-time", START.isoformat(), "--overwrite"]
+    assert main(args) == 1
+    assert "names no unit: pass time_unit= (--time-unit" in capsys.readouterr().err
+    assert main([*args, "--time-unit", "s"]) == 0
+
+
 @pytest.mark.parametrize(
     "name, sweeps, step",
     [("pyabf_18702001-step.atf", 3, 1.0), ("pyabf_model_vc_ramp.atf", 50, 0.12)],

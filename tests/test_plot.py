@@ -124,6 +124,24 @@ def test_time_column_is_recognised_by_unit_or_name():
     assert Recording(data, ["x", "v"], ["mV", "mV"]).time_column is None
 
 
+def test_time_axis_shows_the_unit_only_where_it_is_known(tmp_path: Path):
+    data = np.array([[0.0, 1.0], [0.5, 2.0], [1.0, 3.0]])
+    atf = tmp_path / "c.atf"
+    write_atf(atf, Recording(data, ["Time", "Trace #1"], [None, "pA"]))
+    cases = [
+        (one(atf), None, "Time"),  # an ATF file's unitless time: unit unknown
+        (Recording(data, ["t", "v"]), None, "t"),  # made in memory: unknown too
+        (one(ICLAMP), "ms", "x (ms)"),  # NEURON writes no units; its time is in ms
+        (Recording(data, ["Time", "v"], ["s", "mV"], layout="atf"), "s", "Time (s)"),
+        (Recording(data, ["t", "v"], ["us", "mV"], layout="columns"), "us", "t (us)"),
+    ]
+    for rec, unit, label in cases:
+        assert rec.time_column == 0
+        assert rec.time_unit == unit
+        assert rec.plot().get_xlabel() == label
+    assert Recording(data, ["col1", "col2"]).time_unit is None  # no time column
+
+
 def test_long_trace_is_decimated_for_drawing_only_keeping_every_spike():
     rec = one(SINE)
     y = rec.data[:, 1].copy()

@@ -335,8 +335,9 @@ def export_nwb(
     overwrite : bool
         Replace an existing file.
     time_unit : str, optional
-        The unit of the time column of files that name none (NEURON's
-        layouts): ``"ms"`` by default.
+        The unit of the time column of files that name none. By default
+        ``"ms"`` for NEURON files (NEURON's unit); needed for any other
+        recording whose time column has no unit.
     units : mapping or sequence, optional
         Units of columns whose file names none: ``{column name or title:
         unit}``, or one per column (None keeps the file's).
@@ -358,7 +359,8 @@ def export_nwb(
         If pynwb (the ``nwb`` extra) is not installed.
     ValueError
         No session start time (or one that disagrees with the file's),
-        a ``time_unit`` that is not a time, or nothing to export.
+        a ``time_unit`` that is not a time, none where a time column's unit
+        is unknown, or nothing to export.
     TypeError
         A key whose value is not a Recording.
     ExportError

@@ -163,8 +163,9 @@ def plan_recording(
     ----------
     rec : Recording
     time_unit : str, optional
-        The unit of the time column where the file names none (NEURON
-        files); ``"ms"`` (NEURON's unit) by default.
+        The unit of the time column where the file names none; by default
+        :attr:`Recording.time_unit <datamanager.Recording.time_unit>`
+        (``"ms"`` for NEURON files).
     units : mapping or sequence, optional
         Units of columns the file gives none for, by column name or title,
         or one per column (None to keep the file's).
@@ -172,14 +173,21 @@ def plan_recording(
     Raises
     ------
     ValueError
-        If ``time_unit`` is not a unit of time.
+        If ``time_unit`` is not a unit of time, or none is given where the
+        time column's unit is unknown.
     """
     col_units = _column_units(rec, units)
     si = [si_unit(u) for u in col_units]
     time_index: int | None = None
     scale, t_unit = 1.0, None
     if rec.time_column is not None:  # the rule Recording.plot follows too
-        t_unit = col_units[0] or time_unit or "ms"
+        t_unit = col_units[0] or time_unit or rec.time_unit
+        if t_unit is None:
+            # Guessing would silently scale every time by 1000 if wrong.
+            raise ValueError(
+                f"{rec.path or rec!r}: the time column {rec.columns[0]!r} names no unit: "
+                "pass time_unit= (--time-unit on the command line)"
+            )
         t_si = si_unit(t_unit)
         if t_si is None or t_si[0] != "seconds":
             raise ValueError(f"time_unit must be a unit of time (s, ms, ...), not {t_unit!r}")

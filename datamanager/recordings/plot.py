@@ -37,8 +37,6 @@ WIDTH, AXES_HEIGHT, MAX_HEIGHT, DPI = 8.0, 2.2, 24.0, 100
 #: are used; beyond, colours run along viridis and the legend names the
 #: first and last trace.
 FEW = 10
-#: NEURON writes no units; its time unit is the millisecond.
-NEURON_TIME_UNIT = "ms"
 
 
 def _matplotlib() -> Any:
@@ -119,9 +117,7 @@ def _xaxis(rec: Recording) -> tuple[np.ndarray, str]:
     if time is None:
         return np.arange(len(rec), dtype=np.float64), "sample index"
     x = np.asarray(rec.data[:, time], dtype=np.float64)
-    name, unit = rec.columns[time], rec.units[time]
-    if unit is None and rec.layout not in (None, "atf"):
-        unit = NEURON_TIME_UNIT  # a NEURON layout: its files write no units
+    name, unit = rec.columns[time], rec.time_unit
     return x, f"{name} ({unit})" if unit else name
 
 

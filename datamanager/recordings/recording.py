@@ -23,6 +23,8 @@ TIME_UNITS = frozenset({"s", "ms", "us", "\u00b5s", "\u03bcs", "ns", "min", "h"}
 #: Names that make a unitless first column the time axis: NEURON's clipboard
 #: and Graph files call it ``x``.
 TIME_NAMES = frozenset({"t", "time", "x"})
+#: NEURON writes no units; its time unit is the millisecond.
+NEURON_TIME_UNIT = "ms"
 
 
 @register_safe_type
@@ -133,8 +135,8 @@ class Recording:
         ``ns``, ``min``, ``h``), or when it has no unit and is named ``t``,
         ``time`` or ``x`` (case aside), or comes from a NEURON file (any
         layout but ``"atf"``): NEURON writes the independent variable of its
-        graphs and vector pairs first, with no unit (its time unit is ms).
-        The NWB export and :meth:`plot` both follow this rule.
+        graphs and vector pairs first, with no unit (:attr:`time_unit` says
+        in which unit). The NWB export and :meth:`plot` both follow this rule.
 
         Examples
         --------
@@ -153,6 +155,34 @@ class Recording:
         ):
             return 0
         return None
+
+    @property
+    def time_unit(self) -> str | None:
+        """The unit of the time column, or None when it has none or it is unknown.
+
+        The unit the file names if it names one; else ``"ms"`` for a NEURON
+        file (any layout but ``"atf"`` and None), since NEURON writes no
+        units and its time unit is the millisecond; else None: a unitless
+        ``Time`` column of an ATF file or of a recording made in memory could
+        be in any unit. :meth:`plot` labels its x axis with this unit and
+        :func:`~datamanager.export_nwb` converts times from it.
+
+        Examples
+        --------
+        >>> Recording(np.zeros((2, 2)), ["Time", "Trace #1"], ["s", "pA"]).time_unit
+        's'
+        >>> Recording(np.zeros((2, 2)), ["x", "v(.5)"], layout="clipboard").time_unit
+        'ms'
+        >>> print(Recording(np.zeros((2, 2)), ["t", "v"]).time_unit)
+        None
+        """
+        time = self.time_column
+        if time is None:
+            return None
+        unit = self.units[time]
+        if unit is None and self.layout not in (None, "atf"):
+            return NEURON_TIME_UNIT
+        return unit
 
     def column(self, key: Union[int, str]) -> np.ndarray:
         """One column as a 1-D array, chosen by index, name or title.
@@ -194,7 +224,8 @@ class Recording:
     def plot(self, ax: Any = None, columns: Sequence[Union[int, str]] | None = None) -> Any:
         """Draw the traces against time with matplotlib (the ``plot`` extra).
 
-        Time (see :attr:`time_column`) is on x with its unit, or the sample
+        Time (see :attr:`time_column`) is on x with its unit (see
+        :attr:`time_unit`; none shown where it is unknown), or the sample
         index where there is no time column.  Each signal gets its own axes,
         stacked and sharing x: a signal is a column's ATF ``Signals=`` name
         with its unit (an episodic file interleaves signal and sweep), or its
