@@ -162,6 +162,33 @@ def test_long_trace_is_decimated_for_drawing_only_keeping_every_spike():
     assert spiky.data.shape == (len(y), 2)
 
 
+def test_scattered_nan_blanks_no_pixel_column_and_a_long_nan_run_stays_a_gap():
+    n = 200_000
+    y = np.sin(np.arange(n) / 1000.0)
+    y[::500] = np.nan  # a NaN in most pixel columns
+    y[120_000:140_000] = np.nan  # a run many pixels wide
+    y[50_001] = 5.0  # a spike beside a NaN
+    rec = Recording(np.column_stack([np.arange(n, dtype=np.float64), y]), ["t", "v"], ["ms", "mV"])
+    ax = rec.plot()
+    [line] = ax.get_lines()
+    x, drawn = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+    buckets = int(ax.get_window_extent().width)
+    size = -(-n // buckets)  # samples per pixel column
+    assert len(drawn) <= 2 * buckets
+    with_data = {
+        k for k in range(-(-n // size)) if np.isfinite(y[k * size : (k + 1) * size]).any()
+    }
+    assert {int(t) // size for t in x[np.isfinite(drawn)]} == with_data
+    # Each column draws its finite extremes; the spike is among them.
+    for k in sorted(with_data)[::37]:
+        shown = drawn[(x // size == k) & np.isfinite(drawn)]
+        bucket = y[k * size : (k + 1) * size]
+        assert (shown.min(), shown.max()) == (np.nanmin(bucket), np.nanmax(bucket))
+    assert drawn[np.isfinite(drawn)].max() == 5.0
+    inside = (x >= 120_000) & (x < 140_000)
+    assert inside.any() and np.isnan(drawn[inside]).all()  # the run is a gap in the line
+
+
 def test_given_axes_is_drawn_into_and_a_second_unit_gets_a_twin_axis():
     fig, ax = plt.subplots()
     assert one(ICLAMP).plot(ax=ax) is ax

@@ -126,7 +126,9 @@ def _envelope(y: np.ndarray, buckets: int) -> np.ndarray:
 
     The samples are cut into at most *buckets* runs of equal length (the
     last may be shorter); all of them are kept when there are at most two
-    per bucket.  NaN counts as a minimum and maximum, so a gap stays a gap.
+    per bucket.  NaN is passed over, so a stray NaN blanks no pixel column,
+    but a bucket holding only NaN draws one, so a gap as wide as a pixel
+    stays a gap.
     """
     n = len(y)
     if n <= 2 * buckets:
@@ -136,8 +138,12 @@ def _envelope(y: np.ndarray, buckets: int) -> np.ndarray:
     # Padding with the last value adds no new minimum or maximum.
     rows = np.pad(y, (0, count * size - n), mode="edge").reshape(count, size)
     start = np.arange(count) * size
-    lo = start + np.argmin(rows, axis=1)
-    hi = start + np.argmax(rows, axis=1)
+    # nanargmin refuses an all-NaN bucket: give it zeros, so that it draws
+    # its first sample, a NaN.
+    gap = np.isnan(rows).all(axis=1)
+    rows[gap] = 0.0
+    lo = start + np.nanargmin(rows, axis=1)
+    hi = start + np.nanargmax(rows, axis=1)
     pairs = np.sort(np.stack([lo, hi], axis=1), axis=1)
     return np.minimum(pairs.ravel(), n - 1)
 
