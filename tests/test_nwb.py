@@ -336,6 +336,27 @@ def test_everything_the_source_said_is_in_the_notes(tmp_path: Path):
     assert "pyabf_18702001-step.atf" in description and "'Trace #1 (pA)'" in description
 
 
+def identifier_of(path: Path) -> str:
+    with h5py.File(path, "r") as f:
+        return f["identifier"][()].decode()
+
+
+def test_default_identifier_tells_recordings_made_in_memory_apart(tmp_path: Path):
+    def made(v: float, text: str = "a") -> list[Recording]:
+        trace = Recording(np.array([[0.0, v], [0.1, v]]), ["t", "v"], ["ms", "mV"])
+        sheet = Recording(np.array([[1.0, text]], dtype=object), ["n", "name"])
+        return [trace, sheet]
+
+    ids = []
+    for n, recs in enumerate([made(-65.0), made(-65.0), made(12345.0), made(-65.0, "b")]):
+        out = tmp_path / f"{n}.nwb"
+        export_nwb(recs, out, session_start_time=START)
+        ids.append(identifier_of(out))
+    assert ids[0] == ids[1]  # the same data, exported twice
+    assert len({ids[0], ids[2], ids[3]}) == 3  # a sample differs; a text cell differs
+    assert all(i.startswith("datamanager-") for i in ids)
+
+
 def crafted(tmp_path: Path, name: str, when: str | None) -> Recording:
     header = {"AcquisitionMode": "Gap Free", "Signals": ["IN 0"]}
     if when is not None:

@@ -119,6 +119,18 @@ def _sha256(rec: Recording) -> str | None:
     return None
 
 
+def _data_digest(rec: Recording) -> str:
+    """A sha256 of what a recording holds: its columns, units, shape and samples."""
+    meta = [rec.columns, rec.units, list(rec.shape), rec.data.dtype.str]
+    h = hashlib.sha256(json.dumps(meta).encode())
+    if rec.data.dtype == object:
+        # An object array's bytes are pointers: hash the values it holds.
+        h.update(json.dumps(rec.data.tolist(), default=repr).encode())
+    else:
+        h.update(np.ascontiguousarray(rec.data).tobytes())
+    return h.hexdigest()
+
+
 def _aware(when: datetime.datetime) -> tuple[datetime.datetime, bool]:
     """The time with its zone; a naive one is taken as local time (True)."""
     if when.tzinfo is None or when.utcoffset() is None:
@@ -330,8 +342,10 @@ def export_nwb(
         record); must agree with it where one does. A time without a UTC
         offset is taken as local time of this machine.
     identifier : str, optional
-        Defaults to a hash of the sources' content and the start time, so the
-        same export gives the same identifier.
+        Defaults to a hash of the sources' content (the sha256 of each source
+        file, or of a recording's columns, units and data where it has none),
+        their names and the start time, so the same export gives the same
+        identifier and different data a different one.
     overwrite : bool
         Replace an existing file.
     time_unit : str, optional
@@ -426,7 +440,10 @@ def _build(
     shas = [_sha256(rec) for _, rec in sources]
     described = [_describe(n, r, p, s) for (n, r), p, s in zip(sources, plans, shas)]
     if identifier is None:
-        seed = json.dumps([shas, [d["name"] for d in described], start.isoformat()])
+        # A recording made in memory has no file to hash: its data stand in,
+        # so that different data never share an identifier.
+        content = [sha or _data_digest(rec) for (_, rec), sha in zip(sources, shas)]
+        seed = json.dumps([content, [d["name"] for d in described], start.isoformat()])
         identifier = "datamanager-" + hashlib.sha256(seed.encode()).hexdigest()[:32]
     files = sorted({d["file"] or d["name"] for d in described})
     notes = {
