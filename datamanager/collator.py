@@ -603,10 +603,14 @@ def _check_columns(what: str, level: str, parts: list[tuple[str, Any]]) -> None:
     dtypes that arrays may not mix (see :func:`check_dtypes`), naming them.
 
     ``pandas.concat`` would make one object column of numbers and text; a
-    column missing from some parts is fine (pandas fills it with NaN).
+    column missing from some parts is fine (pandas fills it with NaN), and
+    so is any dtype of a part without rows, which has no values to change
+    (an empty list makes a column of objects).
     """
     held: dict[Any, list[tuple[str, Any]]] = {}
     for name, v in parts:
+        if not len(v):
+            continue
         columns = v.dtypes.items() if v.ndim == 2 else [(None, v.dtype)]
         for label, dtype in columns:
             held.setdefault(label, []).append((name, dtype))

@@ -323,3 +323,10 @@ def test_columns_of_equal_or_numeric_dtypes_merge(dm):
     assert message.startswith(
         "cannot merge key 'f': column 'cat' holds category (sessions 'a', 'b')"
     )
+
+
+def test_a_session_without_rows_merges_whatever_its_column_dtypes(dm):
+    empty = pd.DataFrame({"x": pd.Series([], dtype=object)})  # as an empty list makes it
+    write(dm, {"a": {"f": pd.DataFrame({"x": [1, 2]})}, "b": {"f": empty}})
+    merged = both_ways(dm, lambda d: d.get_merged("f"))
+    assert merged["x"].tolist() == [1, 2]
