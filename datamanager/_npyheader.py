@@ -79,9 +79,13 @@ def read_npy_header(f: IO[bytes]) -> NpyHeader:
         raise ValueError(f"fortran_order {fortran_order!r:.20} in the header")
     if dtype.hasobject:
         raise ValueError(f"an array of {dtype} (it holds Python objects)")
-    return NpyHeader(
-        shape, fortran_order, dtype, 8 + len(raw) + length, math.prod(shape) * dtype.itemsize
-    )
+    count = math.prod(shape)
+    # numpy writes no such file (it stores zero-width strings as width 1),
+    # and the data size of 0 bytes it implies would not bound the memory
+    # numpy allocates for that many elements.
+    if dtype.itemsize == 0 and count:
+        raise ValueError(f"{count} elements of the zero-width {dtype} in the header")
+    return NpyHeader(shape, fortran_order, dtype, 8 + len(raw) + length, count * dtype.itemsize)
 
 
 def read_npy_data(f: IO[bytes], header: NpyHeader) -> np.ndarray:
@@ -95,13 +99,17 @@ def read_npy_data(f: IO[bytes], header: NpyHeader) -> np.ndarray:
     ValueError
         If the file ends before the data does.
     """
-    count = math.prod(header.shape)
-    flat = np.empty(count, header.dtype)
-    buffer = memoryview(flat.view(np.uint8)) if flat.nbytes else memoryview(b"")
+    order = "F" if header.fortran_order else "C"
+    if not header.nbytes:
+        return np.empty(header.shape, header.dtype, order=order)
+    # The buffer is sized by the header's byte count, which the caller has
+    # checked against the file, never by the element count alone.
+    raw = np.empty(header.nbytes, np.uint8)
+    buffer = memoryview(raw)
     done = 0
     while done < len(buffer):
         n = f.readinto(buffer[done:])
         if not n:
             raise ValueError(f"{done} of {len(buffer)} bytes of data could be read")
         done += n
-    return flat.reshape(header.shape, order="F" if header.fortran_order else "C")
+    return raw.view(header.dtype).reshape(header.shape, order=order)

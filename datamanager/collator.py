@@ -493,42 +493,71 @@ def _merge_arrays(key: str, values: list[tuple[str, Any]]) -> np.ndarray:
 def check_dtypes(key: str, values: list[tuple[str, Any]]) -> np.dtype:
     """The dtype of arrays concatenated (theirs if they share one); TypeError for a refused mix.
 
-    Numeric promotion (bool, int, float, complex: numpy's own rules) is
-    allowed; ``[0, 1]`` with ``["a"]`` would silently give ``['0', '1', 'a']``,
-    so numbers with strings, or any mix numpy turns into text or objects, is
-    refused with a message naming the sessions and dtypes.  *values* are
-    ``(session, array)``; anything with a ``dtype`` will do (an HDF5 dataset
-    merged on disk is checked by the same rules).
+    Numbers (bool, int, float, complex) mix by numpy's own promotion, and so
+    do datetime64 of any unit, timedelta64 of any unit, byte strings of any
+    length, or unicode strings of any length.  Any other mix is refused with
+    a message naming the sessions and dtypes: numpy would concatenate
+    ``[0, 1]`` with ``["a"]`` as ``['0', '1', 'a']``, and ``[5]`` with a
+    timedelta64 as a duration.  *values* are ``(session, array)``; anything
+    with a ``dtype`` will do (an HDF5 dataset merged on disk is checked by
+    the same rules).
     """
     distinct = list(dict.fromkeys(v.dtype for _, v in values))
     if len(distinct) == 1:
         # Kept as it is: numpy's promotion would make a big-endian dtype native.
         return distinct[0]
+    held = [(session, v.dtype) for session, v in values]
     try:
         # Pairwise: result_type takes a bounded number of arguments.
         common = functools.reduce(np.result_type, distinct)
     except TypeError as exc:  # numpy's DTypePromotionError, e.g. datetime64 with int64
         raise TypeError(
-            f"cannot merge key {key!r}: numpy has no common dtype for {_dtypes(values)}"
+            f"cannot merge key {key!r}: numpy has no common dtype for {_dtypes(held)}"
         ) from exc
-    if common.kind in "USO" and any(d.kind != common.kind for d in distinct):
+    if not _mixable(distinct):
         raise TypeError(
-            f"cannot merge key {key!r}: numpy would turn {_dtypes(values)} into {common}; "
+            f"cannot merge key {key!r}: numpy would turn {_dtypes(held)} into {common}; "
             "use get() and convert by hand"
         )
     return common
 
 
-def _dtypes(values: list[tuple[str, Any]], shown: int = 3) -> str:
-    """``int64 (session 'a'), <U1 (sessions 'b', 'c' and 2 more)``: each dtype, who holds it."""
-    holders: dict[np.dtype, list[str]] = {}
-    for session, v in values:
-        holders.setdefault(v.dtype, []).append(session)
+_NUMBER_KINDS = frozenset("biufc")
+#: numpy kinds whose dtypes mix only with their own kind (units, lengths).
+_OWN_KINDS = frozenset("MmSU")
+
+
+def _family(dtype: Any) -> Any:
+    """What *dtype* (numpy's or a pandas extension dtype) may be merged with:
+    the same family only."""
+    kind = getattr(dtype, "kind", None)
+    if kind in _NUMBER_KINDS and getattr(dtype, "names", None) is None:
+        return "number"  # pandas' nullable numbers too: their kind is a number's
+    if isinstance(dtype, np.dtype) and kind in _OWN_KINDS:
+        return kind
+    # Objects, categoricals, timezone-aware datetimes, structured arrays...:
+    # merging changes them unless they are equal.
+    return dtype
+
+
+def _mixable(dtypes: Iterable[Any]) -> bool:
+    """Whether values of *dtypes* merge without turning into other values."""
+    return len({_family(d) for d in dtypes}) <= 1
+
+
+def _dtypes(held: list[tuple[str, Any]], level: str = "session", shown: int = 3) -> str:
+    """``int64 (session 'a'), <U1 (sessions 'b', 'c' and 2 more)``: each dtype, who holds it.
+
+    *held* are ``(name, dtype)``, each name a *level* (a session, or a key).
+    """
+    holders: dict[Any, list[str]] = {}
+    for name, dtype in held:
+        holders.setdefault(dtype, []).append(name)
     parts = []
-    for dtype, sessions in holders.items():
-        names = ", ".join(repr(s) for s in sessions[:shown])
-        more = f" and {len(sessions) - shown} more" if len(sessions) > shown else ""
-        parts.append(f"{dtype} (session{'s' if len(sessions) > 1 else ''} {names}{more})")
+    for dtype, names in holders.items():
+        listed = ", ".join(repr(s) for s in names[:shown])
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        parts.append(f"{dtype} ({level}{'s' if len(names) > 1 else ''} {listed}{more})")
     return ", ".join(parts)
 
 
@@ -559,6 +588,7 @@ def _concat_labelled(what: str, level: str, parts: list[tuple[str, Any]]) -> Any
                 f"{level} {first!r} holds a {kind.__name__}; merging needs DataFrames in "
                 f"every {level}, or Series in every {level}; use get() and merge by hand"
             )
+    _check_columns(what, level, parts)
     # The inner levels keep each value's own index, so that
     # merged.loc[name] (or .xs(name, level=...)) gives a part back.
     merged = pandas.concat([v for _, v in parts], keys=[n for n, _ in parts], names=[level])
@@ -566,3 +596,28 @@ def _concat_labelled(what: str, level: str, parts: list[tuple[str, Any]]) -> Any
     # uses: the index then says the same as its rows, as an export keeps it.
     merged.index = merged.index.remove_unused_levels()
     return merged
+
+
+def _check_columns(what: str, level: str, parts: list[tuple[str, Any]]) -> None:
+    """TypeError if a column of the DataFrames (or the Series) *parts* holds
+    dtypes that arrays may not mix (see :func:`check_dtypes`), naming them.
+
+    ``pandas.concat`` would make one object column of numbers and text; a
+    column missing from some parts is fine (pandas fills it with NaN), and
+    so is any dtype of a part without rows, which has no values to change
+    (an empty list makes a column of objects).
+    """
+    held: dict[Any, list[tuple[str, Any]]] = {}
+    for name, v in parts:
+        if not len(v):
+            continue
+        columns = v.dtypes.items() if v.ndim == 2 else [(None, v.dtype)]
+        for label, dtype in columns:
+            held.setdefault(label, []).append((name, dtype))
+    for label, dtypes in held.items():
+        if not _mixable(d for _, d in dtypes):
+            where = f"column {label!r} holds" if parts[0][1].ndim == 2 else "the Series hold"
+            raise TypeError(
+                f"cannot merge {what}: {where} {_dtypes(dtypes, level)}; pandas would "
+                "turn them into other values; use get() and convert by hand"
+            )

@@ -6,6 +6,7 @@ traceback."""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import pickletools
@@ -181,3 +182,36 @@ def test_show_summarises_a_value_nested_a_hundred_thousand_deep(damaged, capsys)
     _sql(damaged, "UPDATE items SET value = ? WHERE key = 'params'", deep)
     assert main(["show", damaged.basepath, "params"]) == 0
     assert "[[[[[[...]]]]]]" in capsys.readouterr().out
+
+
+def _zero_width_header(descr: str) -> bytes:
+    """A ``.npy`` header of 10**11 elements of the zero-width *descr*: 0 bytes
+    of data by its own count, 400 GB of memory if numpy made the array."""
+    out = io.BytesIO()
+    header = {"descr": descr, "fortran_order": False, "shape": (10**11,)}
+    np.lib.format.write_array_header_1_0(out, header)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("safe", [False, True], ids=["unsafe", "safe"])
+@pytest.mark.parametrize("descr", ["<U0", "|S0", "|V0"])
+@pytest.mark.parametrize("kind", ["array", "value file"])
+def test_a_zero_width_dtype_of_many_elements_is_a_corrupt_value(dm, kind, descr, safe):
+    with dm.session("bad") as s:
+        s["v"] = np.zeros(200_000) if kind == "array" else {"t": np.zeros(200_000)}
+    [name] = os.listdir(blob_dir(s.path))
+    path = f"{blob_dir(s.path)}/{name}"
+    with open(path, "rb") as f:
+        data = f.read()
+    # The whole .npy file (or the value file's only part) gets the header.
+    data = data[: data.index(b"\x93NUMPY")] + _zero_width_header(descr)
+    with open(path, "wb") as f:
+        f.write(data)
+    _sql(dm, "UPDATE items SET side_size = ? WHERE key = 'v'", len(data))
+    reader = DataManager(dm.name, dm.datapath, safe=safe)
+    with pytest.raises(CorruptSessionError, match=r"'v'.*zero-width"):
+        reader.get("v", strict=True)
+    with pytest.warns(DataManagerWarning, match="'v'"):
+        assert reader.get("v") == {}
+    [problem] = reader.verify()
+    assert problem.path == path and "zero-width" in problem.message

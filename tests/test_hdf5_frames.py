@@ -120,8 +120,11 @@ def test_session_to_export_to_load(dm: DataManager, tmp_path: Path):
         (pd.DataFrame({"p": pd.period_range("2020", periods=2, freq="D")}), "dtype period"),
         (pd.DataFrame([[1, 2]], columns=["a", "a"]), "repeat"),
         (pd.Series([1], name=("a", "b")), "name of type tuple"),
+        # JSON's one null would make pd.NA None.
+        (pd.Series(["a", pd.NA, None, 1.5], dtype=object), "dtype object holding pd.NA"),
+        (pd.Series([1, 2], index=pd.Index([pd.NA, "b"], dtype=object)), "holding pd.NA"),
     ],
-    ids=["multiindex-columns", "mixed-object", "periods", "repeat", "tuple"],
+    ids=["multiindex-columns", "mixed-object", "periods", "repeat", "tuple", "na", "na-index"],
 )
 def test_what_the_schema_cannot_hold_is_refused_clearly(
     dm: DataManager, tmp_path: Path, value: Any, why: str
@@ -132,6 +135,13 @@ def test_what_the_schema_cannot_hold_is_refused_clearly(
     assert (info.value.session, info.value.key) == (name, "v")
     export_hdf5(dm, tmp_path / "p.h5", on_unsupported="pickle")
     assert_pandas_same(load_hdf5(tmp_path / "p.h5", unpickle=True)["sessions"][name]["v"], value)
+
+
+def test_pd_na_in_an_object_column_comes_back_as_pd_na(dm: DataManager, tmp_path: Path):
+    (name,) = fill(dm, [{"v": pd.Series(["a", pd.NA, None], dtype=object)}])
+    export_hdf5(dm, tmp_path / "p.h5", on_unsupported="pickle")
+    back = load_hdf5(tmp_path / "p.h5", unpickle=True)["sessions"][name]["v"]
+    assert back[0] == "a" and back[1] is pd.NA and back[2] is None
 
 
 def test_merged_export_of_a_dataframe_key_is_one_table(dm: DataManager, tmp_path: Path):

@@ -46,6 +46,7 @@ TYPED = [
     ),
     (np.array([("2001-02-03", [1.5, 2], (True, b"xy"))] * 2, dtype=_NESTED), None, {}),
     (np.zeros(3, dtype=_PADDED), None, {}),
+    (np.array(["ab", ""], dtype="<U10"), "object", {"numpy_dtype": "<U10"}),  # padded
 ]
 
 
@@ -101,8 +102,18 @@ def test_merged_string_and_datetime_arrays(dm: DataManager, tmp_path: Path):
         (np.zeros(2, dtype=[("u", "<U3")]), "a field of dtype <U3"),
         (np.zeros(2, dtype=[(("title", "x"), "<f8")]), "titled fields"),
         (np.zeros(2, dtype=[("a", "<f2"), ("\x00", "<f2")]), "field name holding NUL"),
+        # 68 MB of memory from strings of a few bytes each in the file.
+        (np.array(["x"] * 17, dtype="<U1000000"), "padding its strings .longest 1. by more"),
     ],
-    ids=["nul", "surrogate", "object-field", "unicode-field", "titles", "nul-field-name"],
+    ids=[
+        "nul",
+        "surrogate",
+        "object-field",
+        "unicode-field",
+        "titles",
+        "nul-field-name",
+        "padded-beyond-the-limit",
+    ],
 )
 def test_what_hdf5_cannot_hold_is_refused_clearly(
     dm: DataManager, tmp_path: Path, value: Any, why: str
@@ -123,6 +134,22 @@ def test_a_crafted_dtype_attribute_is_refused(tmp_path: Path):
         ds.attrs["numpy_dtype"] = "|O"  # would view integers as pointers
         with pytest.raises(ExportFormatError, match="numpy_dtype"):
             read(ds)
+
+
+@pytest.mark.parametrize(
+    "width, why",
+    [(250_000, "padding its strings .longest 2. by more than 64 MiB"), (1, "narrower")],
+)
+def test_a_unicode_width_the_strings_do_not_fit_is_refused(
+    dm: DataManager, tmp_path: Path, width: int, why: str
+):
+    (name,) = fill(dm, [{"u": np.array(["ab"] * 1000)}])
+    export_hdf5(dm, tmp_path / "e.h5")
+    with h5py.File(tmp_path / "e.h5", "a") as f:
+        # 1 GB of memory for a file of some 60 KB, or strings cut short.
+        f[f"sessions/{name}/u"].attrs["numpy_dtype"] = f"<U{width}"
+    with pytest.raises(ExportFormatError, match=f"numpy_dtype of <U{width} {why}"):
+        load_hdf5(tmp_path / "e.h5")
 
 
 def test_plain_h5py_reads_every_typed_array(dm: DataManager, tmp_path: Path):

@@ -65,6 +65,8 @@ def both_ways(dm: DataManager, call: Callable[[DataManager], Any]) -> Any:
         ([np.array([{"a": 1}], dtype=object), np.array([None], dtype=object)], object),
         ([np.arange(2, dtype=">i2"), np.arange(1, dtype=">i2")], np.dtype(">i2")),
         ([np.arange(2, dtype=">i2"), np.arange(1, dtype="<i2")], np.dtype("=i2")),
+        ([np.array([1], "M8[s]"), np.array([2], "M8[ms]")], np.dtype("M8[ms]")),
+        ([np.array([1], "m8[s]"), np.array([2], "m8[ms]")], np.dtype("m8[ms]")),
     ],
     ids=[
         "int-float",
@@ -75,6 +77,8 @@ def both_ways(dm: DataManager, call: Callable[[DataManager], Any]) -> Any:
         "object-object",
         "one-byte-order",
         "two-byte-orders",
+        "datetime-units",
+        "timedelta-units",
     ],
 )
 def test_arrays_merge_by_numpy_promotion(dm, arrays, dtype):
@@ -94,8 +98,25 @@ def test_arrays_merge_by_numpy_promotion(dm, arrays, dtype):
         ([np.array([b"x"]), np.array(["y"])], "|S1 (session 's0'), <U1 (session 's1')"),
         ([np.array([1], dtype=object), np.arange(2)], "object (session 's0'), int64"),
         ([np.array([True]), np.array(["a"])], "bool (session 's0'), <U1 (session 's1')"),
+        (
+            [np.array([5]), np.array([1], "m8[s]")],
+            "int64 (session 's0'), timedelta64[s] (session 's1') into timedelta64[s]",
+        ),
+        ([np.array([True]), np.array([1], "m8[s]")], "bool (session 's0'), timedelta64[s]"),
+        (
+            [np.zeros(1, [("a", "<i8")]), np.zeros(1, [("a", "<f8")])],
+            "[('a', '<i8')] (session 's0'), [('a', '<f8')] (session 's1')",
+        ),
     ],
-    ids=["int-float-str", "bytes-str", "object-int", "bool-str"],
+    ids=[
+        "int-float-str",
+        "bytes-str",
+        "object-int",
+        "bool-str",
+        "int-timedelta",
+        "bool-timedelta",
+        "structured-fields",
+    ],
 )
 def test_numbers_and_text_are_refused_naming_sessions_and_dtypes(dm, arrays, named):
     write(dm, {f"s{i}": {"v": a} for i, a in enumerate(arrays)})
@@ -231,3 +252,81 @@ def test_a_session_without_rows_leaves_no_unused_level_value(dm):
     write(dm, {"a": {"f": pd.DataFrame({"x": [1.0]})}, "b": {"f": pd.DataFrame({"x": []})}})
     merged = both_ways(dm, lambda d: d.get_merged("f"))
     assert list(merged.index.levels[0]) == ["a"] and merged["x"].tolist() == [1.0]
+
+
+def test_an_export_refuses_to_merge_what_get_merged_refuses(dm, tmp_path):
+    pytest.importorskip("h5py")
+    from datamanager import export_hdf5
+
+    write(
+        dm,
+        {
+            "a": {"n": np.arange(3), "t": np.arange(2), "f": pd.DataFrame({"x": [1, 2]})},
+            "b": {
+                "n": np.arange(2.0),
+                "t": np.array([1], "m8[s]"),
+                "f": pd.DataFrame({"x": ["p"]}),
+            },
+        },
+    )
+    report = export_hdf5(dm, tmp_path / "m.h5", merged=True)
+    assert report.merged == ["n"]
+    assert report.not_merged["t"] == outcome(lambda: dm.get_merged("t"))[1]
+    assert report.not_merged["f"] == outcome(lambda: dm.get_merged("f"))[1]
+    assert "timedelta64[s] (session 'b')" in report.not_merged["t"]
+    assert "column 'x' holds int64 (session 'a')" in report.not_merged["f"]
+
+
+@pytest.mark.parametrize("as_series", [False, True], ids=["DataFrame", "Series"])
+def test_columns_of_numbers_and_text_are_refused_naming_column_sessions_dtypes(dm, as_series):
+    frames = {
+        "a": pd.DataFrame({"x": [1, 2], "y": [0.5, 1.0]}),
+        "b": pd.DataFrame({"x": ["p"], "y": [2.5]}),  # str or object, by pandas' version
+        "c": pd.DataFrame({"y": [3.0]}),
+    }
+    values = {name: f["x" if as_series and name != "c" else "y"] for name, f in frames.items()}
+    write(dm, {n: {"v": values[n] if as_series else f} for n, f in frames.items()})
+    error = both_ways(dm, lambda d: d.get_merged("v"))
+    where = "the Series hold" if as_series else "column 'x' holds"
+    text = frames["b"]["x"].dtype
+    assert error[0] is TypeError and error[1].startswith(
+        f"cannot merge key 'v': {where} int64 (session 'a'), {text} (session 'b')"
+    )
+    assert outcome(lambda: dm.get_merged_matching("v")) == error
+    dm.session("b").clear()  # numbers alone, column 'x' missing from 'c': merged
+    merged = both_ways(dm, lambda d: d.get_merged("v"))
+    assert list(merged.to_frame().dtypes if as_series else merged.dtypes) == [float] * (
+        1 if as_series else 2
+    )
+
+
+def test_columns_of_equal_or_numeric_dtypes_merge(dm):
+    def frame(n: int, offset: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "cat": pd.Categorical(["u", "v"][:n], categories=["u", "v"]),
+                "when": pd.date_range("2024", periods=n, tz="Europe/Paris"),
+                "count": pd.array(range(offset, offset + n), dtype="Int64"),
+                "text": pd.array(["s"] * n, dtype="string"),
+            }
+        )
+
+    b = frame(1, 5).astype({"count": "int64"})
+    write(dm, {"a": {"f": frame(2, 0)}, "b": {"f": b}})
+    merged = both_ways(dm, lambda d: d.get_merged("f"))
+    expected = pd.concat([frame(2, 0), b], keys=["a", "b"], names=["session"])
+    pd.testing.assert_frame_equal(merged, expected)
+    assert str(merged["count"].dtype) == "Int64" and merged["cat"].dtype.name == "category"
+    with dm.session("c") as s:  # other categories: pandas would make them objects
+        s["f"] = frame(1, 9).assign(cat=pd.Categorical(["w"]))
+    _, message = outcome(lambda: dm.get_merged("f"))
+    assert message.startswith(
+        "cannot merge key 'f': column 'cat' holds category (sessions 'a', 'b')"
+    )
+
+
+def test_a_session_without_rows_merges_whatever_its_column_dtypes(dm):
+    empty = pd.DataFrame({"x": pd.Series([], dtype=object)})  # as an empty list makes it
+    write(dm, {"a": {"f": pd.DataFrame({"x": [1, 2]})}, "b": {"f": empty}})
+    merged = both_ways(dm, lambda d: d.get_merged("f"))
+    assert merged["x"].tolist() == [1, 2]

@@ -21,6 +21,10 @@ DTYPE_ATTR = "numpy_dtype"
 UNIT_ATTR = "unit"
 
 _NUMERIC_KINDS = "biufc"
+#: The most memory the padding of a unicode array past its longest string
+#: may take.  Only the strings are stored, so the loader would otherwise
+#: allocate whatever width a (crafted) ``numpy_dtype`` names.
+MAX_UNICODE_PADDING = 64 * 2**20
 
 
 def numeric(dtype: np.dtype) -> bool:
@@ -84,6 +88,23 @@ def bad_text(arr: np.ndarray) -> bool:
     # numpy pads items with trailing NULs; only a NUL followed by text is lost.
     inner = np.logical_or.accumulate(nul, axis=1) & ~nul
     return bool(inner.any() or ((codes >= 0xD800) & (codes <= 0xDFFF)).any())
+
+
+def unicode_width_problem(dtype: np.dtype, longest: int, count: int) -> str | None:
+    """Why *count* strings, the longest of *longest* code points, cannot be
+    an array of the unicode *dtype* in the schema; None if they can."""
+    width = dtype.itemsize // 4
+    if width < longest:
+        return f"of {dtype} narrower than its longest string ({longest} characters)"
+    if (width - longest) * 4 * count > MAX_UNICODE_PADDING:
+        limit = MAX_UNICODE_PADDING >> 20
+        return f"of {dtype} padding its strings (longest {longest}) by more than {limit} MiB"
+    return None
+
+
+def longest_string(arr: np.ndarray) -> int:
+    """The length in code points of the longest item of the str array *arr*."""
+    return int(np.char.str_len(arr).max()) if arr.size else 0
 
 
 def dtype_from_attr(descr: str) -> np.dtype:

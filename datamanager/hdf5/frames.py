@@ -65,6 +65,12 @@ def _kind(values: Any) -> str:
     if isinstance(dtype, pandas.StringDtype) or getattr(dtype, "kind", "") == "O":
         if all(type(x) is str and _plain_text(x) for x in values):
             return "str"
+        # JSON has one null.  In a string column pd.NA is the missing value
+        # and comes back from null, but an object column may hold both pd.NA
+        # and None, which null would make one.
+        text = isinstance(dtype, pandas.StringDtype)
+        if not text and any(x is pandas.NA for x in values):
+            raise Unsupported(f"a column of dtype {dtype} holding pd.NA")
         if all(type(x) in _LABEL_TYPES or x is pandas.NA for x in values):
             return "json"
         raise Unsupported(f"a column of dtype {dtype} holding other objects than scalars")

@@ -24,7 +24,13 @@ from .._sidecodec import masked_arrays
 from ..errors import ExportFormatError
 from ..filestore import StoredFile, bound_to
 from ..recordings.recording import Recording
-from .dtypes import DTYPE_ATTR, TYPED_ARRAY, dtype_from_attr, stored_dtype
+from .dtypes import (
+    DTYPE_ATTR,
+    TYPED_ARRAY,
+    dtype_from_attr,
+    stored_dtype,
+    unicode_width_problem,
+)
 from .files import FILES_GROUP, extract_files
 from .frames import ENCODING_ATTR, LABELS, NAME_ATTR, PANDAS_DTYPE_ATTR, RANGE_ATTR, TZ_ATTR
 from .schema import (
@@ -303,7 +309,13 @@ def _read_typed_array(obj: Any) -> np.ndarray:
     """A string, datetime or structured array, in its original dtype."""
     dtype = dtype_from_attr(obj.attrs[DTYPE_ATTR])
     if dtype.kind == "U":
-        return np.asarray(obj.asstr()[()], dtype=object).astype(dtype)
+        strings = np.asarray(obj.asstr()[()], dtype=object)
+        # The strings, not the attribute, bound the memory the array takes.
+        longest = max(map(len, strings.flat), default=0)
+        problem = unicode_width_problem(dtype, longest, strings.size)
+        if problem:
+            raise ValueError(f"{DTYPE_ATTR} {problem}")
+        return strings.astype(dtype)
     # By position into the stored layout (h5py may pack a compound), whose
     # itemsize and offsets are the original's: then a view restores it.
     return obj[...].astype(stored_dtype(dtype), copy=False).view(dtype)

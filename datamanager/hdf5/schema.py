@@ -20,7 +20,15 @@ import numpy as np
 
 from ..filestore import StoredFile
 from ..recordings.recording import Recording
-from .dtypes import TYPED_ARRAY, bad_text, numeric, stored_dtype, typed_array_attrs
+from .dtypes import (
+    TYPED_ARRAY,
+    bad_text,
+    longest_string,
+    numeric,
+    stored_dtype,
+    typed_array_attrs,
+    unicode_width_problem,
+)
 from .files import FILES_GROUP, copy_file
 
 __all__ = ["PickledValue", "escape_name", "unescape_name"]
@@ -254,6 +262,11 @@ class Writer:
         if dtype.kind == "U":
             if bad_text(arr):
                 self._unsupported(parent, name, arr, "holding NUL or lone surrogates")
+                return
+            # The loader refuses what it cannot tell from a crafted width.
+            problem = unicode_width_problem(dtype, longest_string(arr), arr.size)
+            if problem:
+                self._unsupported(parent, name, arr, problem)
                 return
             ds = self.array(parent, name, arr.astype(object))
         else:
