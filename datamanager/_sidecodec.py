@@ -43,8 +43,8 @@ a list ``"data"``.  Labels and names are JSON null, str or int.
 
 A value this encoding cannot describe exactly (object columns that are not
 all str, periods, intervals, sparse or Arrow-backed columns other than str,
-attrs, a label that is a tuple) is not *encodable*: it is pickled as any
-other value.
+attrs, flags other than pandas' defaults, a label that is a tuple) is not
+*encodable*: it is pickled as any other value.
 
 The same bytes, held in memory (:func:`to_bytes`, :func:`from_bytes`), are
 how a small table is stored in its SQLite row: no pickle starts with the
@@ -124,9 +124,12 @@ def _label(name: Any) -> Any:
 
 
 def _check_metadata(value: Any) -> None:
-    """Refuse a DataFrame or Series whose attrs the description has no place for."""
+    """Refuse a DataFrame or Series whose attrs or flags the description has no place for."""
     if value.attrs:
         raise _NotEncodable("attrs")
+    # pandas' only flag so far; a table refusing duplicate labels must keep refusing them.
+    if not value.flags.allows_duplicate_labels:
+        raise _NotEncodable("flags")
 
 
 class _Encoder:

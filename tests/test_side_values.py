@@ -409,3 +409,18 @@ def test_sigkill_while_writing_tables_and_pickles_loses_no_acknowledged_write(tm
         frame = by_session["w"]
         assert frame.shape == (rows, 3) and (frame["i"] == int(key[1:])).all(), key
         assert str(frame["c"].dtype) == "category"
+
+
+def test_a_table_refusing_duplicate_labels_keeps_refusing_them(tmp_path):
+    dm = DataManager("sweep", str(tmp_path))
+    strict = table().set_flags(allows_duplicate_labels=False)
+    with dm.session("one") as s:
+        s["frame"], s["series"] = strict, strict["int"]
+    for key in ("frame", "series"):
+        got = dm.get(key)["one"]
+        assert got.flags.allows_duplicate_labels is False, key
+        with pytest.raises(pd.errors.DuplicateLabelError):
+            got.reindex([got.index[0]] * 2)
+    # pandas objects beyond the value file's reach: pickled, which safe mode refuses.
+    with pytest.raises(UnsafeValueError):
+        DataManager("sweep", str(tmp_path), safe=True).get("frame")
