@@ -81,6 +81,8 @@ __all__ = [
 MAGIC = b"\x93DMVAL\x01\x00"
 _ALIGN = 64
 _LENGTH = struct.Struct("<I")
+# Parts smaller than this skip np.save (see write_value_file).
+_SMALL_PART = 1 << 16
 # np.save writes the header of a 1-d or 2-d array of a plain dtype in 128 bytes.
 _SHORT_HEADER = 128
 # Descriptions are small: a longer one is damage, not a value.
@@ -272,9 +274,9 @@ def write_value_file(f: IO[bytes], description: dict[str, Any], parts: list[np.n
     text += b" " * (-(start + len(text)) % _ALIGN)
     f.write(MAGIC + _LENGTH.pack(len(text)) + text)
     for array in parts:
-        if array.flags.c_contiguous and array.dtype.names is None:
+        if array.nbytes < _SMALL_PART and array.flags.c_contiguous and array.dtype.names is None:
             # What np.save writes, without its per-call cost, which a small table's parts pay
-            # several times over; the bytes are written straight from the array's memory.
+            # several times over (a large part is written faster by np.save).
             f.write(_npy_header(array.dtype, array.shape))
             f.write(array.reshape(-1).view(np.uint8))
         else:
