@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -79,6 +80,9 @@ def _sessions(draw: st.DrawFn) -> list[dict[str, Any]]:
 _MERGED = ("frame", "series", "array", "list")
 
 
+# numpy warns that it stores an array whose field names are not Latin-1 in
+# .npy format 3.0 (for NumPy >= 1.17); readers of value files read that format.
+@pytest.mark.filterwarnings("ignore:Stored array in format 3.0:UserWarning")
 @settings(
     max_examples=stress_size(full=40, ci=6),
     deadline=None,
