@@ -10,6 +10,7 @@ import os
 import pickle
 import shutil
 import sqlite3
+import struct
 import subprocess
 import warnings
 from typing import Any
@@ -351,12 +352,30 @@ def _stored_rows(path: str) -> list[tuple]:
         conn.close()
 
 
+#: How a small table's value file in its row starts: magic string, format version 1.0.
+VALUE_FILE = b"\x93DMVAL\x01\x00"
+
+
+def _table_kind(value: bytes) -> type | None:
+    """pandas.DataFrame or pandas.Series, as the JSON description of a value file says."""
+    (length,) = struct.unpack_from("<I", value, len(VALUE_FILE))
+    start = len(VALUE_FILE) + 4
+    try:
+        description = json.loads(value[start : start + length])
+    except ValueError:
+        return None  # damaged: nothing is known of it
+    return {"DataFrame": pd.DataFrame, "Series": pd.Series}[description["kind"]]
+
+
 def _describe(path: str, key: str, value: bytes | None, side: str | None, size: int) -> dict:
     """What the items table must say of one stored value, found without datamanager."""
     if side is not None:
         loaded: Any = np.load(os.path.join(blob_dir(path), side), mmap_mode="r")
         kind: type | None = np.ndarray
         stored = size
+    elif value.startswith(VALUE_FILE):
+        loaded, kind = None, _table_kind(value)
+        stored = len(value)
     else:
         try:
             loaded = pickle.loads(value)
