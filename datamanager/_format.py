@@ -532,6 +532,11 @@ _VALUE_TYPES = {
 }
 
 
+def value_file_type(value: Any) -> str | None:
+    """The type name the index gives *value*, read from a value file."""
+    return _VALUE_TYPES.get(type(value).__name__)
+
+
 def describe_side_file(f: Any) -> tuple[str | None, str | None, tuple[int, ...] | None]:
     """``(type name, dtype, shape)`` of the value in the open side file *f*.
 
