@@ -148,9 +148,11 @@ def test_a_damaged_value_file_in_a_row_is_reported_not_misread(tmp_path):
     with dm.session("one") as s:
         s["t"], s["u"] = table(), table()
     path = os.path.join(dm.basepath, "one.sqlite")
-    with sqlite3.connect(path) as conn:
+    conn = sqlite3.connect(path)
+    with conn:
         (data,) = conn.execute("SELECT value FROM items WHERE key = 't'").fetchone()
         conn.execute("UPDATE items SET value = ? WHERE key = 't'", (data[:-64],))
+    conn.close()
     for safe in (False, True):
         with pytest.raises(CorruptSessionError, match="value file in its row"):
             DataManager("sweep", str(tmp_path), safe=safe).get("t", strict=True)
