@@ -479,7 +479,11 @@ class _Decoder:
             levels = [self.index(level) for level in d["levels"]]
             codes = [self.part(i) for i in d["codes"]]
             return pd.MultiIndex(levels=levels, codes=codes, names=d["names"])
-        index = pd.Index(self.column(d["values"]), dtype=d["dtype"], name=d["name"], copy=False)
+        values = self.column(d["values"])
+        dtype = d["dtype"]
+        if not isinstance(values, np.ndarray) and str(values.dtype) == dtype:
+            dtype = None  # already of it: pandas would check the values all over again
+        index = pd.Index(values, dtype=dtype, name=d["name"], copy=False)
         if "freq" not in d:
             return index
         if isinstance(index, pd.DatetimeIndex):
