@@ -4,16 +4,19 @@ A data directory holds one SQLite file per session, ``<name>.sqlite``, and
 beside it the files that belong to it: SQLite's ``-wal``, ``-shm`` and
 ``-journal`` files, the ``.lock`` file of a
 :class:`~datamanager.locking.LockingSession`, and the ``<name>.blobs/`` folder
-of side files.  A value is one row of the ``items`` table: its pickle, or
-the name of a side file in ``<name>.blobs/``, written whole before its row
-commits.  The name, a uuid4 in hex plus a suffix, says the side file's
-encoding: ``.npy`` for a large bare numpy array (``np.save`` format);
-``.dmv`` for a *value file* (:mod:`._sidecodec`: ``.npy`` parts and a JSON
-description, no pickle), which holds a pandas DataFrame or Series of plain
-dtypes, or a large dict or list of numpy arrays; ``.pkl`` for any other
-value whose pickle is large, the very bytes the row would hold.  A reader
-older than ``.dmv`` and ``.pkl`` finds such a name not one of its side-file
-names and refuses the key as corrupt: it never misreads one.
+of side files.  A value is one row of the ``items`` table: its pickle, the
+bytes of a small value file (a table under :data:`SIDE_FILE_THRESHOLD`,
+told from a pickle by its magic string), or the name of a side file in
+``<name>.blobs/``, written whole before its row commits.  The name, a
+uuid4 in hex plus a suffix, says the side file's encoding: ``.npy`` for a
+large bare numpy array (``np.save`` format); ``.dmv`` for a *value file*
+(:mod:`._sidecodec`: ``.npy`` parts and a JSON description, no pickle),
+which holds a large pandas DataFrame or Series of plain dtypes, or a large
+dict or list of numpy arrays; ``.pkl`` for any other value whose pickle is
+large, the very bytes the row would hold.  A reader older than ``.dmv``
+and ``.pkl`` finds such a name not one of its side-file names and refuses
+the key as corrupt, and takes a value file in a row for a damaged pickle:
+it never misreads one.
 The ``meta`` table holds JSON text: who wrote the session, when, where.
 The ``task_records`` table holds pickles that :func:`~datamanager.tasks.run_tasks`
 keeps beside its results (the items, the failure records): apart from
@@ -63,6 +66,7 @@ __all__ = [
     "read_metadata",
     "read_value",
     "reading_from",
+    "stored_form",
     "stored_path",
     "temp_kind",
     "validate_data_name",
@@ -354,13 +358,14 @@ class SideValue(NamedTuple):
 
 
 def side_value(value: Any) -> SideValue | None:
-    """How *value* is stored in a side file, or None if it is pickled into its row.
+    """How *value* is stored without pickle, or None if it is pickled into its row.
 
     A large bare array goes to a ``.npy`` file; a pandas DataFrame or
     Series (of any size: pickled, safe mode could not read it) and a dict or
     list of at most :data:`VALUE_FILE_MAX_ARRAYS` arrays of together at least
     :data:`SIDE_FILE_THRESHOLD` bytes go to a value file, if the encoding can
-    hold them exactly.
+    hold them exactly: in a side file, or in its row if small (see
+    :func:`stored_form`).
     """
     kind = type(value)
     if kind is np.ndarray:
@@ -371,7 +376,7 @@ def side_value(value: Any) -> SideValue | None:
             return None
         if sum(a.nbytes for a in arrays) < SIDE_FILE_THRESHOLD:
             return None  # a small one is faster in its row, and safe mode reads it there
-    elif not (kind.__module__.startswith("pandas") and kind.__name__ in ("DataFrame", "Series")):
+    elif _sidecodec.pandas_kind(value) is None:
         return None
     encoded = _sidecodec.encodable(value)
     if encoded is None:
@@ -379,12 +384,37 @@ def side_value(value: Any) -> SideValue | None:
     return SideValue(VALUE_SUFFIX, encoded, sum(a.nbytes for a in encoded[1]))
 
 
-def inline_row(key: str, value: Any) -> tuple[str, bytes, None, None]:
+Row = tuple[str, bytes, None, None]
+
+
+def stored_form(key: str, value: Any) -> tuple[Row | None, SideValue | None]:
+    """``(row, None)`` for a value stored in its ``items`` row, ``(None, side)`` for a side file.
+
+    A row holds a pickle, or a small table's value file: a side file each
+    would cost a file per value and take several times longer to write and
+    read than the row.
+    """
+    side = side_value(value)
+    if side is None:
+        row = inline_row(key, value)
+        side = large_pickle(row)
+        return (row, None) if side is None else (None, side)
+    if side.suffix == VALUE_SUFFIX and side.nbytes < SIDE_FILE_THRESHOLD:
+        return (key, _sidecodec.to_bytes(*side.content), None, None), None
+    return None, side
+
+
+def holds_value_file(data: Any) -> bool:
+    """Whether the stored row value *data* is a small value file, not a pickle."""
+    return _sidecodec.is_value_bytes(data)
+
+
+def inline_row(key: str, value: Any) -> Row:
     """The ``items`` row of a value stored inline, pickled."""
     return (key, safepickle.dumps(key, value), None, None)
 
 
-def large_pickle(row: tuple[str, bytes, None, None]) -> SideValue | None:
+def large_pickle(row: Row) -> SideValue | None:
     """The side file of an inline *row* whose pickle is too large for SQLite, or None.
 
     SQLite copies a large blob several times on its way to the file; a side
@@ -502,6 +532,11 @@ _VALUE_TYPES = {
 }
 
 
+def value_file_type(value: Any) -> str | None:
+    """The type name the index gives *value*, read from a value file."""
+    return _VALUE_TYPES.get(type(value).__name__)
+
+
 def describe_side_file(f: Any) -> tuple[str | None, str | None, tuple[int, ...] | None]:
     """``(type name, dtype, shape)`` of the value in the open side file *f*.
 
@@ -584,7 +619,10 @@ def read_value(conn: sqlite3.Connection, path: str, session: str, key: str, safe
 
 
 def decode(data: bytes, path: str, session: str, key: str, safe: bool) -> Any:
-    """Unpickle one stored value, turning damaged bytes into CorruptSessionError.
+    """Decode one value stored in its row, turning damaged bytes into CorruptSessionError.
+
+    The row holds a small value file (read as a side file is, in either
+    mode: it runs no pickle) or a pickle.
 
     Unpickling damaged bytes can raise almost any exception type (and in
     unsafe mode so can the code a pickle runs): each becomes a
@@ -593,6 +631,11 @@ def decode(data: bytes, path: str, session: str, key: str, safe: bool) -> Any:
     memo index asks for absurd sizes); from a well-formed pickle it means
     the value does not fit in the memory left, and stays a MemoryError.
     """
+    if holds_value_file(data):
+        try:
+            return _sidecodec.from_bytes(data)
+        except ValueError as exc:
+            raise CorruptSessionError(path, f"value file in its row: {exc}", key) from exc
     token = _READING.set(path)
     try:
         return safepickle.loads(data, safe=safe, session=session, key=key)

@@ -43,12 +43,19 @@ a list ``"data"``.  Labels and names are JSON null, str or int.
 
 A value this encoding cannot describe exactly (object columns that are not
 all str, periods, intervals, sparse or Arrow-backed columns other than str,
-attrs, a label that is a tuple) is not *encodable*:
-it is pickled as any other value.
+attrs, flags other than pandas' defaults, a label that is a tuple) is not
+*encodable*: it is pickled as any other value.
+
+The same bytes, held in memory (:func:`to_bytes`, :func:`from_bytes`), are
+how a small table is stored in its SQLite row: no pickle starts with the
+magic string (protocol 2 and later start with ``b"\\x80"``, and ``b"\\x93"``
+is an opcode that needs a stack no pickle has yet).
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import struct
 import sys
@@ -56,13 +63,28 @@ from typing import IO, Any
 
 import numpy as np
 
-from ._npyheader import read_npy_data, read_npy_header
+from ._npyheader import NpyHeader, read_npy_data, read_npy_header
 
-__all__ = ["MAGIC", "describe", "encodable", "masked_arrays", "read_value", "write_value_file"]
+__all__ = [
+    "MAGIC",
+    "describe",
+    "encodable",
+    "from_bytes",
+    "is_value_bytes",
+    "masked_arrays",
+    "pandas_kind",
+    "read_value",
+    "to_bytes",
+    "write_value_file",
+]
 
 MAGIC = b"\x93DMVAL\x01\x00"
 _ALIGN = 64
 _LENGTH = struct.Struct("<I")
+# Parts smaller than this skip np.save (see write_value_file).
+_SMALL_PART = 1 << 16
+# np.save writes the header of a 1-d or 2-d array of a plain dtype in 128 bytes.
+_SHORT_HEADER = 128
 # Descriptions are small: a longer one is damage, not a value.
 _MAX_DESCRIPTION = 1 << 24
 
@@ -77,6 +99,22 @@ def _pandas() -> Any:
     return sys.modules.get("pandas")
 
 
+def pandas_kind(value: Any) -> str | None:
+    """``"DataFrame"`` or ``"Series"`` if *value* is one (a subclass too), else None.
+
+    Never imports pandas: a pandas value exists only once pandas is imported,
+    so a process that stores or shows plain values never pays for it.
+    """
+    pd = _pandas()
+    if pd is None:
+        return None
+    if isinstance(value, pd.DataFrame):
+        return "DataFrame"
+    if isinstance(value, pd.Series):
+        return "Series"
+    return None
+
+
 def _is_plain(array: Any) -> bool:
     return type(array) is np.ndarray and not array.dtype.hasobject
 
@@ -85,6 +123,15 @@ def _label(name: Any) -> Any:
     if name is None or type(name) in (str, int):
         return name
     raise _NotEncodable(f"label {name!r:.40}")
+
+
+def _check_metadata(value: Any) -> None:
+    """Refuse a DataFrame or Series whose attrs or flags the description has no place for."""
+    if value.attrs:
+        raise _NotEncodable("attrs")
+    # pandas' only flag so far; a table refusing duplicate labels must keep refusing them.
+    if not value.flags.allows_duplicate_labels:
+        raise _NotEncodable("flags")
 
 
 class _Encoder:
@@ -109,17 +156,16 @@ class _Encoder:
                 raise _NotEncodable("a list of other than arrays")
             return {"kind": "list", "data": [self.part(v) for v in value]}
         if pd is not None and type(value) is pd.DataFrame:
-            if value.attrs:
-                raise _NotEncodable("attrs")
+            _check_metadata(value)
             return {
                 "kind": "DataFrame",
                 "columns": self.index(value.columns),
                 "index": self.index(value.index),
-                "data": [self.column(value.iloc[:, i]) for i in range(value.shape[1])],
+                # items() goes by position: duplicate labels are fine.
+                "data": [self.column(column) for _, column in value.items()],
             }
         if pd is not None and type(value) is pd.Series:
-            if value.attrs:
-                raise _NotEncodable("attrs")
+            _check_metadata(value)
             return {
                 "kind": "Series",
                 "index": self.index(value.index),
@@ -228,8 +274,52 @@ def write_value_file(f: IO[bytes], description: dict[str, Any], parts: list[np.n
     text += b" " * (-(start + len(text)) % _ALIGN)
     f.write(MAGIC + _LENGTH.pack(len(text)) + text)
     for array in parts:
-        np.save(f, array, allow_pickle=False)
+        if array.nbytes < _SMALL_PART and array.flags.c_contiguous and array.dtype.names is None:
+            # What np.save writes, without its per-call cost, which a small table's parts pay
+            # several times over (a large part is written faster by np.save).
+            f.write(_npy_header(array.dtype, array.shape))
+            f.write(array.reshape(-1).view(np.uint8))
+        else:
+            np.save(f, array, allow_pickle=False)
         f.write(b"\0" * (-f.tell() % _ALIGN))
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header np.save writes for a C-ordered array of *dtype* and *shape*."""
+    f = io.BytesIO()
+    fields = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(f, fields)
+    return f.getvalue()
+
+
+def to_bytes(description: dict[str, Any], parts: list[np.ndarray]) -> bytes:
+    """The bytes of a value file, held in memory (see :func:`write_value_file`)."""
+    f = io.BytesIO()
+    write_value_file(f, description, parts)
+    return f.getvalue()
+
+
+def is_value_bytes(data: Any) -> bool:
+    """Whether *data* is bytes that start as a value file does (and so are no pickle)."""
+    return type(data) is bytes and data[: len(MAGIC)] == MAGIC
+
+
+def from_bytes(data: bytes) -> Any:
+    """The value of the value file *data* (:func:`to_bytes`), checked as a file is.
+
+    Raises
+    ------
+    ValueError
+        If *data* is not a whole value file, or is damaged.
+    """
+    f = io.BytesIO(data)
+    description, headers = _layout(f, len(data))
+    parts = []
+    for start, header in headers:  # each header parsed once: a small table has several
+        f.seek(start + header.offset)
+        parts.append(read_npy_data(f, header))
+    return _build(parts, description)
 
 
 def describe(f: IO[bytes], size: int) -> dict[str, Any]:
@@ -244,6 +334,13 @@ def describe(f: IO[bytes], size: int) -> dict[str, Any]:
     ValueError
         If the file is not a whole value file.
     """
+    description, headers = _layout(f, size)
+    f.seek(headers[0][0] if headers else size)
+    return description
+
+
+def _layout(f: IO[bytes], size: int) -> tuple[dict[str, Any], list[tuple[int, NpyHeader]]]:
+    """The description of the value file in *f*, and where each part starts, with its header."""
     head = f.read(len(MAGIC) + _LENGTH.size)
     if len(head) < len(MAGIC) + _LENGTH.size or head[: len(MAGIC)] != MAGIC:
         raise ValueError("not a value file (no magic string, or another version)")
@@ -257,18 +354,45 @@ def describe(f: IO[bytes], size: int) -> dict[str, Any]:
         raise ValueError(f"unreadable description ({exc})") from None
     if type(description) is not dict or type(description.get("parts")) is not int:
         raise ValueError(f"a description of {description!r:.80}")
-    first = position = len(head) + len(text)
+    position = len(head) + len(text)
+    headers = []
     for _ in range(description["parts"]):
-        f.seek(position)
-        header = read_npy_header(f)
+        header = _header_at(f, position)
+        headers.append((position, header))
         position += header.size
         position += -position % _ALIGN
         if position > size:
             break
     if position != size:
         raise ValueError(f"{size} bytes, but its parts describe {position}")
-    f.seek(first)
-    return description
+    return description, headers
+
+
+def _header_at(f: IO[bytes], position: int) -> NpyHeader:
+    """The ``.npy`` header at *position* in *f*; *f* is left at the data that follows it."""
+    f.seek(position)
+    first = f.read(_SHORT_HEADER)
+    try:
+        header = _short_header(first)
+    except ValueError:  # longer than a short one, or damaged: read_npy_header says which
+        f.seek(position)
+        return read_npy_header(f)
+    f.seek(position + header.offset)
+    return header
+
+
+@functools.lru_cache(maxsize=1024)
+def _short_header(first: bytes) -> NpyHeader:
+    """The header that *first* starts with and holds whole.
+
+    A table's parts share a few headers (``<f8`` of its length...): parsing
+    one takes longer than reading a small table's data, so a header seen
+    before is not parsed again.  The same bytes always parse the same way.
+    """
+    header = read_npy_header(io.BytesIO(first))
+    if header.offset > len(first):
+        raise ValueError("a longer header")
+    return header
 
 
 def read_value(f: IO[bytes], description: dict[str, Any]) -> Any:
@@ -282,10 +406,15 @@ def read_value(f: IO[bytes], description: dict[str, Any]) -> Any:
     parts = []
     for _ in range(description["parts"]):
         start = f.tell()
-        header = read_npy_header(f)
+        header = _header_at(f, start)
         parts.append(read_npy_data(f, header))
         end = start + header.size
         f.seek(end + (-end % _ALIGN))
+    return _build(parts, description)
+
+
+def _build(parts: list[np.ndarray], description: dict[str, Any]) -> Any:
+    """The value *description* makes of *parts*; ValueError if it cannot be followed."""
     try:
         return _Decoder(parts).value(description)
     except Exception as exc:  # a damaged description makes pandas raise almost anything
@@ -350,7 +479,11 @@ class _Decoder:
             levels = [self.index(level) for level in d["levels"]]
             codes = [self.part(i) for i in d["codes"]]
             return pd.MultiIndex(levels=levels, codes=codes, names=d["names"])
-        index = pd.Index(self.column(d["values"]), dtype=d["dtype"], name=d["name"], copy=False)
+        values = self.column(d["values"])
+        dtype = d["dtype"]
+        if not isinstance(values, np.ndarray) and str(values.dtype) == dtype:
+            dtype = None  # already of it: pandas would check the values all over again
+        index = pd.Index(values, dtype=dtype, name=d["name"], copy=False)
         if "freq" not in d:
             return index
         if isinstance(index, pd.DatetimeIndex):

@@ -19,6 +19,7 @@ import warnings
 from typing import Any, Callable, Sequence
 
 from ._html import human_size as _size
+from ._sidecodec import pandas_kind
 from .errors import DataManagerError, DataManagerWarning, UnsafeValueError, UnsupportedValueError
 
 __all__ = ["main"]
@@ -54,7 +55,7 @@ def _summary(value: Any) -> tuple[str, str, str]:
         if value.dtype.names is not None:
             return "ndarray[structured]", str(value.shape), _clip(_fields(value.dtype))
         return f"ndarray[{value.dtype}]", str(value.shape), ""
-    table = _pandas_kind(value)
+    table = pandas_kind(value)
     if table == "DataFrame":  # its columns and their dtypes, never its rows
         columns = value.dtypes.iloc[:_SHOWN].items()
         return kind, str(value.shape), _clip(", ".join(f"{c} {t}" for c, t in columns))
@@ -73,16 +74,6 @@ def _summary(value: Any) -> tuple[str, str, str]:
 
 #: Columns, fields or arrays a preview names at most.
 _SHOWN = 8
-
-
-def _pandas_kind(value: Any) -> str | None:
-    """``"DataFrame"`` or ``"Series"`` for those pandas values, else None."""
-    # A pandas value read back has imported pandas: anything else never pays for it.
-    pandas = sys.modules.get("pandas")
-    for kind in ("DataFrame", "Series"):
-        if pandas is not None and isinstance(value, getattr(pandas, kind)):
-            return kind
-    return None
 
 
 def _all_arrays(value: Any) -> bool:
@@ -151,8 +142,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         elif isinstance(value, (list, tuple)):
             kinds.add("sequence")
             total += len(value)
-        elif _pandas_kind(value) is not None:
-            kinds.add(_pandas_kind(value))
+        elif (table := pandas_kind(value)) is not None:
+            kinds.add(table)
             total += len(value)
         else:
             kinds.add("other")

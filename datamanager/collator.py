@@ -14,13 +14,13 @@ import contextlib
 import errno
 import functools
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
 from ._descriptors import reader_budget
+from ._sidecodec import pandas_kind
 from .errors import CorruptSessionError, warn_caller
 from .filestore import stored_in
 from .index import IndexView, open_view
@@ -441,7 +441,7 @@ def merge_values(key: str, values: list[tuple[str, Any]]) -> Any:
     first = values[0][1]
     if isinstance(first, np.ndarray):
         return _merge_arrays(key, values)
-    if _pandas_kind(first) is not None:
+    if pandas_kind(first) is not None:
         return _concat_labelled(f"key {key!r}", "session", values)
     merged: list[Any] = []
     for session, v in values:
@@ -464,7 +464,7 @@ def _merge_keys(merged: list[tuple[str, Any]]) -> Any:
     with an outer index level ``key`` over ``session``; a mix of the two
     kinds is a TypeError naming a key of each.
     """
-    if any(_pandas_kind(v) is not None for _, v in merged):
+    if any(pandas_kind(v) is not None for _, v in merged):
         return _concat_labelled("the matching keys", "key", merged)
     result: list[Any] = []
     for _, v in merged:
@@ -561,18 +561,6 @@ def _dtypes(held: list[tuple[str, Any]], level: str = "session", shown: int = 3)
     return ", ".join(parts)
 
 
-def _pandas_kind(value: Any) -> type | None:
-    """``pandas.DataFrame`` or ``pandas.Series`` if *value* is one, else None."""
-    # A DataFrame read back has imported pandas: merging anything else never pays for it.
-    pandas = sys.modules.get("pandas")
-    if pandas is None:
-        return None
-    for kind in (pandas.DataFrame, pandas.Series):
-        if isinstance(value, kind):
-            return kind
-    return None
-
-
 def _concat_labelled(what: str, level: str, parts: list[tuple[str, Any]]) -> Any:
     """``pandas.concat`` of *parts*, each labelled by its name in a new outer index *level*.
 
@@ -582,7 +570,7 @@ def _concat_labelled(what: str, level: str, parts: list[tuple[str, Any]]) -> Any
 
     first, kind = parts[0][0], type(parts[0][1])
     for name, v in parts:
-        if _pandas_kind(v) is not _pandas_kind(parts[0][1]):
+        if pandas_kind(v) != pandas_kind(parts[0][1]):
             raise TypeError(
                 f"cannot merge {what}: {level} {name!r} holds a {type(v).__name__}, but "
                 f"{level} {first!r} holds a {kind.__name__}; merging needs DataFrames in "

@@ -37,10 +37,8 @@ from ._format import (
     UPSERT,
     SideValue,
     blob_dir,
-    inline_row,
     is_side_name,
-    large_pickle,
-    side_value,
+    stored_form,
 )
 from .errors import CorruptSessionError, TransactionAbortedError
 from .filesystem import check_journal_mode, choose_journal_mode
@@ -446,9 +444,8 @@ class Session(MutableMapping):
         # hot path of every simulation.
         if type(key) is not str:
             _check_key(key)
-        side = side_value(value)
-        row = None if side is not None else inline_row(key, value)
-        if row is not None and (side := large_pickle(row)) is None:
+        row, side = stored_form(key, value)
+        if side is None:
             self._write(UPSERT, row)
         else:
             self._put_side(key, side)
@@ -483,9 +480,8 @@ class Session(MutableMapping):
             for key, value in itertools.chain(pairs, kwargs.items()):
                 if type(key) is not str:
                     _check_key(key)
-                side = side_value(value)
-                row = None if side is not None else inline_row(key, value)
-                if row is not None and (side := large_pickle(row)) is None:
+                row, side = stored_form(key, value)
+                if side is None:
                     rows.append(row)
                 else:
                     conn.executemany(UPSERT, rows)  # keep the order of the keys

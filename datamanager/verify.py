@@ -145,10 +145,13 @@ def _bad_side_names(reader: SessionReader) -> list[tuple[str, str]]:
 
 
 def _check_value(reader: SessionReader, key: str, data: Any) -> str | None:
-    """Why one stored pickle is damaged, or None: parsed, then safely unpickled."""
+    """Why one stored value is damaged, or None: parsed, then safely decoded.
+
+    A small value file in its row is decoded whole, as one in a side file is.
+    """
     if type(data) is not bytes:
         return f"holds {type(data).__name__}, not a pickle"
-    reason = malformed(data)
+    reason = None if fmt.holds_value_file(data) else malformed(data)
     if reason:
         return f"malformed pickle ({reason})"
     try:

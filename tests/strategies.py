@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from hypothesis.extra import pandas as hpd
 
+from datamanager._format import SIDE_FILE_THRESHOLD
+
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
 labels = st.one_of(st.none(), st.integers(-5, 5), text)
 
@@ -84,6 +86,19 @@ def typed_arrays(min_dims: int = 0) -> st.SearchStrategy[np.ndarray]:
         hnp.arrays(typed_dtypes.filter(lambda d: d.kind != "U"), shapes),
         hnp.arrays(structured_dtypes, shapes),
     )
+
+
+@st.composite
+def paddings(draw: st.DrawFn) -> np.ndarray | None:
+    """An array that takes a dict or list of arrays to the side-file threshold, or None.
+
+    Added to a small dict or list of arrays, it makes the collection a value
+    file rather than a pickle in its row.  The simplest example pads.
+    """
+    dtype = draw(st.sampled_from(["<f8", "u1", "<i4", None]))
+    if dtype is None:
+        return None
+    return np.arange(SIDE_FILE_THRESHOLD // np.dtype(dtype).itemsize).astype(dtype)
 
 
 def same_array(got: Any, expected: np.ndarray) -> None:

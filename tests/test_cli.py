@@ -14,6 +14,8 @@ from datamanager import DataManager, Recording
 from datamanager.cli import main
 from datamanager.hdf5 import load_hdf5
 
+from conftest import run_python
+
 DATA = Path(__file__).resolve().parent / "data"
 COMMANDS = ["ls", "keys", "show", "export", "verify", "import", "info"]
 
@@ -231,3 +233,24 @@ def test_console_entry_in_a_subprocess(datadir: str, tmp_path: Path):
         [sys.executable, "-m", "datamanager", "keys"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+# Stores, merges and shows plain values: telling a table apart must not need pandas.
+PLAIN_VALUES = """
+import sys
+from datamanager import DataManager
+from datamanager.cli import main
+dm = DataManager("sweep", sys.argv[1])
+for name in ("a", "b"):
+    with dm.session(name) as s:
+        s["x"], s["d"] = [1, 2], {"t": [0.5]}
+assert dm.get_merged("x") == [1, 2, 1, 2]
+assert dm.get_merged_matching("x") == [1, 2, 1, 2]
+assert main(["show", dm.basepath, "x"]) == 0 and main(["show", dm.basepath, "d"]) == 0
+assert "pandas" not in sys.modules, "imported pandas"
+"""
+
+
+def test_plain_values_are_stored_merged_and_shown_without_importing_pandas(tmp_path):
+    proc = run_python(PLAIN_VALUES, str(tmp_path))
+    assert "list" in proc.stdout and "dict" in proc.stdout

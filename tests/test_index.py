@@ -10,6 +10,7 @@ import os
 import pickle
 import shutil
 import sqlite3
+import struct
 import subprocess
 import warnings
 from typing import Any
@@ -351,6 +352,21 @@ def _stored_rows(path: str) -> list[tuple]:
         conn.close()
 
 
+#: How a small table's value file in its row starts: magic string, format version 1.0.
+VALUE_FILE = b"\x93DMVAL\x01\x00"
+
+
+def _table_kind(value: bytes) -> str | None:
+    """``pandas.DataFrame`` or ``pandas.Series``, as the JSON description of a value file says."""
+    (length,) = struct.unpack_from("<I", value, len(VALUE_FILE))
+    start = len(VALUE_FILE) + 4
+    try:
+        description = json.loads(value[start : start + length])
+    except ValueError:
+        return None  # damaged: nothing is known of it
+    return {"DataFrame": "pandas.DataFrame", "Series": "pandas.Series"}[description["kind"]]
+
+
 def _describe(path: str, key: str, value: bytes | None, side: str | None, size: int) -> dict:
     """What the items table must say of one stored value, found without datamanager."""
     if side is not None:
@@ -364,15 +380,17 @@ def _describe(path: str, key: str, value: bytes | None, side: str | None, size: 
         except pickle.UnpicklingError:
             loaded = kind = None  # damaged: nothing is known of it
         stored = len(value)
+    name = kind and (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    if side is None and value.startswith(VALUE_FILE):
+        name = _table_kind(value)
     numpy = isinstance(loaded, (np.ndarray, np.generic))
     return {
         "key": key,
-        "type": kind
-        and (
-            kind.__qualname__
-            if kind.__module__ == "builtins"
-            else f"{kind.__module__}.{kind.__qualname__}"
-        ),
+        "type": name,
         "dtype": loaded.dtype.str if numpy else None,
         "shape": json.dumps(list(np.shape(loaded))) if numpy else None,
         "stored_size": stored,

@@ -272,6 +272,8 @@ SMALL = {
     "np_float": np.float32(1.5),
     "np_int": np.int64(-3),
     "array": np.arange(6, dtype=np.int16).reshape(2, 3),
+    # Stored as a value file in its row, not pickled.
+    "table": pd.DataFrame({"t": [0.5, 1.5], "n": [1, 2]}, index=pd.Index(["a", "b"], name="c")),
 }
 
 
@@ -312,9 +314,13 @@ def build_directory(dm: DataManager, legacy: bool = True) -> None:
         side=np.arange(SIDE_FILE_THRESHOLD // 8 + 1.0),  # in a side file
     )
     write_session(dm, "unsafe", 10, obj=UNSAFE)
-    write_session(dm, "damaged", 11, bad=[1, 2])
+    write_session(dm, "damaged", 11, bad=[1, 2], bad_table=SMALL["table"])
     garbage = b"\x80\x04\x95garbage"  # no pickle reads this
     damage(dm.session_filename("damaged"), "UPDATE items SET value = ? WHERE key = 'bad'", garbage)
+    cut = b"\x93DMVAL\x01\x00garbage"  # a value file's magic, then no value file
+    damage(
+        dm.session_filename("damaged"), "UPDATE items SET value = ? WHERE key = 'bad_table'", cut
+    )
     write_session(dm, "badmeta", 13)
     damage(dm.session_filename("badmeta"), "UPDATE meta SET value = '{' WHERE name = 'user'")
     open(dm.session_filename("killed"), "wb").close()  # killed before its first commit

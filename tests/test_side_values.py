@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import time
 from fractions import Fraction
 
@@ -51,6 +52,11 @@ def table() -> pd.DataFrame:
     frame["objects"] = np.array(list("ABCDEFG"), dtype=object)
     frame.columns.name = "what"
     return frame
+
+
+def large_table() -> pd.DataFrame:
+    """:func:`table` repeated past 1 MiB of arrays: a table that gets a side file."""
+    return pd.concat([table()] * 3000)
 
 
 def values() -> dict[str, object]:
@@ -101,9 +107,57 @@ def test_tables_and_array_collections_come_back_exactly_in_either_mode(tmp_path,
         (got,) = reader.get(key).values()
         same(got, value)
     sides = side_files(reader)
-    assert set(sides) == set(expected)
+    assert set(sides) == {"arrays", "array_list"}
     assert all(path.endswith(fmt.VALUE_SUFFIX) for path in sides.values())
     assert reader.verify() == []
+
+
+def inline_value_files(dm: DataManager) -> set[str]:
+    """The keys whose rows hold a value file rather than a pickle."""
+    return {
+        k for r in dm.iter_sessions() for k, data in r.raw_values() if fmt.holds_value_file(data)
+    }
+
+
+@pytest.mark.parametrize("safe", [False, True])
+def test_small_tables_are_value_files_in_their_rows_read_with_and_without_the_index(
+    tmp_path, safe
+):
+    dm = DataManager("sweep", str(tmp_path))
+    tables = {k: v for k, v in values().items() if isinstance(v, (pd.DataFrame, pd.Series))}
+    with dm.session("one") as s:
+        s.update(tables)  # a batch
+        s["single"] = table()
+    with dm.session("two") as s:
+        s["single"] = table().iloc[::-1]
+    assert not os.path.exists(os.path.join(dm.basepath, "one" + fmt.BLOB_SUFFIX))
+    assert inline_value_files(dm) == {*tables, "single"}
+    reader = DataManager("sweep", str(tmp_path), safe=safe)
+    for indexed in (False, True):
+        if indexed:
+            reader.build_index()
+        for key, value in tables.items():
+            same(reader.get(key)["one"], value)
+        merged = reader.get_merged("single")
+        same(merged, pd.concat({"one": table(), "two": table().iloc[::-1]}, names=["session"]))
+    assert reader.verify() == []
+
+
+def test_a_damaged_value_file_in_a_row_is_reported_not_misread(tmp_path):
+    dm = DataManager("sweep", str(tmp_path))
+    with dm.session("one") as s:
+        s["t"], s["u"] = table(), table()
+    path = os.path.join(dm.basepath, "one.sqlite")
+    conn = sqlite3.connect(path)
+    with conn:
+        (data,) = conn.execute("SELECT value FROM items WHERE key = 't'").fetchone()
+        conn.execute("UPDATE items SET value = ? WHERE key = 't'", (data[:-64],))
+    conn.close()
+    for safe in (False, True):
+        with pytest.raises(CorruptSessionError, match="value file in its row"):
+            DataManager("sweep", str(tmp_path), safe=safe).get("t", strict=True)
+    (problem,) = dm.verify()
+    assert problem.path == path and "key 't': value file in its row" in problem.message
 
 
 @pytest.mark.parametrize("n", [3, 200_000])  # pickled in its row, or a .npy side file
@@ -141,12 +195,12 @@ def test_small_collections_and_what_the_encoding_cannot_hold_stay_pickled(tmp_pa
         s["periods"] = periods
         s["zone"] = zone
         s["mixed"] = mixed
-        s.update(frame=table())
+        s.update(frame=large_table())
     assert list(side_files(dm)) == ["frame"]
     pd.testing.assert_frame_equal(dm.get("periods")["one"], periods)
     pd.testing.assert_frame_equal(dm.get("mixed")["one"], mixed)
     pd.testing.assert_series_equal(dm.get("zone")["one"], zone)
-    same(dm.get("frame")["one"], table())
+    same(dm.get("frame")["one"], large_table())
     with pytest.raises(UnsafeValueError, match="pandas"):
         DataManager("sweep", str(tmp_path), safe=True).get("periods")
 
@@ -155,9 +209,9 @@ def test_a_replaced_or_deleted_table_leaves_no_value_file(tmp_path):
     dm = DataManager("sweep", str(tmp_path))
     folder = os.path.join(dm.basepath, "one" + fmt.BLOB_SUFFIX)
     with dm.session("one") as s:
-        s["t"] = table()
+        s["t"] = large_table()
         first = os.listdir(folder)
-        s["t"] = table().head(2)
+        s["t"] = large_table().iloc[1:]
         second = os.listdir(folder)
         del s["t"]
         assert os.listdir(folder) == []
@@ -167,7 +221,7 @@ def test_a_replaced_or_deleted_table_leaves_no_value_file(tmp_path):
 def test_a_damaged_value_file_is_reported_not_misread(tmp_path):
     dm = DataManager("sweep", str(tmp_path))
     with dm.session("one") as s:
-        s["t"] = table()
+        s["t"] = large_table()
         s["d"] = values()["arrays"]
     paths = side_files(dm)
     with open(paths["t"], "r+b") as f:
@@ -175,7 +229,7 @@ def test_a_damaged_value_file_is_reported_not_misread(tmp_path):
     with open(paths["d"], "r+b") as f:
         f.write(b"\x93NUMPY")  # over the magic string
     with dm.session("one") as s:
-        s["e"], s["f"] = values()["arrays"], table()
+        s["e"], s["f"] = values()["arrays"], large_table()
     paths = side_files(dm)
     for key, old, new in [("e", b'"data":[0,1]', b'"data":[0,7]'), ("f", b'"tz"', b'"tx"')]:
         with open(paths[key], "r+b") as f:
@@ -194,8 +248,8 @@ def test_a_damaged_value_file_is_reported_not_misread(tmp_path):
 def test_verify_and_the_command_line_report_damaged_value_files_and_pickles(tmp_path, capsys):
     dm = DataManager("sweep", str(tmp_path))
     with dm.session("one") as s:
-        s["cut"], s["longer"], s["pickle"] = table(), values()["arrays"], list(range(400_000))
-        s["whole"] = table()
+        s["cut"], s["longer"] = large_table(), values()["arrays"]
+        s["pickle"], s["whole"] = list(range(400_000)), large_table()
     assert dm.verify() == []
     paths = side_files(dm)
     with open(paths["cut"], "r+b") as f:  # the last array part loses its tail
@@ -222,14 +276,18 @@ def test_verify_and_the_command_line_report_damaged_value_files_and_pickles(tmp_
 def test_the_index_names_the_type_of_a_value_file(tmp_path):
     dm = DataManager("sweep", str(tmp_path))
     with dm.session("one") as s:
-        s["t"], s["s"], s["d"] = table(), table()["str"], values()["arrays"]
+        s["t"], s["s"], s["d"] = large_table(), table()["str"], values()["arrays"]
+        s["small"] = table()
     dm.build_index()
     items = dm.index_tables()["items"].set_index("key")
-    kinds = list(items.loc[["t", "s", "d"], "type"])
-    assert kinds == ["pandas.DataFrame", "pandas.Series", "dict"]
+    kinds = list(items.loc[["t", "s", "d", "small"], "type"])
+    assert kinds == ["pandas.DataFrame", "pandas.Series", "dict", "pandas.DataFrame"]
     assert items.loc["t", "side"].endswith(fmt.VALUE_SUFFIX)
+    assert items.loc[["s", "small"], "side"].isna().all()
     # Collation now reads through the index, in safe mode too.
-    same(DataManager("sweep", str(tmp_path), safe=True).get("t")["one"], table())
+    safe = DataManager("sweep", str(tmp_path), safe=True)
+    same(safe.get("t")["one"], large_table())
+    same(safe.get("small")["one"], table())
 
 
 def test_the_command_line_shows_a_table_in_safe_mode(tmp_path, capsys):
@@ -243,7 +301,7 @@ def test_the_command_line_shows_a_table_in_safe_mode(tmp_path, capsys):
 def test_prune_removes_an_orphaned_value_file(tmp_path):
     dm = DataManager("sweep", str(tmp_path))
     with dm.session("one") as s:
-        s["t"] = table()
+        s["t"] = large_table()
     (path,) = side_files(dm).values()
     orphan = os.path.join(os.path.dirname(path), fmt.new_side_name(fmt.VALUE_SUFFIX))
     with open(path, "rb") as src, open(orphan, "wb") as dst:
@@ -353,3 +411,18 @@ def test_sigkill_while_writing_tables_and_pickles_loses_no_acknowledged_write(tm
         frame = by_session["w"]
         assert frame.shape == (rows, 3) and (frame["i"] == int(key[1:])).all(), key
         assert str(frame["c"].dtype) == "category"
+
+
+def test_a_table_refusing_duplicate_labels_keeps_refusing_them(tmp_path):
+    dm = DataManager("sweep", str(tmp_path))
+    strict = table().set_flags(allows_duplicate_labels=False)
+    with dm.session("one") as s:
+        s["frame"], s["series"] = strict, strict["int"]
+    for key in ("frame", "series"):
+        got = dm.get(key)["one"]
+        assert got.flags.allows_duplicate_labels is False, key
+        with pytest.raises(pd.errors.DuplicateLabelError):
+            got.reindex([got.index[0]] * 2)
+    # pandas objects beyond the value file's reach: pickled, which safe mode refuses.
+    with pytest.raises(UnsafeValueError):
+        DataManager("sweep", str(tmp_path), safe=True).get("frame")

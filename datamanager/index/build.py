@@ -424,7 +424,10 @@ def _describe(
     except CorruptSessionError:
         kind, dtype, shape = None, None, None
     else:
-        kind, dtype, shape = _type_name(type(decoded)), None, None
+        # A table in its row is named as one in a side file is, whatever pandas' module.
+        holds_table = fmt.holds_value_file(value)
+        kind = fmt.value_file_type(decoded) if holds_table else _type_name(type(decoded))
+        dtype = shape = None
         if isinstance(decoded, (np.ndarray, np.generic)):
             dtype, shape = decoded.dtype.str, json.dumps(list(np.shape(decoded)))
     digest = hashlib.sha256(value).hexdigest() if hash_values else None
