@@ -126,8 +126,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .collator import check_dtypes
+
     dm = _open(args.datadir, args.unsafe)
     rows, kinds, total, trailing = [], set(), 0, set()
+    dtypes: list[tuple[str, Any]] = []  # (session, empty array): get_merged's dtype rule
     for reader in dm.iter_sessions():
         with reader:
             if args.key not in reader:
@@ -139,6 +142,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             kinds.add("ndarray")
             total += value.shape[0] if value.ndim else 0
             trailing.add((value.ndim > 0, value.shape[1:], value.dtype))
+            dtypes.append((reader.name, np.empty(0, value.dtype)))
         elif isinstance(value, (list, tuple)):
             kinds.add("sequence")
             total += len(value)
@@ -157,8 +161,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         name = "structured" if dtype.names else dtype
         print(f"merged: ndarray[{name}] of shape {(total, *row)}")
     elif kinds == {"ndarray"}:
-        dtypes = {str(t[2]) for t in trailing}
-        print(f"merged: ndarray of {total} rows ({', '.join(sorted(dtypes))}) if shapes agree")
+        try:
+            common = check_dtypes(args.key, dtypes)
+        except TypeError as exc:
+            print(f"merged: refused: {exc}")
+        else:
+            print(f"merged: ndarray[{common}] of {total} rows if shapes agree")
     elif kinds == {"sequence"}:
         print(f"merged: list of {total} items")
     elif kinds in ({"DataFrame"}, {"Series"}):

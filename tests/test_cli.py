@@ -54,6 +54,21 @@ def test_ls(datadir: str, capsys: pytest.CaptureFixture[str]):
     assert len(lines) == 4 and all(" 3 " in line for line in lines[1:])
 
 
+def test_show_tells_which_mixes_of_arrays_get_merged_refuses(tmp_path, capsys):
+    dm = DataManager("sweep", str(tmp_path))
+    for name, value in [("a", np.arange(2)), ("b", np.array([0.5])), ("c", np.array(["x"]))]:
+        with dm.session(name) as s:
+            s["numbers"] = value
+            if name != "c":
+                s["promoted"] = value
+    assert main(["show", dm.basepath, "promoted"]) == 0
+    assert "merged: ndarray[float64] of 3 rows if shapes agree" in capsys.readouterr().out
+    assert main(["show", dm.basepath, "numbers"]) == 0
+    out = capsys.readouterr().out
+    assert "merged: refused: cannot merge key 'numbers'" in out
+    assert "'c'" in out and "<U1" in out
+
+
 def test_keys_with_and_without_prefix(datadir: str, capsys: pytest.CaptureFixture[str]):
     assert main(["keys", datadir]) == 0
     assert capsys.readouterr().out.split() == ["params", "rate", "v"]
