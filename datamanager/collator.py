@@ -540,9 +540,17 @@ def _family(dtype: Any) -> Any:
     return dtype
 
 
-def _mixable(dtypes: Iterable[Any]) -> bool:
-    """Whether values of *dtypes* merge without turning into other values."""
-    return len({_family(d) for d in dtypes}) <= 1
+def _mixable(dtypes: Iterable[Any], columns: bool = False) -> bool:
+    """Whether values of *dtypes* merge without turning into other values.
+
+    In *columns* of pandas objects bools mix only with bools: ``pandas.concat``
+    makes a column of bools and ints one of objects, where numpy makes ints.
+    """
+    dtypes = list(dtypes)
+    families = {_family(d) for d in dtypes}
+    if columns and families == {"number"}:
+        families = {getattr(d, "kind", None) == "b" for d in dtypes}
+    return len(families) <= 1
 
 
 def _dtypes(held: list[tuple[str, Any]], level: str = "session", shown: int = 3) -> str:
@@ -603,7 +611,7 @@ def _check_columns(what: str, level: str, parts: list[tuple[str, Any]]) -> None:
         for label, dtype in columns:
             held.setdefault(label, []).append((name, dtype))
     for label, dtypes in held.items():
-        if not _mixable(d for _, d in dtypes):
+        if not _mixable((d for _, d in dtypes), columns=True):
             where = f"column {label!r} holds" if parts[0][1].ndim == 2 else "the Series hold"
             raise TypeError(
                 f"cannot merge {what}: {where} {_dtypes(dtypes, level)}; pandas would "

@@ -300,6 +300,16 @@ def test_columns_of_numbers_and_text_are_refused_naming_column_sessions_dtypes(d
     )
 
 
+def test_columns_of_bools_and_other_numbers_are_refused(dm):
+    # numpy makes ints of bools and ints; pandas.concat makes objects of them.
+    write(dm, {"a": {"f": pd.DataFrame({"x": [True]})}, "b": {"f": pd.DataFrame({"x": [2]})}})
+    error = both_ways(dm, lambda d: d.get_merged("f"))
+    assert error[0] is TypeError
+    assert error[1].startswith("cannot merge key 'f': column 'x' holds bool (session 'a')")
+    write(dm, {"c": {"a": np.array([True])}, "d": {"a": np.array([2])}})
+    assert both_ways(dm, lambda d: d.get_merged("a")).tolist() == [1, 2]
+
+
 def test_columns_of_equal_or_numeric_dtypes_merge(dm):
     def frame(n: int, offset: int) -> pd.DataFrame:
         return pd.DataFrame(
