@@ -666,6 +666,17 @@ def test_full_disk_leaves_nothing(dm: DataManager, tmp_path: Path):
     assert not (tmp_path / "full.h5").exists() and leftovers(tmp_path) == []
 
 
+def test_an_export_is_an_ordinary_file_like_any_other(tmp_path: Path):
+    # Written under a private temporary name (mkstemp makes it 0600), the
+    # published file is readable by others, as the NWB export's is.
+    dm = DataManager("perm", str(tmp_path))
+    with dm.session() as s:
+        s["x"] = [1]
+    out = tmp_path / "perm.h5"
+    export_hdf5(dm, str(out), progress=False)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
 EXPORTER = """
 import sys
 from datamanager import DataManager

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import os
-import tempfile
 import time
 from typing import Any, Callable, Iterable, Iterator, Union
 
-from .._format import EXPORT_TEMP_SUFFIX
 from .._progress import progress_bar
-from .._publish import exists_error, fsync_path, publish
-from ..errors import ExportError
+from .._publish import publishing, target
 from ..readers import key_test
 from .interrupts import DeferredInterrupt
 from .merge import Exporter, NpyFile
@@ -156,12 +152,7 @@ def export_hdf5(
     if compression not in (None, "gzip", "lzf"):
         raise ValueError(f"compression must be None, 'gzip' or 'lzf', not {compression!r}")
     selected = _matcher(match)
-    path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    if os.path.lexists(path) and not overwrite:
-        raise exists_error(path)
-    if not os.path.isdir(folder):
-        raise ExportError(path, f"no such folder {folder}", errno.ENOENT)
+    path = target(path, overwrite)
 
     import h5py
 
@@ -169,34 +160,19 @@ def export_hdf5(
     report = ExportReport(path=path)
     options = {"compression": compression, "on_unsupported": on_unsupported, "merged": merged}
     # Ctrl-C is held until a point between values: raised inside h5py it
-    # would be dropped, and it must not cut the clean-up below short.
-    with DeferredInterrupt() as interrupt:
-        prefix = f".{os.path.basename(path)}."
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=EXPORT_TEMP_SUFFIX, dir=folder)
-        os.close(fd)
+    # would be dropped, and it must not cut the clean-up short.
+    interrupt = DeferredInterrupt()
+    with interrupt, publishing(path, overwrite, fsync, interrupt.checkpoint) as tmp:
+        f = h5py.File(tmp, "w", track_order=True)
         try:
-            f = h5py.File(tmp, "w", track_order=True)
+            _write_file(f, dm, selected, options, report, progress, interrupt.checkpoint)
+        except BaseException:
             try:
-                _write_file(f, dm, selected, options, report, progress, interrupt.checkpoint)
-            except BaseException:
-                try:
-                    f.close()
-                except Exception:
-                    pass  # closing a file that failed to grow fails too: report the cause
-                raise
-            f.close()
-            if fsync:
-                fsync_path(tmp)
-            interrupt.checkpoint()  # the last moment at which nothing appears
-            publish(tmp, path, overwrite, fsync)
-        except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(exc, OSError) and not isinstance(exc, ExportError):
-                raise ExportError(path, f"{type(exc).__name__}: {exc}", exc.errno) from exc
+                f.close()
+            except Exception:
+                pass  # closing a file that failed to grow fails too: report the cause
             raise
+        f.close()
     report.nbytes = os.path.getsize(path)
     report.seconds = time.perf_counter() - started
     return report

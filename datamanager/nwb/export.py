@@ -8,20 +8,16 @@ imported inside :func:`export_nwb`: ``import datamanager`` stays cheap.
 from __future__ import annotations
 
 import datetime
-import errno
 import hashlib
 import itertools
 import json
 import os
-import tempfile
 import warnings
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from .._format import EXPORT_TEMP_SUFFIX
-from .._publish import exists_error, fsync_path, publish
-from ..errors import ExportError
+from .._publish import publishing, target
 from ..recordings.recording import Recording
 from .mapping import Plan, plan_recording, start_time, uniform_rate
 
@@ -381,12 +377,7 @@ def export_nwb(
         The target exists, its folder is missing or writing failed; nothing
         appears at ``path`` and an existing file is untouched.
     """
-    path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    if os.path.lexists(path) and not overwrite:
-        raise exists_error(path)
-    if not os.path.isdir(folder):
-        raise ExportError(path, f"no such folder {folder}", errno.ENOENT)
+    path = target(path, overwrite)
     pynwb = _import_pynwb()
     nwbfile = _build(
         pynwb,
@@ -398,11 +389,7 @@ def export_nwb(
         units,
         dict(nwbfile_kwargs or {}),
     )
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=EXPORT_TEMP_SUFFIX, dir=folder
-    )
-    os.close(fd)
-    try:
+    with publishing(path, overwrite, fsync) as tmp:
         with warnings.catch_warnings():
             # The temporary name ends in .part, like every export's; the
             # published file has the name the caller chose.
@@ -410,18 +397,6 @@ def export_nwb(
             io = pynwb.NWBHDF5IO(tmp, "w")
         with io:
             io.write(nwbfile)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is an ordinary file
-        if fsync:
-            fsync_path(tmp)
-        publish(tmp, path, overwrite, fsync)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and not isinstance(exc, ExportError):
-            raise ExportError(path, f"{type(exc).__name__}: {exc}", exc.errno) from exc
-        raise
     return path
 
 
